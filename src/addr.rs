@@ -1,0 +1,326 @@
+//! The address grammar of DESIGN section 2, as pure parsing.
+//!
+//! `tcp:HOST:PORT`, `HOST:PORT`, `:PORT`, `udp:HOST:PORT`, `unix:PATH`, and
+//! the relay-only forms (`tcp-listen:`, `udp-listen:`, `unix-listen:`,
+//! `tcp-connect:`, `unix-connect:`, `stdio`, `-`). Keywords are
+//! case-insensitive and socat's spellings (`TCP4`, `TCP6`, `UNIX-CONNECT`,
+//! `STDIN`, ...) are accepted. Host names are kept as written and resolved
+//! only when a socket is opened, so parsing never touches the network.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// A host and a port, as the user wrote them (`localhost:80`, `[::1]:80`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HostPort {
+    /// Resolves to every socket address the name has, in resolver order.
+    pub fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+        let addrs: Vec<SocketAddr> = (self.host.as_str(), self.port).to_socket_addrs()?.collect();
+        if addrs.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} resolves to no address", self.host),
+            ));
+        }
+        Ok(addrs)
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Where a server listens or a client connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addr {
+    Tcp(HostPort),
+    Udp(HostPort),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Addr::Tcp(hp) => write!(f, "tcp:{hp}"),
+            Addr::Udp(hp) => write!(f, "udp:{hp}"),
+            Addr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl From<SocketAddr> for HostPort {
+    fn from(sa: SocketAddr) -> Self {
+        HostPort {
+            host: sa.ip().to_string(),
+            port: sa.port(),
+        }
+    }
+}
+
+/// One side of a relay: everything [`Addr`] is, plus who takes the initiative.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Connect to this address (`tcp:`, `udp:`, `unix:`, `tcp-connect:`, ...).
+    Connect(Addr),
+    /// Listen on this address and take a peer from it (`tcp-listen:`, ...).
+    Listen(Addr),
+    /// Standard input and output (`stdio`, `-`).
+    Stdio,
+}
+
+/// Why an address did not parse; the message is shown to the user as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid address '{input}': {reason}")]
+pub struct AddrError {
+    input: String,
+    reason: String,
+}
+
+fn error(input: &str, reason: impl Into<String>) -> AddrError {
+    AddrError {
+        input: input.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = AddrError;
+
+    fn from_str(input: &str) -> Result<Self, AddrError> {
+        let s = input.trim();
+        if s == "-"
+            || ["stdio", "stdin", "stdout", "stdin-stdout"]
+                .iter()
+                .any(|k| s.eq_ignore_ascii_case(k))
+        {
+            return Ok(Endpoint::Stdio);
+        }
+        let Some((keyword, rest)) = split_keyword(s) else {
+            // No keyword: `HOST:PORT` or `:PORT` is TCP.
+            return parse_host_port(input, s, true).map(|hp| Endpoint::Connect(Addr::Tcp(hp)));
+        };
+        let keyword = keyword.to_ascii_lowercase();
+        let endpoint = match keyword.as_str() {
+            "tcp" | "tcp4" | "tcp6" | "tcp-connect" | "tcp4-connect" | "tcp6-connect" => {
+                Endpoint::Connect(Addr::Tcp(parse_host_port(input, rest, true)?))
+            }
+            "udp" | "udp4" | "udp6" | "udp-connect" | "udp4-connect" | "udp6-connect" => {
+                Endpoint::Connect(Addr::Udp(parse_host_port(input, rest, true)?))
+            }
+            "unix" | "unix-connect" | "unix-client" | "local" => {
+                Endpoint::Connect(Addr::Unix(parse_path(input, rest)?))
+            }
+            "tcp-listen" | "tcp4-listen" | "tcp6-listen" | "tcp-l" => {
+                Endpoint::Listen(Addr::Tcp(parse_listen_port(input, rest)?))
+            }
+            "udp-listen" | "udp4-listen" | "udp6-listen" | "udp-l" => {
+                Endpoint::Listen(Addr::Udp(parse_listen_port(input, rest)?))
+            }
+            "unix-listen" | "unix-l" => Endpoint::Listen(Addr::Unix(parse_path(input, rest)?)),
+            other => return Err(error(input, format!("unknown address type '{other}'"))),
+        };
+        Ok(endpoint)
+    }
+}
+
+impl FromStr for Addr {
+    type Err = AddrError;
+
+    /// The forms `serve`, `send`, `connect` and `bench` take: no listen, no stdio.
+    fn from_str(input: &str) -> Result<Self, AddrError> {
+        match input.parse::<Endpoint>()? {
+            Endpoint::Connect(addr) => Ok(addr),
+            Endpoint::Listen(_) => Err(error(
+                input,
+                "listening forms are for relay only; write tcp:HOST:PORT",
+            )),
+            Endpoint::Stdio => Err(error(input, "stdio is for relay only")),
+        }
+    }
+}
+
+/// Splits `tcp:...` into (`tcp`, `...`); `None` when the text before the
+/// first colon is not a keyword (a host name, an IPv6 bracket, or nothing).
+fn split_keyword(s: &str) -> Option<(&str, &str)> {
+    let (head, rest) = s.split_once(':')?;
+    let is_keyword = !head.is_empty()
+        && head.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && head.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && KEYWORDS.iter().any(|k| head.eq_ignore_ascii_case(k));
+    is_keyword.then_some((head, rest))
+}
+
+const KEYWORDS: &[&str] = &[
+    "tcp",
+    "tcp4",
+    "tcp6",
+    "tcp-connect",
+    "tcp4-connect",
+    "tcp6-connect",
+    "udp",
+    "udp4",
+    "udp6",
+    "udp-connect",
+    "udp4-connect",
+    "udp6-connect",
+    "unix",
+    "unix-connect",
+    "unix-client",
+    "local",
+    "tcp-listen",
+    "tcp4-listen",
+    "tcp6-listen",
+    "tcp-l",
+    "udp-listen",
+    "udp4-listen",
+    "udp6-listen",
+    "udp-l",
+    "unix-listen",
+    "unix-l",
+];
+
+/// `HOST:PORT`, `[V6]:PORT`, or `:PORT` (loopback) when `empty_host_ok`.
+fn parse_host_port(input: &str, s: &str, empty_host_ok: bool) -> Result<HostPort, AddrError> {
+    let (host, port) = if let Some(v6) = s.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| error(input, "missing ']' after IPv6 address"))?;
+        let port = after
+            .strip_prefix(':')
+            .ok_or_else(|| error(input, "expected ':PORT' after ']'"))?;
+        (host, port)
+    } else {
+        s.rsplit_once(':')
+            .ok_or_else(|| error(input, "expected HOST:PORT"))?
+    };
+    if host.is_empty() && !empty_host_ok {
+        return Err(error(input, "missing host"));
+    }
+    if !s.starts_with('[') && host.contains(':') {
+        return Err(error(input, "write IPv6 addresses in brackets: [::1]:PORT"));
+    }
+    let port = parse_port(input, port)?;
+    let host = if host.is_empty() { "127.0.0.1" } else { host };
+    Ok(HostPort {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// socat's `tcp-listen:PORT` or our `tcp-listen:HOST:PORT`; loopback by default.
+fn parse_listen_port(input: &str, s: &str) -> Result<HostPort, AddrError> {
+    if s.contains(':') {
+        parse_host_port(input, s, true)
+    } else {
+        Ok(HostPort {
+            host: "127.0.0.1".to_string(),
+            port: parse_port(input, s)?,
+        })
+    }
+}
+
+fn parse_port(input: &str, s: &str) -> Result<u16, AddrError> {
+    s.parse::<u16>()
+        .map_err(|_| error(input, format!("'{s}' is not a port number (0-65535)")))
+}
+
+fn parse_path(input: &str, s: &str) -> Result<PathBuf, AddrError> {
+    if s.is_empty() {
+        return Err(error(input, "missing socket path"));
+    }
+    Ok(PathBuf::from(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(host: &str, port: u16) -> Addr {
+        Addr::Tcp(HostPort {
+            host: host.into(),
+            port,
+        })
+    }
+
+    #[test]
+    fn tcp_forms() {
+        assert_eq!("tcp:127.0.0.1:80".parse::<Addr>(), Ok(tcp("127.0.0.1", 80)));
+        assert_eq!("TCP:localhost:80".parse::<Addr>(), Ok(tcp("localhost", 80)));
+        assert_eq!("example.org:8080".parse::<Addr>(), Ok(tcp("example.org", 8080)));
+        assert_eq!(":50000".parse::<Addr>(), Ok(tcp("127.0.0.1", 50000)));
+        assert_eq!("tcp:[::1]:9".parse::<Addr>(), Ok(tcp("::1", 9)));
+        assert_eq!("[::1]:9".parse::<Addr>(), Ok(tcp("::1", 9)));
+        assert_eq!("tcp-connect:localhost:1".parse::<Addr>(), Ok(tcp("localhost", 1)));
+    }
+
+    #[test]
+    fn other_forms() {
+        assert_eq!(
+            "udp:127.0.0.1:0".parse::<Addr>(),
+            Ok(Addr::Udp(HostPort {
+                host: "127.0.0.1".into(),
+                port: 0
+            }))
+        );
+        assert_eq!(
+            "unix:/tmp/x.sock".parse::<Addr>(),
+            Ok(Addr::Unix("/tmp/x.sock".into()))
+        );
+        assert_eq!(
+            "UNIX-CONNECT:/tmp/x".parse::<Addr>(),
+            Ok(Addr::Unix("/tmp/x".into()))
+        );
+        assert_eq!("-".parse::<Endpoint>(), Ok(Endpoint::Stdio));
+        assert_eq!("STDIO".parse::<Endpoint>(), Ok(Endpoint::Stdio));
+        assert_eq!(
+            "tcp-listen:7000".parse::<Endpoint>(),
+            Ok(Endpoint::Listen(tcp("127.0.0.1", 7000)))
+        );
+        assert_eq!(
+            "tcp-listen:0.0.0.0:7000".parse::<Endpoint>(),
+            Ok(Endpoint::Listen(tcp("0.0.0.0", 7000)))
+        );
+        assert_eq!(
+            "unix-listen:/tmp/s".parse::<Endpoint>(),
+            Ok(Endpoint::Listen(Addr::Unix("/tmp/s".into())))
+        );
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "tcp:127.0.0.1:80",
+            "tcp:[::1]:80",
+            "udp:localhost:9",
+            "unix:/tmp/a b",
+        ] {
+            assert_eq!(s.parse::<Addr>().map(|a| a.to_string()), Ok(s.to_string()));
+        }
+    }
+
+    #[test]
+    fn errors_say_why() {
+        let bad = |s: &str| s.parse::<Addr>().map_err(|e| e.to_string()).unwrap_err();
+        assert!(bad("tcp:localhost:99999").contains("not a port number"));
+        assert!(bad("tcp:localhost").contains("expected HOST:PORT"));
+        assert!(bad("tcp:localhost:http").contains("not a port number"));
+        assert!(bad("nonsense").contains("expected HOST:PORT"));
+        assert!(bad("unix:").contains("missing socket path"));
+        assert!(bad("tcp-listen:80").contains("relay only"));
+        assert!(bad("::1:80").contains("brackets"));
+        assert!(bad("tcp:[::1:80").contains("']'"));
+    }
+}

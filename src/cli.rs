@@ -1,0 +1,186 @@
+//! The command line of DESIGN section 1, as clap definitions, turned into
+//! validated options before anything runs.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::addr::Addr;
+use crate::client::bench::{BenchOptions, Load, Payload};
+use crate::client::send::SendOptions;
+use crate::model::{ModelKind, ServerConfig};
+use crate::server::ServeOptions;
+use crate::service::{Framing, ServiceConfig, ServiceKind, DEFAULT_MAX_LINE};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "socklab",
+    version,
+    about = "A socket laboratory: the classic server concurrency models, side by side, measured"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a protocol under a concurrency model
+    Serve(ServeArgs),
+    /// Send one request and print the reply
+    Send(SendArgs),
+    /// Drive a server with concurrent clients and measure it
+    Bench(BenchArgs),
+    /// Run every model side by side and write a report
+    Lab,
+    /// List the concurrency models, one line each
+    Models,
+}
+
+/// A duration as `250ms`, `5s` or `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 250ms, 5s or 1m: {e}"))
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("'{s}' is not a whole number above 0")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Concurrency model (see `socklab models`)
+    #[arg(long, value_enum, default_value_t = ModelKind::Thread)]
+    pub model: ModelKind,
+    /// Protocol to serve
+    #[arg(long, value_enum, default_value_t = ServiceKind::Echo)]
+    pub service: ServiceKind,
+    /// Address to listen on (repeatable): tcp:HOST:PORT, HOST:PORT, :PORT, unix:PATH
+    #[arg(long, value_name = "ADDR", default_value = "tcp:127.0.0.1:50000")]
+    pub listen: Vec<Addr>,
+    /// Threads or processes for pool and prefork (default 3), loops for epoll
+    #[arg(long, value_parser = parse_positive)]
+    pub workers: Option<usize>,
+    /// Hold every reply this long (for hello: counted from accept)
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub delay: Duration,
+    /// How requests are cut out of the stream [default: the service's own]
+    #[arg(long)]
+    pub framing: Option<Framing>,
+    /// Stop accepting at this many open connections until one closes
+    #[arg(long, value_parser = parse_positive)]
+    pub max_conns: Option<usize>,
+    /// Close a connection that has been silent this long
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Longest line accepted under line framing
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE, value_parser = parse_positive)]
+    pub max_line: usize,
+    /// After SIGINT/SIGTERM, how long in-flight requests may take
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub grace: Duration,
+}
+
+impl ServeArgs {
+    pub fn into_options(self) -> ServeOptions {
+        let mut service = ServiceConfig::new(self.service);
+        service.framing = self.framing.unwrap_or(self.service.default_framing());
+        service.delay = self.delay;
+        service.idle_timeout = self.idle_timeout;
+        service.max_line = self.max_line;
+        ServeOptions {
+            model: self.model,
+            service,
+            listen: self.listen,
+            server: ServerConfig {
+                workers: self.workers.unwrap_or(self.model.default_workers()),
+                max_conns: self.max_conns,
+                grace: self.grace,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Where to send: tcp:HOST:PORT, HOST:PORT, :PORT, unix:PATH
+    pub addr: Addr,
+    /// The request; several words are joined by spaces (none: send nothing)
+    pub message: Vec<String>,
+    /// Give up when no reply has come for this long
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub timeout: Duration,
+}
+
+impl SendArgs {
+    pub fn into_options(self) -> SendOptions {
+        SendOptions {
+            addr: self.addr,
+            message: self.message.join(" ").into_bytes(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Server to drive: tcp:HOST:PORT, HOST:PORT, :PORT, unix:PATH
+    pub addr: Addr,
+    /// Concurrent clients
+    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
+    pub clients: usize,
+    /// Requests per client
+    #[arg(long, value_parser = parse_positive, conflicts_with = "duration")]
+    pub requests: Option<usize>,
+    /// Run for this long instead of a number of requests
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// The request's text
+    #[arg(long, conflicts_with = "size")]
+    pub message: Option<String>,
+    /// A request of this many bytes
+    #[arg(long, value_name = "BYTES", value_parser = parse_positive)]
+    pub size: Option<usize>,
+    /// Connect anew for every request, as the seeds' clients do
+    #[arg(long)]
+    pub new_connection: bool,
+    /// Give up on a reply after this long (counted as an error)
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub timeout: Duration,
+    /// Print the summary as one JSON document
+    #[arg(long)]
+    pub json: bool,
+    /// A line per client, in the seeds' style
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// No progress output
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl BenchArgs {
+    pub fn into_options(self) -> BenchOptions {
+        let payload = match (self.message, self.size) {
+            (Some(text), _) => Payload::Text(text.into_bytes()),
+            (None, Some(size)) => Payload::Size(size),
+            (None, None) => Payload::Text(b"hello".to_vec()),
+        };
+        let load = match (self.duration, self.requests) {
+            (Some(d), _) => Load::Duration(d),
+            (None, n) => Load::Requests(n.unwrap_or(1)),
+        };
+        BenchOptions {
+            addr: self.addr,
+            clients: self.clients,
+            load,
+            payload,
+            new_connection: self.new_connection,
+            timeout: self.timeout,
+            json: self.json,
+            verbose: self.verbose,
+            quiet: self.quiet,
+        }
+    }
+}

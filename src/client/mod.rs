@@ -1,0 +1,4 @@
+//! The client side: `send` (one request), `bench` (the load generator).
+
+pub mod bench;
+pub mod send;

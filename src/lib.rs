@@ -1,0 +1,23 @@
+//! socklab: a socket laboratory.
+//!
+//! One binary that serves the same small protocols under every classic
+//! server concurrency model, drives them with its own load generator, and
+//! puts the models side by side. The layout follows DESIGN section 5:
+//!
+//! - [`addr`]: the address grammar (`tcp:HOST:PORT`, `unix:PATH`, ...).
+//! - [`net`]: listeners and streams over TCP and Unix sockets.
+//! - [`service`]: the protocols, as sans-IO state machines, and framing.
+//! - [`model`]: the concurrency models, one file each, one signature.
+//! - [`server`]: `socklab serve`: bind, announce, run a model.
+//! - [`client`]: `send` and `bench`.
+//! - [`shutdown`]: the stop signal every model watches.
+//! - [`cli`]: the command line, turned into validated options.
+
+pub mod addr;
+pub mod cli;
+pub mod client;
+pub mod model;
+pub mod net;
+pub mod server;
+pub mod service;
+pub mod shutdown;

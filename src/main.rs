@@ -1,0 +1,59 @@
+//! The `socklab` binary: parse the command line, set up logging, run.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use socklab::cli::{Cli, Command};
+use socklab::model::ModelKind;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => socklab::server::run(args.into_options()),
+        Command::Send(args) => socklab::client::send::run(args.into_options()),
+        Command::Bench(args) => socklab::client::bench::run(args.into_options()),
+        Command::Lab => {
+            println!("the lab is not built yet: run `socklab serve` and `socklab bench` by hand for now");
+            Ok(())
+        }
+        Command::Models => {
+            let mut out = std::io::stdout().lock();
+            for model in ModelKind::ALL {
+                writeln!(out, "{:<10} {}", model.name(), model.summary())?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` picks the level (default: info).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+/// A closed stdout (`socklab models | head -1`) is a normal end, not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}

@@ -1,0 +1,246 @@
+//! The blocking connection loop shared by iterative, thread, pool, fork and
+//! prefork: read, answer, write, in plain blocking calls. The models differ
+//! only in who calls [`Acceptor::accept`] and on which thread or process
+//! [`serve_connection`] runs.
+//!
+//! `poll(2)` appears here only so that shutdown and the idle timeout can
+//! interrupt a wait; the connection itself is blocking, and a `--delay` is a
+//! real sleep of the serving thread, as in the seeds.
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::net::{interrupted, would_block, Listener, Stream};
+use crate::service::{Now, Service, CHUNK_SIZE};
+use crate::shutdown::Shutdown;
+
+/// How long a blocking write may wait for a peer that does not read before
+/// the connection is dropped (the blocking models' backpressure limit).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts connections for a blocking model: waits for a connection or for
+/// shutdown, and holds back at `--max-conns` until a connection ends.
+#[derive(Debug)]
+pub struct Acceptor {
+    listener: Listener,
+    shutdown: Shutdown,
+    slots: Slots,
+}
+
+impl Acceptor {
+    pub fn new(listener: Listener, shutdown: Shutdown, slots: Slots) -> io::Result<Self> {
+        // Non-blocking so that when several workers wake for one connection,
+        // the losers go back to waiting instead of blocking in accept(2)
+        // where shutdown could not reach them.
+        listener.set_nonblocking(true)?;
+        Ok(Acceptor {
+            listener,
+            shutdown,
+            slots,
+        })
+    }
+
+    /// The next connection and its slot, or `None` once shutdown begins.
+    pub fn accept(&self) -> Option<(Stream, Slot)> {
+        let slot = self.slots.acquire(&self.shutdown)?;
+        loop {
+            if self.shutdown.is_triggered() {
+                return None;
+            }
+            match wait(&self.listener, &self.shutdown, None) {
+                Ok(Ready::Shutdown) => return None,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!("waiting for connections failed: {e}");
+                    return None;
+                }
+            }
+            match self.listener.accept() {
+                Ok(stream) => match stream.set_nonblocking(false) {
+                    Ok(()) => return Some((stream, slot)),
+                    Err(e) => tracing::warn!("dropping a connection: {e}"),
+                },
+                Err(e) if would_block(&e) || interrupted(&e) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EMFILE) || e.raw_os_error() == Some(libc::ENFILE) =>
+                {
+                    // Out of descriptors: the connection waits in the backlog
+                    // until one of ours closes. Back off instead of spinning.
+                    tracing::warn!("accept: {e}; retrying shortly");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => tracing::debug!("accept: {e}"),
+            }
+        }
+    }
+
+    pub fn listener(&self) -> &Listener {
+        &self.listener
+    }
+
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+}
+
+/// Counts live connections against `--max-conns`, and lets the server wait
+/// for the last one to finish at shutdown.
+#[derive(Debug, Clone)]
+pub struct Slots {
+    inner: Arc<(Mutex<usize>, Condvar)>,
+    max: usize,
+}
+
+/// One live connection; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Slot {
+    inner: Arc<(Mutex<usize>, Condvar)>,
+}
+
+impl Slots {
+    pub fn new(max_conns: Option<usize>) -> Self {
+        Slots {
+            inner: Arc::new((Mutex::new(0), Condvar::new())),
+            max: max_conns.unwrap_or(usize::MAX).max(1),
+        }
+    }
+
+    fn acquire(&self, shutdown: &Shutdown) -> Option<Slot> {
+        let (count, freed) = &*self.inner;
+        let mut live = count.lock().unwrap_or_else(|e| e.into_inner());
+        let mut warned = false;
+        while *live >= self.max {
+            if !warned {
+                tracing::info!(
+                    max = self.max,
+                    "at --max-conns: not accepting until a connection ends"
+                );
+                warned = true;
+            }
+            if shutdown.is_triggered() {
+                return None;
+            }
+            // Woken by a freed slot; the timeout only re-checks shutdown.
+            live = freed
+                .wait_timeout(live, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *live += 1;
+        Some(Slot {
+            inner: self.inner.clone(),
+        })
+    }
+
+    /// Waits until no connection is live, or `grace` has passed; returns how
+    /// many were still live.
+    pub fn wait_idle(&self, grace: Duration) -> usize {
+        let (count, freed) = &*self.inner;
+        let live = count.lock().unwrap_or_else(|e| e.into_inner());
+        let (live, _) = freed
+            .wait_timeout_while(live, grace, |live| *live > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *live
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (count, freed) = &*self.inner;
+        let mut live = count.lock().unwrap_or_else(|e| e.into_inner());
+        *live -= 1;
+        freed.notify_all();
+    }
+}
+
+/// Serves one connection to the end, on the calling thread.
+pub fn serve_connection(mut stream: Stream, service: &Service, shutdown: &Shutdown) {
+    if let Err(e) = drive(&mut stream, service, shutdown) {
+        tracing::debug!("connection ended: {e}");
+    }
+    stream.close_gracefully();
+}
+
+fn drive(stream: &mut Stream, service: &Service, shutdown: &Shutdown) -> io::Result<()> {
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let mut session = service.session(Now::system());
+    let mut buf = [0u8; CHUNK_SIZE];
+    let mut shutdown_seen = false;
+    loop {
+        stream.write_all(session.pending_output())?;
+        let written = session.pending_output().len();
+        session.consume_output(written);
+        if session.is_finished() {
+            return Ok(());
+        }
+        if !shutdown_seen && shutdown.is_triggered() {
+            shutdown_seen = true;
+            session.handle_shutdown();
+            continue;
+        }
+        if session.has_held_replies() {
+            // The seeds' `time.sleep()`: this thread does nothing else meanwhile.
+            if let Some(due) = session.poll_timeout() {
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+            session.handle_timeout(Now::system());
+            continue;
+        }
+        if !session.wants_read() {
+            return Ok(()); // Nothing owed and nothing more to read.
+        }
+        match wait(stream, shutdown, session.poll_timeout())? {
+            Ready::Io => match stream.read(&mut buf) {
+                Ok(0) => session.handle_eof(Now::system()),
+                Ok(n) => session.handle_read(&buf[..n], Now::system()),
+                Err(e) if interrupted(&e) || would_block(&e) => {}
+                Err(e) => return Err(e),
+            },
+            Ready::Timeout => session.handle_timeout(Now::system()),
+            Ready::Shutdown => {} // Seen at the top of the loop.
+        }
+    }
+}
+
+enum Ready {
+    Io,
+    Timeout,
+    Shutdown,
+}
+
+/// Blocks until `fd` is readable, shutdown is triggered, or `deadline`.
+fn wait(fd: &impl AsFd, shutdown: &Shutdown, deadline: Option<Instant>) -> io::Result<Ready> {
+    loop {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up, so we never wake just before the deadline.
+                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut fds = [
+            PollFd::new(fd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(shutdown.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, timeout) {
+            Ok(0) => return Ok(Ready::Timeout),
+            Ok(_) => {
+                let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                return Ok(if ready(&fds[0]) {
+                    Ready::Io
+                } else {
+                    Ready::Shutdown
+                });
+            }
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

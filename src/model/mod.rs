@@ -1,0 +1,107 @@
+//! The concurrency models: one file each, one signature each.
+//!
+//! Every model is `fn serve(listener, service, config, shutdown) -> Result<()>`:
+//! the caller binds (so tests can use port 0), the model accepts and serves
+//! until `shutdown` is triggered, lets in-flight requests finish, and
+//! returns. What differs is only who calls accept and where a connection is
+//! served; see the table in DESIGN section 4, or `socklab models`.
+
+pub mod blocking;
+
+mod iterative;
+mod pool;
+mod thread;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::net::Listener;
+use crate::service::Service;
+use crate::shutdown::Shutdown;
+
+/// The models of DESIGN section 4 that exist so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelKind {
+    Iterative,
+    Thread,
+    Pool,
+}
+
+impl ModelKind {
+    pub const ALL: &'static [ModelKind] = &[ModelKind::Iterative, ModelKind::Thread, ModelKind::Pool];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Iterative => "iterative",
+            ModelKind::Thread => "thread",
+            ModelKind::Pool => "pool",
+        }
+    }
+
+    /// One line for `socklab models`: who accepts, where a connection is served.
+    pub fn summary(self) -> &'static str {
+        match self {
+            ModelKind::Iterative => "the main thread accepts and serves one connection at a time",
+            ModelKind::Thread => "the main thread accepts; a new thread serves each connection",
+            ModelKind::Pool => "N worker threads (--workers, default 3) each accept and serve",
+        }
+    }
+
+    /// Whether connections are served in separate processes, which share no
+    /// memory (fork, prefork): a service with shared state cannot run there.
+    pub fn runs_in_processes(self) -> bool {
+        false
+    }
+
+    /// `--workers` when the user gives none.
+    pub fn default_workers(self) -> usize {
+        match self {
+            ModelKind::Pool => 3,
+            _ => 1,
+        }
+    }
+
+    /// Runs this model until shutdown.
+    pub fn serve(
+        self,
+        listener: Listener,
+        service: Arc<Service>,
+        config: &ServerConfig,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<()> {
+        match self {
+            ModelKind::Iterative => iterative::serve(listener, service, config, shutdown),
+            ModelKind::Thread => thread::serve(listener, service, config, shutdown),
+            ModelKind::Pool => pool::serve(listener, service, config, shutdown),
+        }
+    }
+}
+
+impl fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What every model is told besides the listener and the service.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `--workers`: threads or processes for pool and prefork, loops for
+    /// epoll and uring, runtime threads for async.
+    pub workers: usize,
+    /// `--max-conns`: at the limit, stop accepting until a slot frees.
+    pub max_conns: Option<usize>,
+    /// How long in-flight connections may take to finish after shutdown.
+    pub grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            workers: 1,
+            max_conns: None,
+            grace: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Sockets for every address family, behind two small enums.
+//!
+//! [`Listener`] and [`Stream`] hide whether a connection is TCP or a Unix
+//! domain socket, so a model is written once for both. Each exposes its file
+//! descriptor, because the readiness and completion models hand it to the
+//! kernel themselves.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::addr::{Addr, HostPort};
+
+/// How many connections may wait in the kernel's accept queue. The seeds use
+/// 5; a load test of thousands of clients needs the kernel's maximum.
+const BACKLOG: i32 = 4096;
+
+/// A bound socket, as `serve --listen` opens it.
+#[derive(Debug)]
+pub enum Bound {
+    Stream(Listener),
+    Datagram(UdpSocket),
+}
+
+/// A listening stream socket.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, UnlinkOnDrop),
+}
+
+/// A connected stream socket.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Options for binding: `SO_REUSEPORT` lets several loops (epoll, uring
+/// workers) each own a listener on the same port.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BindOptions {
+    pub reuse_port: bool,
+}
+
+/// Binds `addr` (`tcp:`, `unix:` or `udp:`) and starts listening.
+pub fn bind(addr: &Addr, options: BindOptions) -> anyhow::Result<Bound> {
+    match addr {
+        Addr::Tcp(hp) => Ok(Bound::Stream(Listener::Tcp(bind_tcp(hp, options)?))),
+        Addr::Unix(path) => Ok(Bound::Stream(bind_unix(path)?)),
+        Addr::Udp(hp) => Ok(Bound::Datagram(bind_udp(hp, options)?)),
+    }
+}
+
+fn bind_tcp(hp: &HostPort, options: BindOptions) -> anyhow::Result<TcpListener> {
+    let sa = first_addr(hp)?;
+    let socket = Socket::new(Domain::for_address(sa), Type::STREAM, Some(Protocol::TCP))?;
+    // A restarted server must not wait out its old connections' TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    if options.reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if sa.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket
+        .bind(&sa.into())
+        .with_context(|| format!("cannot listen on tcp:{hp}"))?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+fn bind_udp(hp: &HostPort, options: BindOptions) -> anyhow::Result<UdpSocket> {
+    let sa = first_addr(hp)?;
+    let socket = Socket::new(Domain::for_address(sa), Type::DGRAM, Some(Protocol::UDP))?;
+    if options.reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket
+        .bind(&sa.into())
+        .with_context(|| format!("cannot listen on udp:{hp}"))?;
+    Ok(socket.into())
+}
+
+fn bind_unix(path: &Path) -> anyhow::Result<Listener> {
+    remove_stale_socket(path)?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on unix:{}", path.display()))?;
+    Ok(Listener::Unix(listener, UnlinkOnDrop::new(path)))
+}
+
+/// A socket file left by a server that died is removed; one that a live
+/// server still answers on is an error, as a TCP port in use is.
+fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        bail!(
+            "cannot listen on unix:{}: the path exists and is not a socket",
+            path.display()
+        );
+    }
+    if UnixStream::connect(path).is_ok() {
+        bail!("cannot listen on unix:{}: address in use", path.display());
+    }
+    std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))
+}
+
+fn first_addr(hp: &HostPort) -> anyhow::Result<SocketAddr> {
+    let addrs = hp.resolve().with_context(|| format!("cannot resolve {hp}"))?;
+    Ok(addrs[0])
+}
+
+/// Removes a Unix socket's file when the listener that made it goes away, but
+/// only in the process that made it: a forked child must not unlink it.
+#[derive(Debug)]
+pub struct UnlinkOnDrop {
+    path: PathBuf,
+    owner: u32,
+}
+
+impl UnlinkOnDrop {
+    fn new(path: &Path) -> Self {
+        UnlinkOnDrop {
+            path: path.to_path_buf(),
+            owner: std::process::id(),
+        }
+    }
+}
+
+impl Drop for UnlinkOnDrop {
+    fn drop(&mut self) {
+        if std::process::id() == self.owner {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Listener {
+    /// Accepts one connection. TCP connections get `TCP_NODELAY`: every
+    /// service here is request and reply, where Nagle only adds latency.
+    pub fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Tcp(l) => {
+                let (stream, _) = l.accept()?;
+                stream.set_nodelay(true)?;
+                Ok(Stream::Tcp(stream))
+            }
+            Listener::Unix(l, _) => Ok(Stream::Unix(l.accept()?.0)),
+        }
+    }
+
+    /// The address actually bound, with the real port when 0 was asked for.
+    pub fn local_addr(&self) -> io::Result<Addr> {
+        match self {
+            Listener::Tcp(l) => Ok(Addr::Tcp(l.local_addr()?.into())),
+            Listener::Unix(_, unlink) => Ok(Addr::Unix(unlink.path.clone())),
+        }
+    }
+
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.set_nonblocking(nonblocking),
+            Listener::Unix(l, _) => l.set_nonblocking(nonblocking),
+        }
+    }
+
+    /// Another handle on the same listening socket (for worker threads).
+    pub fn try_clone(&self) -> io::Result<Listener> {
+        match self {
+            Listener::Tcp(l) => Ok(Listener::Tcp(l.try_clone()?)),
+            Listener::Unix(l, unlink) => Ok(Listener::Unix(
+                l.try_clone()?,
+                // The clone must not unlink the path: only the original does.
+                UnlinkOnDrop {
+                    path: unlink.path.clone(),
+                    owner: 0,
+                },
+            )),
+        }
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l, _) => l.as_fd(),
+        }
+    }
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
+impl Stream {
+    /// Connects to a `tcp:` or `unix:` address, trying each resolved address
+    /// in turn, as a user of nc expects of `localhost`.
+    pub fn connect(addr: &Addr, timeout: Option<Duration>) -> anyhow::Result<Stream> {
+        match addr {
+            Addr::Tcp(hp) => {
+                let mut last = None;
+                for sa in hp.resolve().with_context(|| format!("cannot resolve {hp}"))? {
+                    let attempt = match timeout {
+                        Some(t) => TcpStream::connect_timeout(&sa, t),
+                        None => TcpStream::connect(sa),
+                    };
+                    match attempt {
+                        Ok(stream) => {
+                            stream.set_nodelay(true)?;
+                            return Ok(Stream::Tcp(stream));
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                let err = last.unwrap_or_else(|| io::Error::other("no address"));
+                Err(anyhow::Error::new(err).context(format!("cannot connect to {addr}")))
+            }
+            Addr::Unix(path) => UnixStream::connect(path)
+                .map(Stream::Unix)
+                .with_context(|| format!("cannot connect to {addr}")),
+            Addr::Udp(_) => {
+                bail!("{addr} is a datagram address; this needs a stream (tcp: or unix:)")
+            }
+        }
+    }
+
+    pub fn shutdown(&self, how: Direction) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
+        }
+    }
+
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(nonblocking),
+            Stream::Unix(s) => s.set_nonblocking(nonblocking),
+        }
+    }
+
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(t),
+            Stream::Unix(s) => s.set_write_timeout(t),
+        }
+    }
+
+    pub fn try_clone(&self) -> io::Result<Stream> {
+        match self {
+            Stream::Tcp(s) => s.try_clone().map(Stream::Tcp),
+            Stream::Unix(s) => s.try_clone().map(Stream::Unix),
+        }
+    }
+
+    /// Closes politely: send FIN, then discard what the peer already sent,
+    /// so that the close does not turn into a reset that could destroy the
+    /// reply still in flight (unread input at close makes the kernel send RST).
+    pub fn close_gracefully(self) {
+        let _ = self.shutdown(Direction::Write);
+        if self.set_nonblocking(true).is_ok() {
+            let mut sink = [0u8; 4096];
+            let mut reader = &self;
+            for _ in 0..16 {
+                match reader.read(&mut sink) {
+                    Ok(n) if n > 0 => continue,
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self).read(buf)
+    }
+}
+
+impl Read for &Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).read(buf),
+            Stream::Unix(s) => (&*s).read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self).write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Write for &Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).write(buf),
+            Stream::Unix(s) => (&*s).write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
+/// `WouldBlock`: a non-blocking call found nothing to do.
+pub fn would_block(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::WouldBlock
+}
+
+/// `Interrupted`: a signal arrived mid-call; try again.
+pub fn interrupted(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::Interrupted
+}
