@@ -52,7 +52,7 @@ impl Acceptor {
             if self.shutdown.is_triggered() {
                 return None;
             }
-            match wait(&self.listener, &self.shutdown, None) {
+            match wait(&self.listener, Some(&self.shutdown), None) {
                 Ok(Ready::Shutdown) => return None,
                 Ok(_) => {}
                 Err(e) => {
@@ -178,11 +178,6 @@ fn drive(stream: &mut Stream, service: &Service, shutdown: &Shutdown) -> io::Res
         if session.is_finished() {
             return Ok(());
         }
-        if !shutdown_seen && shutdown.is_triggered() {
-            shutdown_seen = true;
-            session.handle_shutdown();
-            continue;
-        }
         if session.has_held_replies() {
             // The seeds' `time.sleep()`: this thread does nothing else meanwhile.
             if let Some(due) = session.poll_timeout() {
@@ -194,7 +189,8 @@ fn drive(stream: &mut Stream, service: &Service, shutdown: &Shutdown) -> io::Res
         if !session.wants_read() {
             return Ok(()); // Nothing owed and nothing more to read.
         }
-        match wait(stream, shutdown, session.poll_timeout())? {
+        let watch = (!shutdown_seen).then_some(shutdown);
+        match wait(stream, watch, session.poll_timeout())? {
             Ready::Io => match stream.read(&mut buf) {
                 Ok(0) => session.handle_eof(Now::system()),
                 Ok(n) => session.handle_read(&buf[..n], Now::system()),
@@ -202,7 +198,13 @@ fn drive(stream: &mut Stream, service: &Service, shutdown: &Shutdown) -> io::Res
                 Err(e) => return Err(e),
             },
             Ready::Timeout => session.handle_timeout(Now::system()),
-            Ready::Shutdown => {} // Seen at the top of the loop.
+            // The eventfd is shared with forked children, so this is how a
+            // child process learns of the parent's shutdown too.
+            Ready::Shutdown if !shutdown_seen => {
+                shutdown_seen = true;
+                session.handle_shutdown();
+            }
+            Ready::Shutdown => {}
         }
     }
 }
@@ -213,8 +215,9 @@ enum Ready {
     Shutdown,
 }
 
-/// Blocks until `fd` is readable, shutdown is triggered, or `deadline`.
-fn wait(fd: &impl AsFd, shutdown: &Shutdown, deadline: Option<Instant>) -> io::Result<Ready> {
+/// Blocks until `fd` is readable, shutdown (if watched) is triggered, or
+/// `deadline`.
+fn wait(fd: &impl AsFd, shutdown: Option<&Shutdown>, deadline: Option<Instant>) -> io::Result<Ready> {
     loop {
         let timeout = match deadline {
             None => PollTimeout::NONE,
@@ -225,11 +228,16 @@ fn wait(fd: &impl AsFd, shutdown: &Shutdown, deadline: Option<Instant>) -> io::R
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut fds = [
-            PollFd::new(fd.as_fd(), PollFlags::POLLIN),
-            PollFd::new(shutdown.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, timeout) {
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        let mut both;
+        let fds: &mut [PollFd] = match shutdown {
+            Some(s) => {
+                both = [fds[0], PollFd::new(s.as_fd(), PollFlags::POLLIN)];
+                &mut both
+            }
+            None => &mut fds,
+        };
+        match poll(fds, timeout) {
             Ok(0) => return Ok(Ready::Timeout),
             Ok(_) => {
                 let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());

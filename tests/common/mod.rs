@@ -1,0 +1,194 @@
+//! Shared by the integration tests: start `socklab serve` as a user would,
+//! on port 0 (or a Unix socket in a temp dir), and read back the address it
+//! announces on stdout. The server is killed when the handle drops.
+
+#![allow(dead_code)] // Each test file uses its own subset.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_socklab");
+
+/// A running `socklab serve`.
+pub struct Server {
+    pub child: Child,
+    /// The address from the `listening on ADDR` line, e.g. `tcp:127.0.0.1:41234`.
+    pub addr: String,
+    /// Every address announced, when several `--listen` were given.
+    pub addrs: Vec<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// `socklab serve ARGS --listen tcp:127.0.0.1:0`.
+    pub fn tcp(args: &[&str]) -> Server {
+        Self::start(args, &["tcp:127.0.0.1:0"], None)
+    }
+
+    /// `socklab serve ARGS --listen unix:<tempdir>/s.sock`.
+    pub fn unix(args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = format!("unix:{}", dir.path().join("s.sock").display());
+        Self::start(args, &[&path], Some(dir))
+    }
+
+    /// `socklab serve ARGS` with the given `--listen` addresses.
+    pub fn start(args: &[&str], listen: &[&str], dir: Option<tempfile::TempDir>) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").args(args);
+        for l in listen {
+            cmd.args(["--listen", l]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn socklab serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut addrs = Vec::new();
+        for _ in listen {
+            let line = lines
+                .next()
+                .expect("serve exited before announcing its address")
+                .expect("read stdout");
+            let addr = line
+                .strip_prefix("listening on ")
+                .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+            addrs.push(addr.to_string());
+        }
+        Server {
+            child,
+            addr: addrs[0].clone(),
+            addrs,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        self.child.wait().expect("wait for serve")
+    }
+
+    /// A raw connection to the server.
+    pub fn connect(&self) -> Conn {
+        Conn::to(&self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client connection over TCP or a Unix socket, with a read timeout so a
+/// broken server fails the test instead of hanging it.
+pub enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Conn {
+    pub fn to(addr: &str) -> Conn {
+        let timeout = Some(Duration::from_secs(10));
+        if let Some(path) = addr.strip_prefix("unix:") {
+            let s = UnixStream::connect(path).expect("connect unix");
+            s.set_read_timeout(timeout).unwrap();
+            Conn::Unix(s)
+        } else {
+            let hp = addr.strip_prefix("tcp:").unwrap_or(addr);
+            let s = TcpStream::connect(hp).expect("connect tcp");
+            s.set_read_timeout(timeout).unwrap();
+            Conn::Tcp(s)
+        }
+    }
+
+    pub fn send(&mut self, data: &[u8]) {
+        self.write_all(data).expect("send");
+    }
+
+    /// Reads exactly `n` bytes.
+    pub fn recv_exact(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        self.read_exact(&mut buf).expect("recv_exact");
+        buf
+    }
+
+    /// Reads what one read returns, as a string.
+    pub fn recv_some(&mut self) -> String {
+        let mut buf = [0; 65536];
+        let n = self.read(&mut buf).expect("recv");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// Reads until the server closes.
+    pub fn recv_to_end(&mut self) -> String {
+        let mut buf = Vec::new();
+        self.read_to_end(&mut buf).expect("recv to end");
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    pub fn shutdown_write(&self) {
+        match self {
+            Conn::Tcp(s) => s.shutdown(std::net::Shutdown::Write).unwrap(),
+            Conn::Unix(s) => s.shutdown(std::net::Shutdown::Write).unwrap(),
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.read(buf),
+            Conn::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.write(buf),
+            Conn::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs `socklab ARGS` to completion.
+pub fn socklab(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run socklab")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `socklab bench ADDR ARGS --json`, parsed.
+pub fn bench_json(addr: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["bench", addr, "--json", "--quiet"];
+    all.extend_from_slice(args);
+    let out = socklab(&all);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bench --json gave no JSON ({e}): {}\n{}", stdout(&out), stderr(&out)))
+}
