@@ -1,0 +1,134 @@
+//! The command line as a user meets it: output, errors and exit codes.
+
+mod common;
+
+use common::{socklab, stderr, stdout, Server};
+
+#[test]
+fn serve_announces_the_real_port() {
+    let server = Server::tcp(&[]);
+    let port: u16 = server.addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(server.addr.starts_with("tcp:127.0.0.1:"), "{}", server.addr);
+    assert_ne!(port, 0);
+}
+
+#[test]
+fn serve_announces_every_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let unix = format!("unix:{}", dir.path().join("a.sock").display());
+    let server = Server::start(&["--service", "greet"], &["tcp:127.0.0.1:0", &unix], None);
+    assert_eq!(server.addrs.len(), 2);
+    assert_eq!(server.addrs[1], unix);
+    for addr in &server.addrs {
+        let out = socklab(&["send", addr, "both"]);
+        assert_eq!(stdout(&out), "Hello, both!\n");
+    }
+}
+
+#[test]
+fn send_prints_the_reply() {
+    let server = Server::tcp(&["--service", "reverse"]);
+    let out = socklab(&["send", &server.addr, "hello", "world"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "dlrow olleh\n");
+}
+
+#[test]
+fn send_to_a_refused_port_is_an_error() {
+    // Bind and drop: the port is (almost certainly) closed now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = socklab(&["send", &format!(":{port}"), "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.starts_with("error: cannot connect to tcp:127.0.0.1:"), "{err}");
+    assert!(err.contains("refused"), "{err}");
+}
+
+#[test]
+fn address_in_use_is_an_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp:{}", taken.local_addr().unwrap());
+    let out = socklab(&["serve", "--listen", &addr]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with(&format!("error: cannot listen on {addr}")), "{}", stderr(&out));
+    assert!(stderr(&out).contains("in use"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_live_unix_socket_is_in_use_and_a_stale_one_is_replaced() {
+    let server = Server::unix(&[]);
+    let out = socklab(&["serve", "--listen", &server.addr]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("address in use"), "{}", stderr(&out));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let addr = format!("unix:{}", path.display());
+    let server = Server::start(&["--service", "greet"], &[&addr], None);
+    assert_eq!(stdout(&socklab(&["send", &server.addr, "x"])), "Hello, x!\n");
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_clear_message() {
+    for (args, needle) in [
+        (vec!["serve", "--model", "nonesuch"], "invalid value 'nonesuch'"),
+        (vec!["serve", "--listen", "tcp:localhost:99999"], "not a port number"),
+        (vec!["serve", "--delay", "soon"], "is not a duration"),
+        (vec!["serve", "--workers", "0"], "above 0"),
+        (vec!["send", "bogus"], "expected HOST:PORT"),
+        (vec!["bench", "tcp:[::1:80"], "']'"),
+        (vec!["frobnicate"], "unrecognized subcommand"),
+    ] {
+        let out = socklab(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn bench_json_has_the_documented_keys() {
+    let server = Server::tcp(&["--service", "echo"]);
+    let report = common::bench_json(&server.addr, &["--clients", "3", "--requests", "20", "--size", "64"]);
+    for key in ["requests", "errors", "elapsed_s", "throughput_rps", "clients"] {
+        assert!(report.get(key).is_some(), "missing {key}: {report}");
+    }
+    for key in ["p50", "p90", "p99", "p999", "max", "mean"] {
+        assert!(report["latency_us"].get(key).is_some(), "missing latency_us.{key}");
+    }
+    assert_eq!(report["requests"], 60);
+    assert_eq!(report["errors"], 0);
+    assert_eq!(report["clients"], 3);
+}
+
+#[test]
+fn bench_verbose_prints_the_seeds_lines() {
+    let server = Server::tcp(&["--service", "hello", "--model", "thread"]);
+    let out = socklab(&["bench", &server.addr, "--clients", "2", "--verbose"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for n in 1..=2 {
+        assert!(
+            text.contains(&format!("client {n}: received 'hello! this is the thread socklab server!!' in ")),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn bench_against_nothing_fails_without_hanging() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = socklab(&["bench", &format!(":{port}"), "--clients", "2", "--requests", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("error: no request succeeded (6 errors)"), "{}", stderr(&out));
+}
+
+#[test]
+fn models_lists_one_line_each() {
+    let out = socklab(&["models"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for model in ["iterative", "thread", "pool"] {
+        assert!(text.lines().any(|l| l.starts_with(model)), "{text}");
+    }
+}

@@ -1,0 +1,127 @@
+//! Every service of DESIGN section 3 on a real socket, as a client sees it,
+//! over TCP and Unix sockets, under the blocking models.
+
+mod common;
+
+use common::{Conn, Server};
+
+/// Runs `check` against a server of `service` over TCP and over a Unix socket.
+fn both(args: &[&str], check: impl Fn(&Server)) {
+    check(&Server::tcp(args));
+    check(&Server::unix(args));
+}
+
+#[test]
+fn echo_returns_a_mebibyte_intact() {
+    both(&["--service", "echo"], |server| {
+        let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+        let (mut reader, mut writer) = split(server.connect());
+        // Write from another thread: the echo comes back while we still send.
+        let sent = data.clone();
+        let t = std::thread::spawn(move || {
+            writer.send(&sent);
+            writer.shutdown_write();
+        });
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut got).unwrap();
+        t.join().unwrap();
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "echoed bytes differ");
+    });
+}
+
+fn split(conn: Conn) -> (Conn, Conn) {
+    match conn {
+        Conn::Tcp(s) => {
+            let w = s.try_clone().unwrap();
+            (Conn::Tcp(s), Conn::Tcp(w))
+        }
+        Conn::Unix(s) => {
+            let w = s.try_clone().unwrap();
+            (Conn::Unix(s), Conn::Unix(w))
+        }
+    }
+}
+
+#[test]
+fn time_replies_a_python_style_timestamp_then_closes() {
+    both(&["--service", "time"], |server| {
+        let mut conn = server.connect();
+        conn.send(b"hello world");
+        let reply = conn.recv_to_end();
+        let shape: String = reply.chars().map(|c| if c.is_ascii_digit() { 'd' } else { c }).collect();
+        assert_eq!(shape, "dddd-dd-dd dd:dd:dd.dddddd", "{reply:?}");
+    });
+}
+
+#[test]
+fn reverse_reverses_characters_then_closes() {
+    both(&["--service", "reverse"], |server| {
+        let mut conn = server.connect();
+        conn.send("こんにちは, 세계".as_bytes());
+        assert_eq!(conn.recv_to_end(), "계세 ,はちにんこ");
+    });
+}
+
+#[test]
+fn hello_greets_without_a_request_naming_the_model() {
+    both(&["--service", "hello", "--model", "pool"], |server| {
+        let mut conn = server.connect();
+        assert_eq!(conn.recv_to_end(), "hello! this is the pool socklab server!!");
+    });
+}
+
+#[test]
+fn welcome_received_and_exit() {
+    both(&["--service", "welcome"], |server| {
+        let mut conn = server.connect();
+        assert_eq!(conn.recv_some(), "Welcome!");
+        conn.send(b"Michael");
+        assert_eq!(conn.recv_some(), "Received Michael;");
+        conn.send(b"Tracy");
+        assert_eq!(conn.recv_some(), "Received Tracy;");
+        conn.send(b"exit");
+        assert_eq!(conn.recv_to_end(), "");
+    });
+}
+
+#[test]
+fn greet_says_hello_to_every_message() {
+    both(&["--service", "greet", "--model", "iterative"], |server| {
+        let mut conn = server.connect();
+        for m in ["message1", "message2"] {
+            conn.send(m.as_bytes());
+            assert_eq!(conn.recv_some(), format!("Hello, {m}!"));
+        }
+    });
+}
+
+#[test]
+fn line_framing_answers_per_line_and_refuses_overlong_lines() {
+    let server = Server::tcp(&["--service", "greet", "--framing", "line", "--max-line", "16"]);
+    let mut conn = server.connect();
+    conn.send(b"a\r\nb\n");
+    assert_eq!(conn.recv_exact(20), b"Hello, a!\nHello, b!\n");
+    conn.send(&[b'x'; 100]);
+    assert_eq!(conn.recv_to_end(), "ERR line too long\n");
+}
+
+#[test]
+fn delay_holds_the_welcome_replies_but_not_the_greeting() {
+    let server = Server::tcp(&["--service", "welcome", "--delay", "200ms"]);
+    let mut conn = server.connect();
+    let start = std::time::Instant::now();
+    assert_eq!(conn.recv_some(), "Welcome!");
+    conn.send(b"x");
+    assert_eq!(conn.recv_some(), "Received x;");
+    assert!(start.elapsed() >= std::time::Duration::from_millis(200));
+}
+
+#[test]
+fn idle_timeout_closes_a_silent_connection() {
+    let server = Server::tcp(&["--service", "echo", "--idle-timeout", "200ms"]);
+    let mut conn = server.connect();
+    let start = std::time::Instant::now();
+    assert_eq!(conn.recv_to_end(), "");
+    assert!(start.elapsed() >= std::time::Duration::from_millis(200));
+}
