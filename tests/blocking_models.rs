@@ -91,7 +91,9 @@ fn bad_peers_never_stop_the_next_client() {
         // Resets mid-request.
         reset(&server.addr);
         // 10 MiB of junk, read back, then gone.
-        let junk: Vec<u8> = (0..10 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+        let junk: Vec<u8> = (0..10 << 20)
+            .map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect();
         let conn = server.connect();
         let (mut r, mut w) = match conn {
             Conn::Tcp(s) => (s.try_clone().unwrap(), s),

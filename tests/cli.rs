@@ -36,11 +36,18 @@ fn send_prints_the_reply() {
 #[test]
 fn send_to_a_refused_port_is_an_error() {
     // Bind and drop: the port is (almost certainly) closed now.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let out = socklab(&["send", &format!(":{port}"), "x"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.starts_with("error: cannot connect to tcp:127.0.0.1:"), "{err}");
+    assert!(
+        err.starts_with("error: cannot connect to tcp:127.0.0.1:"),
+        "{err}"
+    );
     assert!(err.contains("refused"), "{err}");
 }
 
@@ -50,7 +57,11 @@ fn address_in_use_is_an_error() {
     let addr = format!("tcp:{}", taken.local_addr().unwrap());
     let out = socklab(&["serve", "--listen", &addr]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).starts_with(&format!("error: cannot listen on {addr}")), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with(&format!("error: cannot listen on {addr}")),
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("in use"), "{}", stderr(&out));
 }
 
@@ -73,7 +84,10 @@ fn a_live_unix_socket_is_in_use_and_a_stale_one_is_replaced() {
 fn usage_errors_exit_2_with_a_clear_message() {
     for (args, needle) in [
         (vec!["serve", "--model", "nonesuch"], "invalid value 'nonesuch'"),
-        (vec!["serve", "--listen", "tcp:localhost:99999"], "not a port number"),
+        (
+            vec!["serve", "--listen", "tcp:localhost:99999"],
+            "not a port number",
+        ),
         (vec!["serve", "--delay", "soon"], "is not a duration"),
         (vec!["serve", "--workers", "0"], "above 0"),
         (vec!["send", "bogus"], "expected HOST:PORT"),
@@ -89,12 +103,18 @@ fn usage_errors_exit_2_with_a_clear_message() {
 #[test]
 fn bench_json_has_the_documented_keys() {
     let server = Server::tcp(&["--service", "echo"]);
-    let report = common::bench_json(&server.addr, &["--clients", "3", "--requests", "20", "--size", "64"]);
+    let report = common::bench_json(
+        &server.addr,
+        &["--clients", "3", "--requests", "20", "--size", "64"],
+    );
     for key in ["requests", "errors", "elapsed_s", "throughput_rps", "clients"] {
         assert!(report.get(key).is_some(), "missing {key}: {report}");
     }
     for key in ["p50", "p90", "p99", "p999", "max", "mean"] {
-        assert!(report["latency_us"].get(key).is_some(), "missing latency_us.{key}");
+        assert!(
+            report["latency_us"].get(key).is_some(),
+            "missing latency_us.{key}"
+        );
     }
     assert_eq!(report["requests"], 60);
     assert_eq!(report["errors"], 0);
@@ -109,7 +129,9 @@ fn bench_verbose_prints_the_seeds_lines() {
     let text = stdout(&out);
     for n in 1..=2 {
         assert!(
-            text.contains(&format!("client {n}: received 'hello! this is the thread socklab server!!' in ")),
+            text.contains(&format!(
+                "client {n}: received 'hello! this is the thread socklab server!!' in "
+            )),
             "{text}"
         );
     }
@@ -117,10 +139,18 @@ fn bench_verbose_prints_the_seeds_lines() {
 
 #[test]
 fn bench_against_nothing_fails_without_hanging() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let out = socklab(&["bench", &format!(":{port}"), "--clients", "2", "--requests", "3"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).starts_with("error: no request succeeded (6 errors)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("error: no request succeeded (6 errors)"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -49,7 +49,10 @@ fn time_replies_a_python_style_timestamp_then_closes() {
         let mut conn = server.connect();
         conn.send(b"hello world");
         let reply = conn.recv_to_end();
-        let shape: String = reply.chars().map(|c| if c.is_ascii_digit() { 'd' } else { c }).collect();
+        let shape: String = reply
+            .chars()
+            .map(|c| if c.is_ascii_digit() { 'd' } else { c })
+            .collect();
         assert_eq!(shape, "dddd-dd-dd dd:dd:dd.dddddd", "{reply:?}");
     });
 }

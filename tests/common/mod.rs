@@ -74,7 +74,9 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
         self.child.wait().expect("wait for serve")
     }
 
@@ -189,6 +191,11 @@ pub fn bench_json(addr: &str, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["bench", addr, "--json", "--quiet"];
     all.extend_from_slice(args);
     let out = socklab(&all);
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("bench --json gave no JSON ({e}): {}\n{}", stdout(&out), stderr(&out)))
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bench --json gave no JSON ({e}): {}\n{}",
+            stdout(&out),
+            stderr(&out)
+        )
+    })
 }
