@@ -128,3 +128,14 @@ fn idle_timeout_closes_a_silent_connection() {
     assert_eq!(conn.recv_to_end(), "");
     assert!(start.elapsed() >= std::time::Duration::from_millis(200));
 }
+
+#[test]
+fn calc_answers_each_line_and_survives_errors() {
+    both(&["--service", "calc"], |server| {
+        let mut conn = server.connect();
+        conn.send(b"1 + 2 * 3\n7 / 2\n");
+        assert_eq!(conn.recv_exact(6), b"7\n3.5\n");
+        conn.send(b"1 / 0\r\n(2 + 3) ^ 2\n");
+        assert_eq!(conn.recv_exact(24), b"ERR division by zero\n25\n");
+    });
+}

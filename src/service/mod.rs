@@ -16,6 +16,7 @@
 
 pub mod framing;
 
+mod calc;
 mod echo;
 mod greet;
 mod hello;
@@ -71,6 +72,8 @@ pub enum ServiceKind {
     Welcome,
     /// `Hello, <message>!` for every message
     Greet,
+    /// evaluates arithmetic, one expression per line: `+ - * / % ^`, parentheses
+    Calc,
 }
 
 impl ServiceKind {
@@ -82,12 +85,16 @@ impl ServiceKind {
             ServiceKind::Hello => "hello",
             ServiceKind::Welcome => "welcome",
             ServiceKind::Greet => "greet",
+            ServiceKind::Calc => "calc",
         }
     }
 
     /// The framing a service speaks unless `--framing` says otherwise.
     pub fn default_framing(self) -> Framing {
-        Framing::Chunk
+        match self {
+            ServiceKind::Calc => Framing::Line,
+            _ => Framing::Chunk,
+        }
     }
 
     /// Whether the service keeps state shared by every connection (a chat
@@ -170,6 +177,7 @@ impl Service {
             ServiceKind::Hello => Box::new(hello::Hello::new(&self.config.model_name)),
             ServiceKind::Welcome => Box::new(welcome::Welcome),
             ServiceKind::Greet => Box::new(greet::Greet),
+            ServiceKind::Calc => Box::new(calc::Calc),
         }
     }
 }
