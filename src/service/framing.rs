@@ -142,6 +142,16 @@ impl Decoder {
         }
     }
 
+    /// At EOF: the last line, if the peer ended it without a newline (as
+    /// `printf '1+1' | nc -N` does). Counts as a message like any other.
+    pub fn finish(&mut self) -> Option<Vec<u8>> {
+        let rest = std::mem::take(&mut self.partial);
+        self.scanned = 0;
+        self.consumed = 0;
+        let rest = strip_cr(&rest).to_vec();
+        (!rest.is_empty()).then_some(rest)
+    }
+
     /// Bytes held for an unfinished line.
     pub fn buffered(&self) -> usize {
         self.partial.len()
@@ -210,6 +220,14 @@ mod tests {
         assert_eq!(frames(&mut d, b"45"), ["<too long>"]);
         let mut d = Decoder::new(Framing::Line, 4);
         assert_eq!(frames(&mut d, b"1234\n"), ["1234"]);
+    }
+
+    #[test]
+    fn an_unterminated_last_line_counts_at_eof() {
+        let mut d = Decoder::new(Framing::Line, 100);
+        assert_eq!(frames(&mut d, b"one\ntw"), ["one"]);
+        assert_eq!(d.finish(), Some(b"tw".to_vec()));
+        assert_eq!(d.finish(), None);
     }
 
     #[test]

@@ -361,7 +361,14 @@ impl Session {
         self.peer_finished = true;
         self.idle_deadline = None;
         let mut replies = Replies::new(self.framing);
-        self.protocol.finish(now, &mut replies);
+        if let Some(last_line) = self.decoder.finish() {
+            if !self.closing {
+                self.protocol.message(&last_line, now, &mut replies);
+            }
+        }
+        if !replies.close {
+            self.protocol.finish(now, &mut replies);
+        }
         self.take(replies, now);
     }
 
