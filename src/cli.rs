@@ -29,6 +29,16 @@ pub enum Command {
     Serve(ServeArgs),
     /// Send one request and print the reply
     Send(SendArgs),
+    /// Interactive: stdin to the peer, the peer to stdout
+    Connect {
+        /// Where to connect: tcp:HOST:PORT, HOST:PORT, :PORT, unix:PATH
+        addr: Addr,
+    },
+    /// Accept one peer, then talk as connect does
+    Listen {
+        /// Where to listen: tcp:HOST:PORT, :PORT (port 0 picks one), unix:PATH
+        addr: Addr,
+    },
     /// Drive a server with concurrent clients and measure it
     Bench(BenchArgs),
     /// Run every model side by side and write a report

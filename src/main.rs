@@ -24,6 +24,8 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => socklab::server::run(args.into_options()),
         Command::Send(args) => socklab::client::send::run(args.into_options()),
+        Command::Connect { addr } => socklab::client::talk::connect(&addr),
+        Command::Listen { addr } => socklab::client::talk::listen(&addr),
         Command::Bench(args) => socklab::client::bench::run(args.into_options()),
         Command::Lab => {
             println!("the lab is not built yet: run `socklab serve` and `socklab bench` by hand for now");
