@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::addr::Addr;
+use crate::addr::{Addr, Endpoint};
 use crate::client::bench::{BenchOptions, Load, Payload};
 use crate::client::send::SendOptions;
 use crate::model::{ModelKind, ServerConfig};
+use crate::relay::RelayOptions;
 use crate::server::ServeOptions;
 use crate::service::{Framing, ServiceConfig, ServiceKind, DEFAULT_MAX_LINE};
 
@@ -43,6 +44,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Run every model side by side and write a report
     Lab,
+    /// Copy between two addresses both ways, like socat
+    Relay(RelayArgs),
     /// List the concurrency models, one line each
     Models,
 }
@@ -191,6 +194,48 @@ impl BenchArgs {
             json: self.json,
             verbose: self.verbose,
             quiet: self.quiet,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// First address, opened first: tcp:, udp:, unix:, tcp-listen:[HOST:]PORT, udp-listen:,
+    /// unix-listen:PATH, stdio or -
+    pub a: Endpoint,
+    /// Second address, opened once the first is
+    pub b: Endpoint,
+    /// Keep listening on the first address and relay every peer concurrently
+    #[arg(long)]
+    pub fork: bool,
+    /// Copy from the first address to the second only
+    #[arg(long, short = 'u')]
+    pub unidirectional: bool,
+    /// After one direction ends, how long the other may go on
+    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    pub timeout: Duration,
+    /// Close a pair silent this long
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Log every transfer on stderr
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Show the bytes of every transfer on stderr, as hexdump -C does
+    #[arg(long, short = 'x')]
+    pub hexdump: bool,
+}
+
+impl RelayArgs {
+    pub fn into_options(self) -> RelayOptions {
+        RelayOptions {
+            a: self.a,
+            b: self.b,
+            fork: self.fork,
+            unidirectional: self.unidirectional,
+            timeout: self.timeout,
+            idle_timeout: self.idle_timeout,
+            verbose: self.verbose,
+            hexdump: self.hexdump,
         }
     }
 }

@@ -9,7 +9,8 @@
 //! - [`service`]: the protocols, as sans-IO state machines, and framing.
 //! - [`model`]: the concurrency models, one file each, one signature.
 //! - [`server`]: `socklab serve`: bind, announce, run a model.
-//! - [`client`]: `send` and `bench`.
+//! - [`client`]: `send`, `connect`/`listen`, and `bench`.
+//! - [`relay`]: the socat-like relay.
 //! - [`shutdown`]: the stop signal every model watches.
 //! - [`cli`]: the command line, turned into validated options.
 
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod client;
 pub mod model;
 pub mod net;
+pub mod relay;
 pub mod server;
 pub mod service;
 pub mod shutdown;

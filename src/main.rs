@@ -31,6 +31,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("the lab is not built yet: run `socklab serve` and `socklab bench` by hand for now");
             Ok(())
         }
+        Command::Relay(args) => socklab::relay::run(args.into_options()),
         Command::Models => {
             let mut out = std::io::stdout().lock();
             for model in ModelKind::ALL {

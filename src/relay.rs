@@ -1,0 +1,420 @@
+//! `socklab relay A B`: the socat of seed 001, with socat's life cycle.
+//!
+//! 1. Open A, then B (a listening address waits for its first peer).
+//! 2. Copy both ways, one thread per direction.
+//! 3. When one direction reaches EOF, shut down writing on the other side
+//!    and keep copying the other way until it ends too, or `--timeout`
+//!    (default 0.5 s) passes.
+//! 4. Close.
+//!
+//! With `--fork`, A must listen: every accepted peer gets its own B and its
+//! own pair of copying threads, and the relay keeps listening. (socat forks
+//! a process; a thread does the same job here with less ceremony, and the
+//! flag keeps socat's name.) TCP to TCP moves data with splice(2) through a
+//! pipe, never through user space, unless `--verbose` or `--hexdump` need
+//! to see the bytes.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, UdpSocket};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::fcntl::{splice, OFlag, SpliceFFlags};
+
+use crate::addr::{Addr, Endpoint, HostPort};
+use crate::net::{self, BindOptions, Bound, Listener, Stream};
+
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    pub a: Endpoint,
+    pub b: Endpoint,
+    /// Keep listening on A and relay every peer concurrently.
+    pub fork: bool,
+    /// Copy A to B only.
+    pub unidirectional: bool,
+    /// After one direction ends, how long the other may go on.
+    pub timeout: Duration,
+    /// Close a pair when neither direction has moved a byte for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Log every transfer (direction and size) on stderr.
+    pub verbose: bool,
+    /// Show every transfer's bytes on stderr, as `hexdump -C` does.
+    pub hexdump: bool,
+}
+
+/// One opened side of the relay.
+enum Side {
+    Stream(Stream),
+    /// A connected UDP socket: each read is a datagram, each write one.
+    Datagram(UdpSocket),
+    Stdio,
+}
+
+pub fn run(options: RelayOptions) -> anyhow::Result<()> {
+    if options.fork {
+        let Endpoint::Listen(addr) = &options.a else {
+            bail!("--fork needs a listening first address, such as tcp-listen:PORT");
+        };
+        let listener = listen_stream(addr)?;
+        let options = Arc::new(options);
+        loop {
+            let peer = listener.accept().context("accept failed")?;
+            let options = options.clone();
+            std::thread::Builder::new().name("relay".into()).spawn(move || {
+                let result = open(&options.b).and_then(|b| relay_pair(Side::Stream(peer), b, &options));
+                if let Err(e) = result {
+                    tracing::warn!("relay: {e:#}");
+                }
+            })?;
+        }
+    }
+    let a = open(&options.a)?;
+    let b = open(&options.b)?;
+    relay_pair(a, b, &options)
+}
+
+fn open(endpoint: &Endpoint) -> anyhow::Result<Side> {
+    Ok(match endpoint {
+        Endpoint::Stdio => Side::Stdio,
+        Endpoint::Connect(Addr::Udp(hp)) => Side::Datagram(connect_udp(hp)?),
+        Endpoint::Connect(addr) => Side::Stream(Stream::connect(addr, None)?),
+        Endpoint::Listen(Addr::Udp(hp)) => Side::Datagram(listen_udp(hp)?),
+        Endpoint::Listen(addr) => {
+            let listener = listen_stream(addr)?;
+            Side::Stream(listener.accept().context("accept failed")?)
+        }
+    })
+}
+
+fn listen_stream(addr: &Addr) -> anyhow::Result<Listener> {
+    match net::bind(addr, BindOptions::default())? {
+        Bound::Stream(listener) => {
+            // stderr: stdout may be one side of the relay.
+            eprintln!("listening on {}", listener.local_addr()?);
+            Ok(listener)
+        }
+        Bound::Datagram(_) => {
+            bail!("{addr}: a datagram socket has no connections to accept; use tcp-listen: or unix-listen:")
+        }
+    }
+}
+
+fn connect_udp(hp: &HostPort) -> anyhow::Result<UdpSocket> {
+    let target = hp.resolve()?[0];
+    let local = if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    let socket = UdpSocket::bind(local)?;
+    socket
+        .connect(target)
+        .with_context(|| format!("cannot connect to udp:{hp}"))?;
+    Ok(socket)
+}
+
+/// socat's `udp-listen`: bind, take the first datagram's sender as the peer.
+fn listen_udp(hp: &HostPort) -> anyhow::Result<UdpSocket> {
+    let Bound::Datagram(socket) = net::bind(&Addr::Udp(hp.clone()), BindOptions::default())? else {
+        bail!("udp:{hp} did not bind a datagram socket");
+    };
+    eprintln!("listening on udp:{}", HostPort::from(socket.local_addr()?));
+    let (_, peer) = socket.peek_from(&mut [0u8; 1])?;
+    socket.connect(peer)?;
+    Ok(socket)
+}
+
+/// Which way bytes move, for logs.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    AtoB,
+    BtoA,
+}
+
+impl Direction {
+    fn arrow(self) -> &'static str {
+        match self {
+            Direction::AtoB => ">",
+            Direction::BtoA => "<",
+        }
+    }
+}
+
+/// Copies between two opened sides until both directions end.
+fn relay_pair(a: Side, b: Side, options: &RelayOptions) -> anyhow::Result<()> {
+    let (a_read, a_write) = a.split()?;
+    let (b_read, b_write) = b.split()?;
+    let activity = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let (done, finished) = mpsc::channel();
+
+    let mut directions = vec![(Direction::AtoB, a_read, b_write)];
+    if !options.unidirectional {
+        directions.push((Direction::BtoA, b_read, a_write));
+    }
+    let mut stoppers = Vec::new();
+    for (direction, from, to) in directions {
+        stoppers.push(from.stopper());
+        let (done, activity) = (done.clone(), activity.clone());
+        let copy = Copy {
+            direction,
+            verbose: options.verbose,
+            hexdump: options.hexdump,
+            activity,
+            start,
+        };
+        std::thread::Builder::new().name("copy".into()).spawn(move || {
+            let result = copy.run(from, to);
+            let _ = done.send((direction, result));
+        })?;
+    }
+    drop(done);
+
+    // Wait for the first direction to end, watching for silence.
+    let total = stoppers.len();
+    let mut ended = 0;
+    let mut deadline: Option<Instant> = None;
+    while ended < total {
+        let wait = match (deadline, options.idle_timeout) {
+            (Some(d), _) => d.saturating_duration_since(Instant::now()),
+            (None, Some(idle)) => idle.min(Duration::from_millis(100)),
+            (None, None) => Duration::from_secs(3600),
+        };
+        match finished.recv_timeout(wait) {
+            Ok((direction, result)) => {
+                ended += 1;
+                if let Err(e) = result {
+                    tracing::debug!("{} ended: {e}", direction.arrow());
+                }
+                // socat: after the first EOF the other way gets --timeout.
+                deadline.get_or_insert(Instant::now() + options.timeout);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    tracing::debug!("the other direction did not end within {:?}", options.timeout);
+                    break;
+                }
+                if let Some(idle) = options.idle_timeout {
+                    let last = Duration::from_micros(activity.load(Ordering::Relaxed));
+                    if start.elapsed().saturating_sub(last) >= idle {
+                        tracing::info!("closing a pair silent for {idle:?}");
+                        break;
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // Unblock whatever is still copying; its thread ends on its own.
+    for stopper in stoppers {
+        stopper.stop();
+    }
+    Ok(())
+}
+
+/// The reading half of a side.
+enum Reader {
+    Stream(Stream),
+    Datagram(Arc<UdpSocket>),
+    Stdin,
+}
+
+/// The writing half of a side.
+enum Writer {
+    Stream(Stream),
+    Datagram(Arc<UdpSocket>),
+    Stdout,
+}
+
+/// Wakes a reader blocked on a socket so its thread can end.
+enum Stopper {
+    Stream(Stream),
+    /// A UDP socket cannot be shut down usefully; its thread is left to end
+    /// with the process (or when the next datagram has nowhere to go).
+    Nothing,
+}
+
+impl Stopper {
+    fn stop(self) {
+        if let Stopper::Stream(s) = self {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Side {
+    fn split(self) -> io::Result<(Reader, Writer)> {
+        Ok(match self {
+            Side::Stream(s) => (Reader::Stream(s.try_clone()?), Writer::Stream(s)),
+            Side::Datagram(d) => {
+                let d = Arc::new(d);
+                (Reader::Datagram(d.clone()), Writer::Datagram(d))
+            }
+            Side::Stdio => (Reader::Stdin, Writer::Stdout),
+        })
+    }
+}
+
+impl Reader {
+    fn stopper(&self) -> Stopper {
+        match self {
+            Reader::Stream(s) => s.try_clone().map_or(Stopper::Nothing, Stopper::Stream),
+            _ => Stopper::Nothing,
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Reader::Stream(s) => s.read(buf),
+            Reader::Datagram(d) => d.recv(buf),
+            Reader::Stdin => io::stdin().lock().read(buf),
+        }
+    }
+}
+
+impl Writer {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Writer::Stream(s) => s.write_all(buf),
+            Writer::Datagram(d) => d.send(buf).map(drop),
+            Writer::Stdout => {
+                let mut out = io::stdout().lock();
+                out.write_all(buf)?;
+                out.flush()
+            }
+        }
+    }
+
+    /// Passes the EOF on: the peer on this side sees our end of data.
+    fn finish(&mut self) {
+        if let Writer::Stream(s) = self {
+            let _ = s.shutdown(Shutdown::Write);
+        }
+    }
+}
+
+/// One direction's copying loop.
+struct Copy {
+    direction: Direction,
+    verbose: bool,
+    hexdump: bool,
+    /// Microseconds since `start` of the last byte moved, either way.
+    activity: Arc<AtomicU64>,
+    start: Instant,
+}
+
+impl Copy {
+    fn run(&self, mut from: Reader, mut to: Writer) -> io::Result<u64> {
+        let result = match (&from, &to) {
+            (Reader::Stream(src @ Stream::Tcp(_)), Writer::Stream(dst @ Stream::Tcp(_)))
+                if !self.verbose && !self.hexdump =>
+            {
+                self.splice(src, dst)
+            }
+            _ => self.copy(&mut from, &mut to),
+        };
+        to.finish();
+        result
+    }
+
+    fn copy(&self, from: &mut Reader, to: &mut Writer) -> io::Result<u64> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.moved(&buf[..n], total);
+            to.write_all(&buf[..n])?;
+            total += n as u64;
+        }
+    }
+
+    /// socket -> pipe -> socket, in the kernel.
+    fn splice(&self, from: &Stream, to: &Stream) -> io::Result<u64> {
+        let (pipe_r, pipe_w): (OwnedFd, OwnedFd) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let flags = SpliceFFlags::SPLICE_F_MOVE;
+        let mut total = 0u64;
+        loop {
+            let n = match splice(from.as_fd(), None, pipe_w.as_fd(), None, 64 * 1024, flags) {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let mut left = n;
+            while left > 0 {
+                match splice(pipe_r.as_fd(), None, to.as_fd(), None, left, flags) {
+                    Ok(m) => left -= m,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.activity
+                .store(self.start.elapsed().as_micros() as u64, Ordering::Relaxed);
+            total += n as u64;
+        }
+    }
+
+    fn moved(&self, bytes: &[u8], offset: u64) {
+        self.activity
+            .store(self.start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if self.verbose || self.hexdump {
+            let mut text = format!(
+                "{} {} bytes (offset {offset})\n",
+                self.direction.arrow(),
+                bytes.len()
+            );
+            if self.hexdump {
+                text += &hexdump(bytes, offset);
+            }
+            eprint!("{text}");
+        }
+    }
+}
+
+/// `hexdump -C`: offset, 16 bytes in hex, the printable ones as text.
+pub fn hexdump(bytes: &[u8], offset: u64) -> String {
+    let mut out = String::new();
+    for (i, line) in bytes.chunks(16).enumerate() {
+        let _ = write!(out, "{:08x}  ", offset + (i * 16) as u64);
+        for j in 0..16 {
+            match line.get(j) {
+                Some(b) => {
+                    let _ = write!(out, "{b:02x} ");
+                }
+                None => out.push_str("   "),
+            }
+            if j == 7 {
+                out.push(' ');
+            }
+        }
+        out.push_str(" |");
+        out.extend(line.iter().map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '.'
+            }
+        }));
+        out.push_str("|\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hexdump;
+
+    #[test]
+    fn hexdump_matches_hexdump_c() {
+        assert_eq!(
+            hexdump(b"hello world\n\x00\x01ABCDEFG", 16),
+            "00000010  68 65 6c 6c 6f 20 77 6f  72 6c 64 0a 00 01 41 42  |hello world...AB|\n\
+             00000020  43 44 45 46 47                                    |CDEFG|\n"
+        );
+    }
+}

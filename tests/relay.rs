@@ -1,0 +1,155 @@
+//! `socklab relay`: socat's life cycle between real sockets.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Conn, Server, BIN};
+
+/// Starts `socklab relay ARGS` and returns it with the address it announced
+/// on stderr (its first address listens).
+fn relay(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .arg("relay")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    // Keep reading stderr so the relay never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (child, addr)
+}
+
+/// Waits for the relay to exit by itself; a hang fails the test.
+fn wait_exit(mut child: Child) -> std::process::ExitStatus {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait().unwrap()));
+    rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        panic!("relay did not exit within 10 s")
+    })
+}
+
+#[test]
+fn tcp_listen_to_an_echo_server_and_back() {
+    let echo = Server::tcp(&["--service", "echo"]);
+    let (child, addr) = relay(&["tcp-listen:0", &echo.addr]);
+    let mut conn = Conn::to(&addr);
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    conn.send(&data);
+    assert_eq!(conn.recv_exact(data.len()), data);
+    conn.shutdown_write();
+    assert_eq!(conn.recv_to_end(), "", "the echo server's close comes through");
+    assert!(wait_exit(child).success());
+}
+
+#[test]
+fn unix_listen_to_tcp_with_hexdump() {
+    let greet = Server::tcp(&["--service", "greet"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.sock");
+    let mut child = Command::new(BIN)
+        .args([
+            "relay",
+            &format!("unix-listen:{}", path.display()),
+            &greet.addr,
+            "--hexdump",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let mut conn = Conn::to(&format!("unix:{}", path.display()));
+    conn.send(b"relay");
+    assert_eq!(conn.recv_some(), "Hello, relay!");
+    conn.shutdown_write();
+    conn.recv_to_end();
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+    assert!(wait_exit(child).success());
+    assert!(log.contains("> 5 bytes"), "{log}");
+    assert!(log.contains("72 65 6c 61 79"), "{log}");
+    assert!(log.contains("|Hello, relay!|"), "{log}");
+}
+
+#[test]
+fn stdio_to_a_server() {
+    let server = Server::tcp(&["--service", "reverse"]);
+    let mut child = Command::new(BIN)
+        .args(["relay", "-", &server.addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"stressed").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"desserts");
+}
+
+#[test]
+fn fork_relays_peers_concurrently_and_keeps_listening() {
+    let echo = Server::tcp(&["--service", "echo"]);
+    let (mut child, addr) = relay(&["tcp-listen:0", &echo.addr, "--fork"]);
+    let mut first = Conn::to(&addr);
+    let mut second = Conn::to(&addr);
+    second.send(b"two");
+    first.send(b"one");
+    assert_eq!(first.recv_some(), "one");
+    assert_eq!(second.recv_some(), "two");
+    drop(first);
+    drop(second);
+    let mut third = Conn::to(&addr);
+    third.send(b"three");
+    assert_eq!(third.recv_some(), "three");
+    assert_eq!(child.try_wait().unwrap(), None, "--fork keeps listening");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn after_one_side_ends_the_other_gets_the_timeout_then_the_relay_closes() {
+    // B never closes and never sends: only --timeout ends the relay.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = format!("tcp:{}", silent.local_addr().unwrap());
+    let (child, addr) = relay(&["tcp-listen:0", &b, "--timeout", "200ms"]);
+    let conn = Conn::to(&addr);
+    let (_held, _) = silent.accept().unwrap();
+    conn.shutdown_write();
+    assert!(wait_exit(child).success());
+}
+
+#[test]
+fn unidirectional_copies_one_way_only() {
+    let (target, target_addr) = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = format!("tcp:{}", l.local_addr().unwrap());
+        (l, a)
+    };
+    let (child, addr) = relay(&["tcp-listen:0", &target_addr, "-u"]);
+    let mut conn = Conn::to(&addr);
+    let (mut peer, _) = target.accept().unwrap();
+    conn.send(b"one way");
+    let mut got = [0u8; 7];
+    peer.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"one way");
+    peer.write_all(b"ignored").unwrap();
+    conn.shutdown_write();
+    assert_eq!(conn.recv_to_end(), "", "nothing comes back under -u");
+    assert!(wait_exit(child).success());
+}
