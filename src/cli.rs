@@ -91,6 +91,9 @@ pub struct ServeArgs {
     /// Longest line accepted under line framing
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE, value_parser = parse_positive)]
     pub max_line: usize,
+    /// Where `contacts` keeps its book (SQLite)
+    #[arg(long, value_name = "PATH", default_value = crate::service::DEFAULT_DB)]
+    pub db: std::path::PathBuf,
     /// After SIGINT/SIGTERM, how long in-flight requests may take
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub grace: Duration,
@@ -103,6 +106,7 @@ impl ServeArgs {
         service.delay = self.delay;
         service.idle_timeout = self.idle_timeout;
         service.max_line = self.max_line;
+        service.db = self.db;
         ServeOptions {
             model: self.model,
             service,

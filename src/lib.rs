@@ -11,6 +11,7 @@
 //! - [`server`]: `socklab serve`: bind, announce, run a model.
 //! - [`client`]: `send`, `connect`/`listen`, and `bench`.
 //! - [`relay`]: the socat-like relay.
+//! - [`store`]: durable storage for `contacts` (SQLite).
 //! - [`shutdown`]: the stop signal every model watches.
 //! - [`cli`]: the command line, turned into validated options.
 
@@ -23,3 +24,4 @@ pub mod relay;
 pub mod server;
 pub mod service;
 pub mod shutdown;
+pub mod store;

@@ -37,6 +37,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
     }
     service.model_name = model.name().to_string();
     let service = Arc::new(Service::new(service));
+    service.check()?;
 
     let mut listeners = Vec::new();
     for addr in &listen {

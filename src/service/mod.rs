@@ -17,6 +17,7 @@
 pub mod framing;
 
 mod calc;
+mod contacts;
 mod echo;
 mod greet;
 mod hello;
@@ -26,8 +27,11 @@ mod welcome;
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::store::Store;
 use framing::{Decoder, Frame};
 pub use framing::{Framing, CHUNK_SIZE, DEFAULT_MAX_LINE};
 
@@ -74,6 +78,8 @@ pub enum ServiceKind {
     Greet,
     /// evaluates arithmetic, one expression per line: `+ - * / % ^`, parentheses
     Calc,
+    /// a durable contact book: `ADD name phone`, `FIND name`, `REMOVE name`, `LIST`
+    Contacts,
 }
 
 impl ServiceKind {
@@ -86,13 +92,14 @@ impl ServiceKind {
             ServiceKind::Welcome => "welcome",
             ServiceKind::Greet => "greet",
             ServiceKind::Calc => "calc",
+            ServiceKind::Contacts => "contacts",
         }
     }
 
     /// The framing a service speaks unless `--framing` says otherwise.
     pub fn default_framing(self) -> Framing {
         match self {
-            ServiceKind::Calc => Framing::Line,
+            ServiceKind::Calc | ServiceKind::Contacts => Framing::Line,
             _ => Framing::Chunk,
         }
     }
@@ -110,6 +117,9 @@ impl fmt::Display for ServiceKind {
     }
 }
 
+/// Where `contacts` keeps its book unless `--db` says otherwise.
+pub const DEFAULT_DB: &str = "socklab-contacts.db";
+
 /// Everything a session needs to know about the server it runs in.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -123,6 +133,8 @@ pub struct ServiceConfig {
     pub max_line: usize,
     /// The model's name, which `hello` puts in its greeting.
     pub model_name: String,
+    /// `--db`: where `contacts` keeps its book.
+    pub db: PathBuf,
 }
 
 impl ServiceConfig {
@@ -134,20 +146,33 @@ impl ServiceConfig {
             idle_timeout: None,
             max_line: DEFAULT_MAX_LINE,
             model_name: "socklab".into(),
+            db: PathBuf::from(DEFAULT_DB),
         }
     }
 }
 
-/// A service ready to serve: its configuration, plus (later) the state its
-/// connections share. Cheap to share between threads behind an `Arc`.
+/// A service ready to serve: its configuration, plus the state its
+/// connections share (the contact book). Shared between threads behind an `Arc`.
 #[derive(Debug, Clone)]
 pub struct Service {
     config: ServiceConfig,
+    /// `contacts`' storage, opened on first use in each process.
+    store: Option<Arc<Store>>,
 }
 
 impl Service {
     pub fn new(config: ServiceConfig) -> Self {
-        Service { config }
+        let store = (config.kind == ServiceKind::Contacts).then(|| Arc::new(Store::new(&config.db)));
+        Service { config, store }
+    }
+
+    /// Opens what the service needs (its database) so that a problem is an
+    /// error at start rather than at the first request.
+    pub fn check(&self) -> anyhow::Result<()> {
+        match &self.store {
+            Some(store) => store.check(),
+            None => Ok(()),
+        }
     }
 
     pub fn config(&self) -> &ServiceConfig {
@@ -178,6 +203,12 @@ impl Service {
             ServiceKind::Welcome => Box::new(welcome::Welcome),
             ServiceKind::Greet => Box::new(greet::Greet),
             ServiceKind::Calc => Box::new(calc::Calc),
+            ServiceKind::Contacts => Box::new(contacts::Contacts {
+                store: self
+                    .store
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(Store::new(&self.config.db))),
+            }),
         }
     }
 }
