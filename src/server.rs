@@ -35,6 +35,19 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
             model
         );
     }
+    if service.kind.needs_wake() && !model.wakes_sessions() {
+        let able: Vec<&str> = ModelKind::ALL
+            .iter()
+            .filter(|m| m.wakes_sessions())
+            .map(|m| m.name())
+            .collect();
+        bail!(
+            "the {} service needs a model that serves many connections at once in one process and wakes one when another speaks; {} does not: use {}",
+            service.kind,
+            model,
+            able.join(", ")
+        );
+    }
     service.model_name = model.name().to_string();
     let service = Arc::new(Service::new(service));
     service.check()?;

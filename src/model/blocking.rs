@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::net::{interrupted, would_block, Listener, Stream};
 use crate::service::{Now, Service, CHUNK_SIZE};
@@ -52,7 +53,7 @@ impl Acceptor {
             if self.shutdown.is_triggered() {
                 return None;
             }
-            match wait(&self.listener, Some(&self.shutdown), None) {
+            match wait(&self.listener, Some(&self.shutdown), None, None) {
                 Ok(Ready::Shutdown) => return None,
                 Ok(_) => {}
                 Err(e) => {
@@ -169,6 +170,7 @@ pub fn serve_connection(mut stream: Stream, service: &Service, shutdown: &Shutdo
 fn drive(stream: &mut Stream, service: &Service, shutdown: &Shutdown) -> io::Result<()> {
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let mut session = service.session(Now::system());
+    let wake = room_wake(&mut session)?;
     let mut buf = [0u8; CHUNK_SIZE];
     let mut shutdown_seen = false;
     loop {
@@ -190,7 +192,7 @@ fn drive(stream: &mut Stream, service: &Service, shutdown: &Shutdown) -> io::Res
             return Ok(()); // Nothing owed and nothing more to read.
         }
         let watch = (!shutdown_seen).then_some(shutdown);
-        match wait(stream, watch, session.poll_timeout())? {
+        match wait(stream, watch, wake.as_deref(), session.poll_timeout())? {
             Ready::Io => match stream.read(&mut buf) {
                 Ok(0) => session.handle_eof(Now::system()),
                 Ok(n) => session.handle_read(&buf[..n], Now::system()),
@@ -198,6 +200,12 @@ fn drive(stream: &mut Stream, service: &Service, shutdown: &Shutdown) -> io::Res
                 Err(e) => return Err(e),
             },
             Ready::Timeout => session.handle_timeout(Now::system()),
+            Ready::Wake => {
+                if let Some(event) = &wake {
+                    let _ = event.read(); // Reset it; the inbox holds the news.
+                }
+                session.handle_wake(Now::system());
+            }
             // The eventfd is shared with forked children, so this is how a
             // child process learns of the parent's shutdown too.
             Ready::Shutdown if !shutdown_seen => {
@@ -209,15 +217,40 @@ fn drive(stream: &mut Stream, service: &Service, shutdown: &Shutdown) -> io::Res
     }
 }
 
+/// For a session other connections can give work to (chat): an eventfd that
+/// they write to, which this thread waits on next to its socket.
+fn room_wake(session: &mut crate::service::Session) -> io::Result<Option<Arc<EventFd>>> {
+    if !session.uses_wake() {
+        return Ok(None);
+    }
+    let event = Arc::new(EventFd::from_value_and_flags(
+        0,
+        EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+    )?);
+    let writer = event.clone();
+    session.set_wake(Arc::new(move || {
+        let _ = writer.write(1);
+    }));
+    // Anything said before the wake was registered is waiting already.
+    session.handle_wake(Now::system());
+    Ok(Some(event))
+}
+
 enum Ready {
     Io,
     Timeout,
+    Wake,
     Shutdown,
 }
 
-/// Blocks until `fd` is readable, shutdown (if watched) is triggered, or
-/// `deadline`.
-fn wait(fd: &impl AsFd, shutdown: Option<&Shutdown>, deadline: Option<Instant>) -> io::Result<Ready> {
+/// Blocks until `fd` is readable, another connection wakes us, shutdown (if
+/// watched) is triggered, or `deadline`; in that order of precedence.
+fn wait(
+    fd: &impl AsFd,
+    shutdown: Option<&Shutdown>,
+    wake: Option<&EventFd>,
+    deadline: Option<Instant>,
+) -> io::Result<Ready> {
     loop {
         let timeout = match deadline {
             None => PollTimeout::NONE,
@@ -228,21 +261,27 @@ fn wait(fd: &impl AsFd, shutdown: Option<&Shutdown>, deadline: Option<Instant>) 
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        let mut both;
-        let fds: &mut [PollFd] = match shutdown {
-            Some(s) => {
-                both = [fds[0], PollFd::new(s.as_fd(), PollFlags::POLLIN)];
-                &mut both
+        // At most three descriptors: a fixed array, no allocation per wait.
+        let unused = PollFd::new(fd.as_fd(), PollFlags::empty());
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN), unused, unused];
+        let mut n = 1;
+        let mut wake_at = None;
+        for (extra, is_wake) in [(wake.map(AsFd::as_fd), true), (shutdown.map(AsFd::as_fd), false)] {
+            if let Some(extra) = extra {
+                fds[n] = PollFd::new(extra, PollFlags::POLLIN);
+                wake_at = if is_wake { Some(n) } else { wake_at };
+                n += 1;
             }
-            None => &mut fds,
-        };
+        }
+        let fds = &mut fds[..n];
         match poll(fds, timeout) {
             Ok(0) => return Ok(Ready::Timeout),
             Ok(_) => {
-                let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                return Ok(if ready(&fds[0]) {
+                let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+                return Ok(if ready(0) {
                     Ready::Io
+                } else if wake_at.is_some_and(ready) {
+                    Ready::Wake
                 } else {
                     Ready::Shutdown
                 });

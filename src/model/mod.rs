@@ -54,6 +54,13 @@ impl ModelKind {
         false
     }
 
+    /// Whether the model can wake a connection's driver when another
+    /// connection gives it work (a chat line), and serves connections at once
+    /// in one process, so that a room means something.
+    pub fn wakes_sessions(self) -> bool {
+        matches!(self, ModelKind::Thread | ModelKind::Pool)
+    }
+
     /// `--workers` when the user gives none.
     pub fn default_workers(self) -> usize {
         match self {

@@ -15,8 +15,10 @@
 //! so tests drive sessions in memory with a hand-advanced clock.
 
 pub mod framing;
+pub mod room;
 
 mod calc;
+mod chat;
 mod contacts;
 mod echo;
 mod greet;
@@ -34,6 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::store::Store;
 use framing::{Decoder, Frame};
 pub use framing::{Framing, CHUNK_SIZE, DEFAULT_MAX_LINE};
+use room::{Inbox, Room, Wake};
 
 /// The instant a session is told about: monotonic time for deadlines, wall
 /// time for services that report it (`time`). Drivers make one per wake-up.
@@ -80,6 +83,8 @@ pub enum ServiceKind {
     Calc,
     /// a durable contact book: `ADD name phone`, `FIND name`, `REMOVE name`, `LIST`
     Contacts,
+    /// a room: every line goes to everyone else as `<nick> text`
+    Chat,
 }
 
 impl ServiceKind {
@@ -93,13 +98,14 @@ impl ServiceKind {
             ServiceKind::Greet => "greet",
             ServiceKind::Calc => "calc",
             ServiceKind::Contacts => "contacts",
+            ServiceKind::Chat => "chat",
         }
     }
 
     /// The framing a service speaks unless `--framing` says otherwise.
     pub fn default_framing(self) -> Framing {
         match self {
-            ServiceKind::Calc | ServiceKind::Contacts => Framing::Line,
+            ServiceKind::Calc | ServiceKind::Contacts | ServiceKind::Chat => Framing::Line,
             _ => Framing::Chunk,
         }
     }
@@ -107,7 +113,14 @@ impl ServiceKind {
     /// Whether the service keeps state shared by every connection (a chat
     /// room): such a service cannot be split across forked processes.
     pub fn shares_state_across_connections(self) -> bool {
-        false
+        self == ServiceKind::Chat
+    }
+
+    /// Whether a session can be given work by another connection (a chat
+    /// line), so that its driver must be able to be woken for it
+    /// ([`Session::set_wake`]).
+    pub fn needs_wake(self) -> bool {
+        self == ServiceKind::Chat
     }
 }
 
@@ -158,12 +171,18 @@ pub struct Service {
     config: ServiceConfig,
     /// `contacts`' storage, opened on first use in each process.
     store: Option<Arc<Store>>,
+    /// `chat`'s room, shared by every connection.
+    room: Arc<Room>,
 }
 
 impl Service {
     pub fn new(config: ServiceConfig) -> Self {
         let store = (config.kind == ServiceKind::Contacts).then(|| Arc::new(Store::new(&config.db)));
-        Service { config, store }
+        Service {
+            config,
+            store,
+            room: Arc::default(),
+        }
     }
 
     /// Opens what the service needs (its database) so that a problem is an
@@ -203,6 +222,7 @@ impl Service {
             ServiceKind::Welcome => Box::new(welcome::Welcome),
             ServiceKind::Greet => Box::new(greet::Greet),
             ServiceKind::Calc => Box::new(calc::Calc),
+            ServiceKind::Chat => Box::new(chat::Chat::join(self.room.clone())),
             ServiceKind::Contacts => Box::new(contacts::Contacts {
                 store: self
                     .store
@@ -226,6 +246,11 @@ pub trait Protocol: Send {
     /// every reply has gone out.
     fn finish(&mut self, _now: Now, out: &mut Replies) {
         out.close();
+    }
+
+    /// Where other connections leave messages for this one (chat only).
+    fn inbox(&self) -> Option<&Arc<Inbox>> {
+        None
     }
 }
 
@@ -429,6 +454,39 @@ impl Session {
         }
     }
 
+    /// Whether other connections may give this session work, so that its
+    /// driver must register a [`Wake`] with [`set_wake`](Session::set_wake).
+    pub fn uses_wake(&self) -> bool {
+        self.protocol.inbox().is_some()
+    }
+
+    /// How the driver wants to be called back when another connection has
+    /// left something for this one; it then calls
+    /// [`handle_wake`](Session::handle_wake). Called from other threads.
+    pub fn set_wake(&mut self, wake: Wake) {
+        if let Some(inbox) = self.protocol.inbox() {
+            inbox.set_wake(wake);
+        }
+    }
+
+    /// Takes what other connections left (chat lines) into the output. A
+    /// member too far behind is disconnected.
+    pub fn handle_wake(&mut self, _now: Now) {
+        let Some(inbox) = self.protocol.inbox() else {
+            return;
+        };
+        let delivery = inbox.take();
+        if delivery.overflowed {
+            tracing::info!("disconnecting a member too slow to read the room");
+            self.held.clear();
+            self.out.clear();
+            self.out_pos = 0;
+            self.closing = true;
+        } else if !self.closing {
+            self.out.extend_from_slice(&delivery.bytes);
+        }
+    }
+
     /// The next instant at which [`handle_timeout`](Session::handle_timeout)
     /// has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -525,6 +583,22 @@ pub(crate) mod tests {
             };
             h.drain();
             h
+        }
+
+        pub fn with_session(session: Session) -> Self {
+            let mut h = Harness {
+                session,
+                now: Now::system(),
+                written: Vec::new(),
+            };
+            h.drain();
+            h
+        }
+
+        /// What other connections left for this one.
+        pub fn wake(&mut self) -> String {
+            self.session.handle_wake(self.now);
+            self.take()
         }
 
         pub fn of(kind: ServiceKind) -> Self {

@@ -1,0 +1,86 @@
+//! `chat`: a room over real sockets; every line goes to everyone else.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+
+use common::{socklab, stderr, Conn, Server};
+
+/// A member that reads whole lines.
+struct Member {
+    lines: BufReader<Conn>,
+    conn: Conn,
+}
+
+impl Member {
+    fn join(server: &Server) -> Member {
+        let conn = server.connect();
+        let reader = match &conn {
+            Conn::Tcp(s) => Conn::Tcp(s.try_clone().unwrap()),
+            Conn::Unix(s) => Conn::Unix(s.try_clone().unwrap()),
+        };
+        let mut member = Member {
+            lines: BufReader::new(reader),
+            conn,
+        };
+        assert!(member.line().starts_with("* welcome, guest"));
+        member
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.lines.read_line(&mut line).unwrap();
+        line
+    }
+
+    fn say(&mut self, text: &str) {
+        self.conn.send(format!("{text}\n").as_bytes());
+    }
+}
+
+#[test]
+fn lines_reach_everyone_else_under_thread_and_pool() {
+    for (model, server) in [
+        ("thread", Server::tcp(&["--service", "chat", "--model", "thread"])),
+        (
+            "pool",
+            Server::unix(&["--service", "chat", "--model", "pool", "--workers", "3"]),
+        ),
+    ] {
+        let mut alice = Member::join(&server);
+        let mut bob = Member::join(&server);
+        assert!(alice.line().ends_with(" joined\n"), "{model}");
+        alice.say("/nick alice");
+        assert_eq!(alice.line(), "* you are alice\n");
+        assert!(bob.line().ends_with(" is now alice\n"));
+        bob.say("/nick bob");
+        assert_eq!(bob.line(), "* you are bob\n");
+        assert_eq!(alice.line(), format!("* {} is now bob\n", "guest2"));
+        alice.say("hello bob");
+        assert_eq!(bob.line(), "<alice> hello bob\n", "{model}");
+        bob.say("hi alice");
+        assert_eq!(alice.line(), "<bob> hi alice\n", "{model}");
+        drop(bob);
+        assert_eq!(alice.line(), "* bob left\n", "{model}");
+    }
+}
+
+#[test]
+fn models_that_cannot_host_a_room_refuse_at_start() {
+    let out = socklab(&[
+        "serve",
+        "--service",
+        "chat",
+        "--model",
+        "iterative",
+        "--listen",
+        "tcp:127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error: the chat service needs a model that serves many connections"),
+        "{err}"
+    );
+    assert!(err.contains("use thread, pool"), "{err}");
+}
