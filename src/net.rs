@@ -166,6 +166,20 @@ impl Listener {
         }
     }
 
+    /// Another listening socket on this one's address, for a second accept
+    /// loop: with `SO_REUSEPORT` (this one must have been bound with it too)
+    /// the kernel spreads new connections across them. A Unix socket has no
+    /// such thing; its sibling is a second handle on the same socket.
+    pub fn reuse_port_sibling(&self) -> anyhow::Result<Listener> {
+        match self {
+            Listener::Tcp(l) => {
+                let hp = HostPort::from(l.local_addr()?);
+                Ok(Listener::Tcp(bind_tcp(&hp, BindOptions { reuse_port: true })?))
+            }
+            Listener::Unix(..) => Ok(self.try_clone()?),
+        }
+    }
+
     pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
         match self {
             Listener::Tcp(l) => l.set_nonblocking(nonblocking),
@@ -348,4 +362,23 @@ pub fn would_block(err: &io::Error) -> bool {
 /// `Interrupted`: a signal arrived mid-call; try again.
 pub fn interrupted(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::Interrupted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuse_port_siblings_share_a_port() {
+        let bind_loopback =
+            |reuse_port| match bind(&"tcp:127.0.0.1:0".parse().unwrap(), BindOptions { reuse_port }) {
+                Ok(Bound::Stream(l)) => l,
+                other => panic!("{other:?}"),
+            };
+        let first = bind_loopback(true);
+        let second = first.reuse_port_sibling().unwrap();
+        assert_eq!(first.local_addr().unwrap(), second.local_addr().unwrap());
+        // Without SO_REUSEPORT on the first, its port is simply in use.
+        assert!(bind_loopback(false).reuse_port_sibling().is_err());
+    }
 }

@@ -54,7 +54,10 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
 
     let mut listeners = Vec::new();
     for addr in &listen {
-        match net::bind(addr, BindOptions::default())? {
+        let options = BindOptions {
+            reuse_port: model.uses_reuse_port(server.workers),
+        };
+        match net::bind(addr, options)? {
             Bound::Stream(listener) => listeners.push(listener),
             Bound::Datagram(_) => bail!("{addr}: UDP is not served yet; use tcp: or unix:"),
         }

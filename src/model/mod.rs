@@ -61,6 +61,15 @@ impl ModelKind {
         matches!(self, ModelKind::Thread | ModelKind::Pool)
     }
 
+    /// Whether the model runs several accept loops that each want their own
+    /// listening socket on the same port (`SO_REUSEPORT`, so the kernel
+    /// spreads connections across them); `serve` then binds the first
+    /// listener with `SO_REUSEPORT` and the model makes the others with
+    /// [`Listener::reuse_port_sibling`](crate::net::Listener::reuse_port_sibling).
+    pub fn uses_reuse_port(self, _workers: usize) -> bool {
+        false
+    }
+
     /// `--workers` when the user gives none.
     pub fn default_workers(self) -> usize {
         match self {
