@@ -8,8 +8,11 @@
 
 pub mod blocking;
 
+mod fork;
 mod iterative;
 mod pool;
+mod prefork;
+mod process;
 mod thread;
 
 use std::fmt;
@@ -26,16 +29,26 @@ pub enum ModelKind {
     Iterative,
     Thread,
     Pool,
+    Fork,
+    Prefork,
 }
 
 impl ModelKind {
-    pub const ALL: &'static [ModelKind] = &[ModelKind::Iterative, ModelKind::Thread, ModelKind::Pool];
+    pub const ALL: &'static [ModelKind] = &[
+        ModelKind::Iterative,
+        ModelKind::Thread,
+        ModelKind::Pool,
+        ModelKind::Fork,
+        ModelKind::Prefork,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             ModelKind::Iterative => "iterative",
             ModelKind::Thread => "thread",
             ModelKind::Pool => "pool",
+            ModelKind::Fork => "fork",
+            ModelKind::Prefork => "prefork",
         }
     }
 
@@ -45,13 +58,15 @@ impl ModelKind {
             ModelKind::Iterative => "the main thread accepts and serves one connection at a time",
             ModelKind::Thread => "the main thread accepts; a new thread serves each connection",
             ModelKind::Pool => "N worker threads (--workers, default 3) each accept and serve",
+            ModelKind::Fork => "the parent accepts; a new child process serves each connection",
+            ModelKind::Prefork => "N worker processes (--workers, default 3) each accept and serve",
         }
     }
 
     /// Whether connections are served in separate processes, which share no
     /// memory (fork, prefork): a service with shared state cannot run there.
     pub fn runs_in_processes(self) -> bool {
-        false
+        matches!(self, ModelKind::Fork | ModelKind::Prefork)
     }
 
     /// Whether the model can wake a connection's driver when another
@@ -73,7 +88,7 @@ impl ModelKind {
     /// `--workers` when the user gives none.
     pub fn default_workers(self) -> usize {
         match self {
-            ModelKind::Pool => 3,
+            ModelKind::Pool | ModelKind::Prefork => 3,
             _ => 1,
         }
     }
@@ -90,6 +105,8 @@ impl ModelKind {
             ModelKind::Iterative => iterative::serve(listener, service, config, shutdown),
             ModelKind::Thread => thread::serve(listener, service, config, shutdown),
             ModelKind::Pool => pool::serve(listener, service, config, shutdown),
+            ModelKind::Fork => fork::serve(listener, service, config, shutdown),
+            ModelKind::Prefork => prefork::serve(listener, service, config, shutdown),
         }
     }
 }

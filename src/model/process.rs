@@ -1,0 +1,183 @@
+//! Child processes for the process models (fork, prefork): starting them,
+//! reaping them the moment they exit (no zombies, ever), and taking them
+//! down at shutdown.
+//!
+//! A reaper thread blocks in `waitpid(-1)` whenever there are children, so a
+//! child is reaped as soon as it exits, without signal handlers; each exit
+//! is reported on a channel for the parent that wants to react (prefork
+//! restarts a worker).
+
+use std::collections::HashSet;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{self, SigHandler, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use crate::shutdown::Shutdown;
+
+/// The children of this process, as the reaper sees them.
+pub struct Children {
+    live: Arc<(Mutex<HashSet<Pid>>, Condvar)>,
+    exits: Receiver<Pid>,
+}
+
+impl Children {
+    /// Starts the reaper thread.
+    pub fn new() -> std::io::Result<Self> {
+        let live: Arc<(Mutex<HashSet<Pid>>, Condvar)> = Arc::default();
+        // Bounded: a parent that never asks (fork) must not make it grow.
+        let (tx, exits) = mpsc::sync_channel(1024);
+        let reaper_live = live.clone();
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || reap_forever(&reaper_live, &tx))?;
+        Ok(Children { live, exits })
+    }
+
+    /// Forks; the child runs `child` and exits with `_exit(0)`, never
+    /// returning into the parent's code. Returns the child's pid.
+    ///
+    /// The parent is multi-threaded, so the child does only what `child`
+    /// does and leaves through `_exit`: no destructors of the parent's state
+    /// run twice, and no atexit handler flushes a copy of a parent's buffer.
+    pub fn spawn(&self, child: impl FnOnce()) -> nix::Result<Pid> {
+        // Hold the lock across fork so the reaper cannot see the child exit
+        // before it is recorded as live.
+        let (set, changed) = &*self.live;
+        let mut live = set.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: fork in a multi-threaded process is sound as long as the
+        // child only uses what is fork-safe. Ours runs one connection loop:
+        // glibc's malloc and stdio locks are reset across fork by its atfork
+        // handlers, and the other threads' locks it could meet (the ones
+        // guarding logs) are taken only for a single write each.
+        let forked = unsafe { fork() };
+        match forked {
+            Err(e) => {
+                drop(child);
+                Err(e)
+            }
+            Ok(ForkResult::Child) => {
+                drop(live);
+                as_a_child();
+                child();
+                // SAFETY: `_exit` ends the process at once; nothing of ours
+                // needs to run after the child's work.
+                unsafe { libc::_exit(0) }
+            }
+            Ok(ForkResult::Parent { child: pid }) => {
+                // What the closure owns (a connection) was for the child;
+                // the parent's copy closes now.
+                drop(child);
+                live.insert(pid);
+                changed.notify_all();
+                Ok(pid)
+            }
+        }
+    }
+
+    /// Blocks while `max` children are live (`--max-conns`); `false` if
+    /// shutdown came first.
+    pub fn wait_below(&self, max: usize, shutdown: &Shutdown) -> bool {
+        let (set, changed) = &*self.live;
+        let mut live = set.lock().unwrap_or_else(|e| e.into_inner());
+        while live.len() >= max {
+            if shutdown.is_triggered() {
+                return false;
+            }
+            live = changed
+                .wait_timeout(live, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// The next child to exit, if one does within `timeout`.
+    pub fn next_exit(&self, timeout: Duration) -> Option<Pid> {
+        match self.exits.recv_timeout(timeout) {
+            Ok(pid) => Some(pid),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// Shutdown: the children already know (the shutdown eventfd is shared
+    /// with them) and finish what they are doing; those still running after
+    /// `grace` are killed. Returns when every child has been reaped.
+    pub fn wind_down(&self, grace: Duration) {
+        let (set, changed) = &*self.live;
+        let deadline = Instant::now() + grace;
+        let mut live = set.lock().unwrap_or_else(|e| e.into_inner());
+        while !live.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!("grace period over: killing {} children", live.len());
+                for pid in live.iter() {
+                    let _ = signal::kill(*pid, Signal::SIGKILL);
+                }
+                // The reaper removes them as they die.
+                drop(
+                    changed
+                        .wait_while(live, |l| !l.is_empty())
+                        .unwrap_or_else(|e| e.into_inner()),
+                );
+                return;
+            }
+            live = changed
+                .wait_timeout(live, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// In a new child: leave signal handling to the parent. SIGTERM ends the
+/// child at once if someone sends it one (the parent's handler would only
+/// wake the parent's signal thread, which the child does not have); SIGINT,
+/// which a Ctrl-C sends to the whole process group, is ignored so that the
+/// parent can wind the children down gracefully.
+fn as_a_child() {
+    // SAFETY: setting a signal's disposition to default or ignore installs
+    // no handler code, so nothing can run in a signal context.
+    unsafe {
+        let _ = signal::signal(Signal::SIGTERM, SigHandler::SigDfl);
+        let _ = signal::signal(Signal::SIGINT, SigHandler::SigIgn);
+    }
+}
+
+fn reap_forever(live: &(Mutex<HashSet<Pid>>, Condvar), exits: &SyncSender<Pid>) {
+    let (set, changed) = live;
+    loop {
+        {
+            // Sleep while there is nobody to reap.
+            let guard = set.lock().unwrap_or_else(|e| e.into_inner());
+            drop(
+                changed
+                    .wait_while(guard, |l| l.is_empty())
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
+        }
+        let pid = match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) => pid,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(Errno::ECHILD) => {
+                // Nobody left after all (an exit raced the bookkeeping).
+                set.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                changed.notify_all();
+                continue;
+            }
+            Err(e) => {
+                tracing::error!("waitpid: {e}");
+                return;
+            }
+        };
+        let mut l = set.lock().unwrap_or_else(|e| e.into_inner());
+        l.remove(&pid);
+        changed.notify_all();
+        drop(l);
+        let _ = exits.try_send(pid);
+    }
+}
