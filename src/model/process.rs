@@ -8,7 +8,7 @@
 //! restarts a worker).
 
 use std::collections::HashSet;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,10 +98,7 @@ impl Children {
 
     /// The next child to exit, if one does within `timeout`.
     pub fn next_exit(&self, timeout: Duration) -> Option<Pid> {
-        match self.exits.recv_timeout(timeout) {
-            Ok(pid) => Some(pid),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        self.exits.recv_timeout(timeout).ok()
     }
 
     /// Shutdown: the children already know (the shutdown eventfd is shared
