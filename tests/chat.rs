@@ -39,7 +39,7 @@ impl Member {
 }
 
 #[test]
-fn lines_reach_everyone_else_under_thread_and_pool() {
+fn lines_reach_everyone_else_under_threads_and_event_loops() {
     for (model, server) in [
         ("thread", Server::tcp(&["--service", "chat", "--model", "thread"])),
         (
@@ -82,5 +82,8 @@ fn models_that_cannot_host_a_room_refuse_at_start() {
         err.starts_with("error: the chat service needs a model that serves many connections"),
         "{err}"
     );
-    assert!(err.contains("use thread, pool"), "{err}");
+    assert!(
+        err.contains("use thread, pool, busy, select, poll, epoll"),
+        "{err}"
+    );
 }

@@ -7,12 +7,17 @@
 //! served; see the table in DESIGN section 4, or `socklab models`.
 
 pub mod blocking;
+pub mod event_loop;
 
+mod busy;
+mod epoll;
 mod fork;
 mod iterative;
+mod poll;
 mod pool;
 mod prefork;
 mod process;
+mod select;
 mod thread;
 
 use std::fmt;
@@ -31,6 +36,10 @@ pub enum ModelKind {
     Pool,
     Fork,
     Prefork,
+    Busy,
+    Select,
+    Poll,
+    Epoll,
 }
 
 impl ModelKind {
@@ -40,6 +49,10 @@ impl ModelKind {
         ModelKind::Pool,
         ModelKind::Fork,
         ModelKind::Prefork,
+        ModelKind::Busy,
+        ModelKind::Select,
+        ModelKind::Poll,
+        ModelKind::Epoll,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +62,10 @@ impl ModelKind {
             ModelKind::Pool => "pool",
             ModelKind::Fork => "fork",
             ModelKind::Prefork => "prefork",
+            ModelKind::Busy => "busy",
+            ModelKind::Select => "select",
+            ModelKind::Poll => "poll",
+            ModelKind::Epoll => "epoll",
         }
     }
 
@@ -60,6 +77,10 @@ impl ModelKind {
             ModelKind::Pool => "N worker threads (--workers, default 3) each accept and serve",
             ModelKind::Fork => "the parent accepts; a new child process serves each connection",
             ModelKind::Prefork => "N worker processes (--workers, default 3) each accept and serve",
+            ModelKind::Busy => "one thread tries every non-blocking socket in an endless loop",
+            ModelKind::Select => "one thread waits for readiness with select(2)",
+            ModelKind::Poll => "one thread waits for readiness with poll(2)",
+            ModelKind::Epoll => "N loops (--workers, default 1) wait with epoll(7), SO_REUSEPORT",
         }
     }
 
@@ -73,7 +94,7 @@ impl ModelKind {
     /// connection gives it work (a chat line), and serves connections at once
     /// in one process, so that a room means something.
     pub fn wakes_sessions(self) -> bool {
-        matches!(self, ModelKind::Thread | ModelKind::Pool)
+        !matches!(self, ModelKind::Iterative | ModelKind::Fork | ModelKind::Prefork)
     }
 
     /// Whether the model runs several accept loops that each want their own
@@ -81,8 +102,8 @@ impl ModelKind {
     /// spreads connections across them); `serve` then binds the first
     /// listener with `SO_REUSEPORT` and the model makes the others with
     /// [`Listener::reuse_port_sibling`](crate::net::Listener::reuse_port_sibling).
-    pub fn uses_reuse_port(self, _workers: usize) -> bool {
-        false
+    pub fn uses_reuse_port(self, workers: usize) -> bool {
+        self == ModelKind::Epoll && workers > 1
     }
 
     /// `--workers` when the user gives none.
@@ -107,6 +128,10 @@ impl ModelKind {
             ModelKind::Pool => pool::serve(listener, service, config, shutdown),
             ModelKind::Fork => fork::serve(listener, service, config, shutdown),
             ModelKind::Prefork => prefork::serve(listener, service, config, shutdown),
+            ModelKind::Busy => busy::serve(listener, service, config, shutdown),
+            ModelKind::Select => select::serve(listener, service, config, shutdown),
+            ModelKind::Poll => poll::serve(listener, service, config, shutdown),
+            ModelKind::Epoll => epoll::serve(listener, service, config, shutdown),
         }
     }
 }

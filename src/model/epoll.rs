@@ -1,0 +1,141 @@
+//! `epoll`: the kernel keeps the interest list (`epoll_ctl` once per change,
+//! not once per wait) and `epoll_wait` returns only what is ready, so a wait
+//! costs in proportion to the activity, not to the connections held: the
+//! C10K answer. `--workers N` runs N loops, each with its own listener on
+//! the same port (`SO_REUSEPORT`), so the kernel spreads connections across
+//! them and they share nothing.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::event_loop::{self, Event, Interest, Poller};
+use super::ServerConfig;
+use crate::net::Listener;
+use crate::service::Service;
+use crate::shutdown::Shutdown;
+
+pub fn serve(
+    listener: Listener,
+    service: Arc<Service>,
+    config: &ServerConfig,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let mut listeners = vec![listener];
+    for _ in 1..config.workers.max(1) {
+        let sibling = listeners[0]
+            .reuse_port_sibling()
+            .context("cannot open another listener for a loop")?;
+        listeners.push(sibling);
+    }
+    std::thread::scope(|scope| {
+        let loops: Vec<_> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, listener)| {
+                let service = &service;
+                std::thread::Builder::new()
+                    .name(format!("epoll-{i}"))
+                    .spawn_scoped(scope, move || {
+                        event_loop::run(Epoll::new()?, listener, service, config, shutdown)
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut result = Ok(());
+        for l in loops {
+            let r = l
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("an epoll loop panicked")));
+            if r.is_err() {
+                shutdown.trigger();
+                result = result.and(r);
+            }
+        }
+        result
+    })
+}
+
+struct Epoll {
+    epfd: OwnedFd,
+    /// Where `epoll_wait` writes what is ready; sized for a busy batch.
+    ready: Vec<libc::epoll_event>,
+}
+
+impl Epoll {
+    fn new() -> io::Result<Self> {
+        // SAFETY: plain system call; the result is checked before use.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Epoll {
+            // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+            epfd: unsafe { OwnedFd::from_raw_fd(fd) },
+            ready: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
+        })
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
+        let mut events = 0;
+        if interest.read {
+            events |= libc::EPOLLIN;
+        }
+        if interest.write {
+            events |= libc::EPOLLOUT;
+        }
+        let mut event = libc::epoll_event {
+            events: events as u32,
+            u64: token as u64,
+        };
+        // SAFETY: `event` lives across the call; the kernel copies it.
+        if unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), op, fd, &mut event) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Poller for Epoll {
+    fn register(&mut self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, interest)
+    }
+
+    fn reregister(&mut self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, interest)
+    }
+
+    fn deregister(&mut self, fd: RawFd, token: usize) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, fd, token, Interest::default())
+    }
+
+    fn wait(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
+        let ms = timeout.map_or(-1, |t| {
+            t.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int
+        });
+        // SAFETY: the buffer and its length are our own `ready` array.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epfd.as_raw_fd(),
+                self.ready.as_mut_ptr(),
+                self.ready.len() as libc::c_int,
+                ms,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for e in &self.ready[..n as usize] {
+            let flags = e.events as libc::c_int;
+            events.push(Event {
+                token: e.u64 as usize,
+                readable: flags & libc::EPOLLIN != 0,
+                writable: flags & libc::EPOLLOUT != 0,
+                closed: flags & (libc::EPOLLHUP | libc::EPOLLERR) != 0,
+            });
+        }
+        Ok(())
+    }
+}

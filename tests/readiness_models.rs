@@ -1,0 +1,205 @@
+//! The readiness models (busy, select, poll, epoll) on one shared event
+//! loop: concurrency without threads, timers instead of sleeps, and bad
+//! peers that cost nobody else anything.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{bench_json, Conn, Server};
+
+const MODELS: [&str; 4] = ["busy", "select", "poll", "epoll"];
+const DELAY: f64 = 0.4;
+
+#[test]
+fn delay_experiment_one_round_for_every_model() {
+    for model in MODELS {
+        let args = ["--model", model, "--service", "hello", "--delay", "400ms"];
+        for server in [Server::tcp(&args), Server::unix(&args)] {
+            let report = bench_json(&server.addr, &["--clients", "5"]);
+            assert_eq!(report["replies"], 5, "{model}: {report}");
+            let t = report["elapsed_s"].as_f64().unwrap();
+            assert!(
+                (DELAY..3.0 * DELAY).contains(&t),
+                "{model} took {t} s for one round"
+            );
+        }
+    }
+}
+
+#[test]
+fn services_over_tcp_and_unix() {
+    for model in MODELS {
+        for server in [
+            Server::tcp(&["--model", model, "--service", "welcome"]),
+            Server::unix(&["--model", model, "--service", "welcome"]),
+        ] {
+            let mut conn = server.connect();
+            assert_eq!(conn.recv_some(), "Welcome!");
+            conn.send(b"x");
+            assert_eq!(conn.recv_some(), "Received x;", "{model}");
+            conn.send(b"exit");
+            assert_eq!(conn.recv_to_end(), "");
+        }
+        let server = Server::tcp(&["--model", model, "--service", "calc"]);
+        let mut conn = server.connect();
+        conn.send(b"2 ^ 10\n1 / 0\n");
+        assert_eq!(conn.recv_exact(26), b"1024\nERR division by zero\n", "{model}");
+    }
+}
+
+#[test]
+fn a_mebibyte_echoes_intact_through_partial_writes() {
+    for model in MODELS {
+        let server = Server::unix(&["--model", model, "--service", "echo"]);
+        let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        let conn = server.connect();
+        let Conn::Unix(s) = conn else { unreachable!() };
+        let mut writer = s.try_clone().unwrap();
+        let sent = data.clone();
+        let t = std::thread::spawn(move || {
+            writer.write_all(&sent).unwrap();
+            writer.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+        let mut got = Vec::new();
+        (&s).read_to_end(&mut got).unwrap();
+        t.join().unwrap();
+        assert!(got == data, "{model}: echo differs ({} bytes back)", got.len());
+    }
+}
+
+/// Opens `n` connections at once, then has each say something and checks
+/// every answer.
+fn hold_and_echo(addr: &str, n: usize) {
+    let hp = addr.trim_start_matches("tcp:");
+    let mut conns: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(hp).expect("connect")).collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(format!("{i:06}").as_bytes()).unwrap();
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut back = [0u8; 6];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(back, format!("{i:06}").as_bytes());
+    }
+}
+
+#[test]
+fn a_thousand_concurrent_connections_on_each() {
+    for model in MODELS {
+        let server = Server::tcp(&["--model", model, "--service", "echo"]);
+        hold_and_echo(&server.addr, 1000);
+    }
+}
+
+#[test]
+fn ten_thousand_concurrent_connections_on_epoll() {
+    let server = Server::tcp(&["--model", "epoll", "--service", "echo"]);
+    hold_and_echo(&server.addr, 10_000);
+}
+
+#[test]
+fn select_past_fd_setsize_stops_accepting_instead_of_corrupting_memory() {
+    let server = Server::tcp(&["--model", "select", "--service", "echo"]);
+    let hp = server.addr.trim_start_matches("tcp:").to_string();
+    // More connections than an fd_set can name; those the server had to
+    // drop are closed by it, the others are served.
+    let mut conns: Vec<TcpStream> = (0..1100).map(|_| TcpStream::connect(&hp).unwrap()).collect();
+    let mut served = 0;
+    for c in conns.iter_mut().take(900) {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"ping").unwrap();
+        let mut back = [0u8; 4];
+        if c.read_exact(&mut back).is_ok() && &back == b"ping" {
+            served += 1;
+        }
+    }
+    assert!(served >= 900, "only {served} of the first 900 were served");
+    drop(conns);
+    // Still alive, and accepting again once connections closed.
+    let mut conn = server.connect();
+    conn.send(b"after");
+    assert_eq!(conn.recv_some(), "after");
+}
+
+#[test]
+fn a_peer_that_never_reads_is_not_read_from_and_slows_nobody() {
+    for model in MODELS {
+        let server = Server::tcp(&["--model", model, "--service", "echo"]);
+        let flood = server.connect();
+        let Conn::Tcp(s) = flood else { unreachable!() };
+        s.set_nonblocking(true).unwrap();
+        let chunk = vec![b'f'; 1 << 16];
+        let mut sent = 0usize;
+        // Until both buffers and the session's high-water mark are full.
+        while sent < 256 << 20 {
+            match (&s).write(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{model}: {e}"),
+            }
+        }
+        assert!(
+            sent < 64 << 20,
+            "{model}: the server kept reading {sent} bytes it could not answer"
+        );
+        let mut other = server.connect();
+        other.send(b"hello");
+        assert_eq!(other.recv_some(), "hello", "{model}");
+    }
+}
+
+#[test]
+fn an_endless_line_gets_err_and_close() {
+    for model in MODELS {
+        let server = Server::tcp(&["--model", model, "--service", "calc", "--max-line", "1024"]);
+        let conn = server.connect();
+        let Conn::Tcp(s) = conn else { unreachable!() };
+        let mut writer = s.try_clone().unwrap();
+        let t = std::thread::spawn(move || {
+            let junk = vec![b'7'; 1 << 16];
+            // Up to 100 MB without a newline; the server cuts us off long before.
+            for _ in 0..1600 {
+                if writer.write_all(&junk).is_err() {
+                    return;
+                }
+            }
+        });
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut reply = [0u8; 18];
+        (&s).read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"ERR line too long\n", "{model}");
+        t.join().unwrap();
+        let mut other = server.connect();
+        other.send(b"1+1\n");
+        assert_eq!(other.recv_some(), "2\n", "{model}");
+    }
+}
+
+#[test]
+fn resets_and_junk_never_stop_the_loop() {
+    for model in MODELS {
+        let server = Server::tcp(&["--model", model, "--service", "reverse"]);
+        for _ in 0..20 {
+            let s =
+                socket2::Socket::from(TcpStream::connect(server.addr.trim_start_matches("tcp:")).unwrap());
+            s.set_linger(Some(Duration::ZERO)).unwrap();
+            let _ = s.send(b"\xff\xfe\x00junk");
+        }
+        let mut conn = server.connect();
+        conn.send(b"abc");
+        assert_eq!(conn.recv_to_end(), "cba", "{model}");
+    }
+}
+
+#[test]
+fn epoll_workers_share_the_port() {
+    let server = Server::tcp(&["--model", "epoll", "--workers", "3", "--service", "greet"]);
+    for i in 0..30 {
+        let mut conn = server.connect();
+        conn.send(format!("{i}").as_bytes());
+        assert_eq!(conn.recv_some(), format!("Hello, {i}!"));
+    }
+}
