@@ -65,7 +65,7 @@ fn parse_positive(s: &str) -> Result<usize, String> {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Concurrency model (see `socklab models`)
-    #[arg(long, value_enum, default_value_t = ModelKind::Thread)]
+    #[arg(long, value_enum, default_value_t = ModelKind::Async)]
     pub model: ModelKind,
     /// Protocol to serve
     #[arg(long, value_enum, default_value_t = ServiceKind::Echo)]

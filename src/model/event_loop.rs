@@ -148,8 +148,19 @@ pub fn run(
                     state.paused_at = Some(0);
                     let tokens: Vec<usize> = state.connections.iter().map(|(t, _)| t).collect();
                     for token in tokens {
-                        state.connections[token].session.handle_shutdown();
-                        state.settle(token, &mut poller);
+                        // A request already in the socket is in flight: take
+                        // it before saying no more (one non-blocking read).
+                        let readable = Event {
+                            token,
+                            readable: true,
+                            writable: false,
+                            closed: false,
+                        };
+                        state.ready(token, readable, &mut poller, now);
+                        if let Some(conn) = state.connections.get_mut(token) {
+                            conn.session.handle_shutdown();
+                            state.settle(token, &mut poller);
+                        }
                     }
                 }
                 SHUTDOWN => {}

@@ -9,6 +9,7 @@
 pub mod blocking;
 pub mod event_loop;
 
+mod async_tokio;
 mod busy;
 mod epoll;
 mod fork;
@@ -30,6 +31,7 @@ use crate::shutdown::Shutdown;
 
 /// The models of DESIGN section 4 that exist so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "lower")]
 pub enum ModelKind {
     Iterative,
     Thread,
@@ -40,6 +42,7 @@ pub enum ModelKind {
     Select,
     Poll,
     Epoll,
+    Async,
 }
 
 impl ModelKind {
@@ -53,6 +56,7 @@ impl ModelKind {
         ModelKind::Select,
         ModelKind::Poll,
         ModelKind::Epoll,
+        ModelKind::Async,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +70,7 @@ impl ModelKind {
             ModelKind::Select => "select",
             ModelKind::Poll => "poll",
             ModelKind::Epoll => "epoll",
+            ModelKind::Async => "async",
         }
     }
 
@@ -81,6 +86,9 @@ impl ModelKind {
             ModelKind::Select => "one thread waits for readiness with select(2)",
             ModelKind::Poll => "one thread waits for readiness with poll(2)",
             ModelKind::Epoll => "N loops (--workers, default 1) wait with epoll(7), SO_REUSEPORT",
+            ModelKind::Async => {
+                "a tokio runtime (--workers threads, default: the cores), a task per connection"
+            }
         }
     }
 
@@ -110,6 +118,7 @@ impl ModelKind {
     pub fn default_workers(self) -> usize {
         match self {
             ModelKind::Pool | ModelKind::Prefork => 3,
+            ModelKind::Async => std::thread::available_parallelism().map_or(1, |n| n.get()),
             _ => 1,
         }
     }
@@ -132,6 +141,7 @@ impl ModelKind {
             ModelKind::Select => select::serve(listener, service, config, shutdown),
             ModelKind::Poll => poll::serve(listener, service, config, shutdown),
             ModelKind::Epoll => epoll::serve(listener, service, config, shutdown),
+            ModelKind::Async => async_tokio::serve(listener, service, config, shutdown),
         }
     }
 }

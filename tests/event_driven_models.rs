@@ -1,6 +1,7 @@
-//! The readiness models (busy, select, poll, epoll) on one shared event
-//! loop: concurrency without threads, timers instead of sleeps, and bad
-//! peers that cost nobody else anything.
+//! The event-driven models: readiness (busy, select, poll, epoll, on one
+//! shared event loop) and completion (async on tokio): concurrency without a
+//! thread per connection, timers instead of sleeps, and bad peers that cost
+//! nobody else anything.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use common::{bench_json, Conn, Server};
 
-const MODELS: [&str; 4] = ["busy", "select", "poll", "epoll"];
+const MODELS: [&str; 5] = ["busy", "select", "poll", "epoll", "async"];
 const DELAY: f64 = 0.4;
 
 #[test]
@@ -95,9 +96,24 @@ fn a_thousand_concurrent_connections_on_each() {
 }
 
 #[test]
-fn ten_thousand_concurrent_connections_on_epoll() {
-    let server = Server::tcp(&["--model", "epoll", "--service", "echo"]);
-    hold_and_echo(&server.addr, 10_000);
+fn ten_thousand_concurrent_connections_on_epoll_and_async() {
+    for model in ["epoll", "async"] {
+        let server = Server::tcp(&["--model", model, "--service", "echo"]);
+        hold_and_echo(&server.addr, 10_000);
+    }
+}
+
+#[test]
+fn sigterm_lets_delayed_replies_finish() {
+    for model in MODELS {
+        let server = Server::tcp(&["--model", model, "--service", "welcome", "--delay", "300ms"]);
+        let mut conn = server.connect();
+        assert_eq!(conn.recv_some(), "Welcome!");
+        conn.send(b"x");
+        let status = server.terminate();
+        assert!(status.success(), "{model}: {status}");
+        assert_eq!(conn.recv_to_end(), "Received x;", "{model}");
+    }
 }
 
 #[test]

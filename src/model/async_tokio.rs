@@ -1,0 +1,196 @@
+//! `async`: a tokio runtime (`--workers` threads, default: the cores) and a
+//! task per connection (seed 004's asyncio). Each task drives its session
+//! with `.await` where the blocking models block: a read, a write, a
+//! `sleep_until` for `--delay`. A task costs a few hundred bytes where a
+//! thread costs a stack, and the runtime's few threads serve them all.
+//!
+//! `--max-conns` is a semaphore whose permit each task holds; shutdown stops
+//! the accept loop and tells every task, which finish what they owe; the
+//! last task to end closes a channel the accept loop waits on (mini-redis'
+//! pattern).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+
+use super::ServerConfig;
+use crate::net::Listener;
+use crate::service::{Now, Service, CHUNK_SIZE};
+use crate::shutdown::Shutdown;
+
+/// How long a write may wait for a peer that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn serve(
+    listener: Listener,
+    service: Arc<Service>,
+    config: &ServerConfig,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers.max(1))
+        .thread_name("async-worker")
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let shutdown_fd = shutdown.as_fd().try_clone_to_owned()?;
+    runtime.block_on(accept_loop(listener, service, config.clone(), shutdown_fd))
+}
+
+async fn accept_loop(
+    listener: Listener,
+    service: Arc<Service>,
+    config: ServerConfig,
+    shutdown_fd: OwnedFd,
+) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = AsyncListener::new(listener)?;
+    let limit = Arc::new(Semaphore::new(config.max_conns.unwrap_or(Semaphore::MAX_PERMITS)));
+    // Every task holds a sender; when the last one drops, `recv` says so.
+    let (done_tx, mut all_done) = mpsc::channel::<()>(1);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // SAFETY: the OwnedFd is moved into the AsyncFd, which is its only
+    // owner from here on: it stays open, and the same, until dropped.
+    let shutdown = unsafe { AsyncFd::register_with_interest(shutdown_fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("cannot watch the shutdown signal: {e}"))?;
+
+    loop {
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => permit?,
+            _ = shutdown.readable() => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.readable() => break,
+        };
+        let (service, done, stop) = (service.clone(), done_tx.clone(), stop_rx.clone());
+        match accepted {
+            Ok(Accepted::Tcp(stream)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    connection(stream, &service, stop).await;
+                    drop((permit, done));
+                });
+            }
+            Ok(Accepted::Unix(stream)) => {
+                tokio::spawn(async move {
+                    connection(stream, &service, stop).await;
+                    drop((permit, done));
+                });
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) || e.raw_os_error() == Some(libc::ENFILE) => {
+                tracing::warn!("accept: {e}; retrying shortly");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => tracing::debug!("accept: {e}"),
+        }
+    }
+
+    let _ = stop_tx.send(true);
+    drop(done_tx);
+    if tokio::time::timeout(config.grace, all_done.recv()).await.is_err() {
+        tracing::warn!("grace period over with connections still open");
+    }
+    Ok(())
+}
+
+/// Drives one connection's session to the end.
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    service: &Service,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut session = service.session(Now::system());
+    // For chat: other connections wake this task through a Notify.
+    let wake = session.uses_wake().then(|| Arc::new(Notify::new()));
+    if let Some(notify) = &wake {
+        let notify = notify.clone();
+        session.set_wake(Arc::new(move || notify.notify_one()));
+        session.handle_wake(Now::system());
+    }
+    let mut buf = [0u8; CHUNK_SIZE];
+    let mut stopping = false;
+    loop {
+        let pending = session.pending_output();
+        if !pending.is_empty() {
+            match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(pending)).await {
+                Ok(Ok(())) => session.consume_output(pending.len()),
+                Ok(Err(e)) => return tracing::debug!("connection ended: {e}"),
+                Err(_) => return tracing::debug!("a peer that does not read: dropped"),
+            }
+        }
+        if session.is_finished() {
+            break;
+        }
+        let deadline = session.poll_timeout();
+        // Unlike the blocking models, a held reply does not stop the reading.
+        let reading = session.wants_read();
+        if !reading && deadline.is_none() && wake.is_none() {
+            break; // Nothing can happen any more.
+        }
+        tokio::select! {
+            // Input first: a request already sent when shutdown comes is in flight.
+            biased;
+            read = stream.read(&mut buf), if reading => match read {
+                Ok(0) => session.handle_eof(Now::system()),
+                Ok(n) => session.handle_read(&buf[..n], Now::system()),
+                Err(e) => return tracing::debug!("connection ended: {e}"),
+            },
+            _ = sleep_until(deadline), if deadline.is_some() => session.handle_timeout(Now::system()),
+            _ = notified(&wake), if wake.is_some() => session.handle_wake(Now::system()),
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                session.handle_shutdown();
+            }
+        }
+    }
+    let _ = stream.shutdown().await;
+}
+
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(d.into()).await;
+    }
+}
+
+async fn notified(wake: &Option<Arc<Notify>>) {
+    if let Some(n) = wake {
+        n.notified().await;
+    }
+}
+
+/// The listener, registered with tokio.
+enum AsyncListener {
+    Tcp(tokio::net::TcpListener),
+    /// The guard removes the socket's path when serving ends.
+    Unix(
+        tokio::net::UnixListener,
+        #[allow(dead_code)] crate::net::UnlinkOnDrop,
+    ),
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl AsyncListener {
+    fn new(listener: Listener) -> std::io::Result<Self> {
+        Ok(match listener {
+            Listener::Tcp(l) => AsyncListener::Tcp(tokio::net::TcpListener::from_std(l)?),
+            Listener::Unix(l, unlink) => AsyncListener::Unix(tokio::net::UnixListener::from_std(l)?, unlink),
+        })
+    }
+
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            AsyncListener::Tcp(l) => Ok(Accepted::Tcp(l.accept().await?.0)),
+            AsyncListener::Unix(l, _) => Ok(Accepted::Unix(l.accept().await?.0)),
+        }
+    }
+}
