@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::addr::{Addr, Endpoint};
 use crate::client::bench::{BenchOptions, Load, Payload};
 use crate::client::send::SendOptions;
+use crate::lab::{Knobs, LabOptions, Scenario};
 use crate::model::{ModelKind, ServerConfig};
 use crate::relay::RelayOptions;
 use crate::server::ServeOptions;
@@ -43,7 +44,7 @@ pub enum Command {
     /// Drive a server with concurrent clients and measure it
     Bench(BenchArgs),
     /// Run every model side by side and write a report
-    Lab,
+    Lab(LabArgs),
     /// Copy between two addresses both ways, like socat
     Relay(RelayArgs),
     /// List the concurrency models, one line each
@@ -240,6 +241,71 @@ impl RelayArgs {
             idle_timeout: self.idle_timeout,
             verbose: self.verbose,
             hexdump: self.hexdump,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// Models to compare, comma-separated [default: all]
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    pub models: Vec<ModelKind>,
+    /// Scenarios to run, comma-separated: delay, throughput, idle [default: all]
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub scenarios: Vec<Scenario>,
+    /// Write the rows as JSON
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+    /// Write the tables as Markdown
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<std::path::PathBuf>,
+    /// Write the report as one self-contained HTML page
+    #[arg(long, value_name = "FILE", default_value = "socklab-report.html")]
+    pub html: std::path::PathBuf,
+    /// delay: clients at once
+    #[arg(long, default_value_t = 5, value_parser = parse_positive)]
+    pub delay_clients: usize,
+    /// delay: how long the server holds each reply
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub delay: Duration,
+    /// throughput: concurrent connections
+    #[arg(long, default_value_t = 50, value_parser = parse_positive)]
+    pub clients: usize,
+    /// throughput: how long to drive each model
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub duration: Duration,
+    /// throughput: message size
+    #[arg(long, value_name = "BYTES", default_value_t = 512, value_parser = parse_positive)]
+    pub size: usize,
+    /// idle: connections held open
+    #[arg(long, default_value_t = 1000, value_parser = parse_positive)]
+    pub idle_connections: usize,
+}
+
+impl LabArgs {
+    pub fn into_options(self) -> LabOptions {
+        LabOptions {
+            models: if self.models.is_empty() {
+                ModelKind::ALL.to_vec()
+            } else {
+                self.models
+            },
+            scenarios: if self.scenarios.is_empty() {
+                Scenario::ALL.to_vec()
+            } else {
+                self.scenarios
+            },
+            knobs: Knobs {
+                delay_clients: self.delay_clients,
+                delay: self.delay,
+                clients: self.clients,
+                duration: self.duration,
+                size: self.size,
+                idle_connections: self.idle_connections,
+            },
+            json: self.json,
+            markdown: self.markdown,
+            html: Some(self.html),
         }
     }
 }

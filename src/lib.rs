@@ -11,6 +11,7 @@
 //! - [`server`]: `socklab serve`: bind, announce, run a model.
 //! - [`client`]: `send`, `connect`/`listen`, and `bench`.
 //! - [`relay`]: the socat-like relay.
+//! - [`lab`]: every model side by side, measured, and the report.
 //! - [`store`]: durable storage for `contacts` (SQLite).
 //! - [`shutdown`]: the stop signal every model watches.
 //! - [`cli`]: the command line, turned into validated options.
@@ -18,6 +19,7 @@
 pub mod addr;
 pub mod cli;
 pub mod client;
+pub mod lab;
 pub mod model;
 pub mod net;
 pub mod relay;

@@ -27,10 +27,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Connect { addr } => socklab::client::talk::connect(&addr),
         Command::Listen { addr } => socklab::client::talk::listen(&addr),
         Command::Bench(args) => socklab::client::bench::run(args.into_options()),
-        Command::Lab => {
-            println!("the lab is not built yet: run `socklab serve` and `socklab bench` by hand for now");
-            Ok(())
-        }
+        Command::Lab(args) => socklab::lab::run(args.into_options()),
         Command::Relay(args) => socklab::relay::run(args.into_options()),
         Command::Models => {
             let mut out = std::io::stdout().lock();

@@ -114,6 +114,27 @@ impl ModelKind {
         self == ModelKind::Epoll && workers > 1
     }
 
+    /// How many connections the model serves at the same time, when that
+    /// is bounded: one for iterative, the workers for pool and prefork.
+    pub fn serves_at_once(self, workers: usize) -> Option<usize> {
+        match self {
+            ModelKind::Iterative => Some(1),
+            ModelKind::Pool | ModelKind::Prefork => Some(workers.max(1)),
+            _ => None,
+        }
+    }
+
+    /// The seeds' experiment in theory: `clients` at once, each reply held
+    /// `delay`; the time until the last reply is one delay per round of
+    /// connections the model can serve at once.
+    pub fn theory_makespan(self, clients: usize, delay: Duration, workers: usize) -> Duration {
+        let rounds = match self.serves_at_once(workers) {
+            Some(at_once) => clients.div_ceil(at_once),
+            None => 1,
+        };
+        delay * rounds as u32
+    }
+
     /// `--workers` when the user gives none.
     pub fn default_workers(self) -> usize {
         match self {
@@ -170,6 +191,29 @@ impl Default for ServerConfig {
             workers: 1,
             max_conns: None,
             grace: Duration::from_secs(5),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seeds_theory() {
+        let second = Duration::from_secs(1);
+        let theory = |m: ModelKind| m.theory_makespan(5, second, m.default_workers()).as_secs();
+        assert_eq!(theory(ModelKind::Iterative), 5);
+        assert_eq!(theory(ModelKind::Pool), 2);
+        assert_eq!(theory(ModelKind::Prefork), 2);
+        for m in [
+            ModelKind::Thread,
+            ModelKind::Fork,
+            ModelKind::Epoll,
+            ModelKind::Async,
+            ModelKind::Busy,
+        ] {
+            assert_eq!(theory(m), 1, "{m}");
         }
     }
 }
