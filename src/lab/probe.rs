@@ -51,8 +51,22 @@ fn status_value(pid: i32, key: &str) -> Option<u64> {
     })
 }
 
-/// The live children of `parent`.
+/// The live children of `parent`: from each of its threads' `children`
+/// list (cheap), or by scanning /proc where the kernel has no such list.
 pub fn children_of(parent: i32) -> Vec<i32> {
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) {
+        let mut found = Vec::new();
+        let mut listed = false;
+        for task in tasks.flatten() {
+            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+                listed = true;
+                found.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+        if listed {
+            return found;
+        }
+    }
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
