@@ -48,6 +48,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
             able.join(", ")
         );
     }
+    model.check_available()?;
     service.model_name = model.name().to_string();
     let service = Arc::new(Service::new(service));
     service.check()?;

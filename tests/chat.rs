@@ -83,7 +83,7 @@ fn models_that_cannot_host_a_room_refuse_at_start() {
         "{err}"
     );
     assert!(
-        err.contains("use thread, pool, busy, select, poll, epoll, async"),
+        err.contains("use thread, pool, busy, select, poll, epoll, async, uring"),
         "{err}"
     );
 }

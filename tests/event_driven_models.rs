@@ -1,7 +1,7 @@
 //! The event-driven models: readiness (busy, select, poll, epoll, on one
-//! shared event loop) and completion (async on tokio): concurrency without a
-//! thread per connection, timers instead of sleeps, and bad peers that cost
-//! nobody else anything.
+//! shared event loop) and completion (async on tokio, uring on io_uring):
+//! concurrency without a thread per connection, timers instead of sleeps,
+//! and bad peers that cost nobody else anything.
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{bench_json, Conn, Server};
 
-const MODELS: [&str; 5] = ["busy", "select", "poll", "epoll", "async"];
+const MODELS: [&str; 6] = ["busy", "select", "poll", "epoll", "async", "uring"];
 const DELAY: f64 = 0.4;
 
 #[test]
@@ -96,8 +96,8 @@ fn a_thousand_concurrent_connections_on_each() {
 }
 
 #[test]
-fn ten_thousand_concurrent_connections_on_epoll_and_async() {
-    for model in ["epoll", "async"] {
+fn ten_thousand_concurrent_connections_on_epoll_async_and_uring() {
+    for model in ["epoll", "async", "uring"] {
         let server = Server::tcp(&["--model", model, "--service", "echo"]);
         hold_and_echo(&server.addr, 10_000);
     }
@@ -211,11 +211,28 @@ fn resets_and_junk_never_stop_the_loop() {
 }
 
 #[test]
-fn epoll_workers_share_the_port() {
-    let server = Server::tcp(&["--model", "epoll", "--workers", "3", "--service", "greet"]);
-    for i in 0..30 {
-        let mut conn = server.connect();
-        conn.send(format!("{i}").as_bytes());
-        assert_eq!(conn.recv_some(), format!("Hello, {i}!"));
+fn epoll_and_uring_workers_share_the_port() {
+    for model in ["epoll", "uring"] {
+        let server = Server::tcp(&["--model", model, "--workers", "3", "--service", "greet"]);
+        for i in 0..30 {
+            let mut conn = server.connect();
+            conn.send(format!("{i}").as_bytes());
+            assert_eq!(conn.recv_some(), format!("Hello, {i}!"), "{model}");
+        }
     }
+}
+
+#[test]
+fn without_io_uring_the_uring_model_says_so() {
+    let out = common::without_io_uring(&["serve", "--model", "uring", "--listen", "tcp:127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(err.starts_with("error: io_uring is not available: "), "{err}");
+    // The other models do not need it.
+    let out = common::without_io_uring(&["send", "tcp:127.0.0.1:1", "x"]);
+    assert!(
+        common::stderr(&out).contains("refused"),
+        "{}",
+        common::stderr(&out)
+    );
 }

@@ -72,3 +72,48 @@ fn unknown_models_and_scenarios_are_usage_errors() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_model_that_cannot_start_is_reported_and_the_lab_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("rows.json");
+    let html = dir.path().join("report.html");
+    let out = common::without_io_uring(&[
+        "lab",
+        "--models",
+        "uring,thread",
+        "--scenarios",
+        "delay",
+        "--delay",
+        "100ms",
+        "--json",
+        j.to_str().unwrap(),
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "one model ran, so the lab succeeds: {}",
+        stderr(&out)
+    );
+    let rows = json::parse(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    let uring = rows.iter().find(|r| r.model == "uring").unwrap();
+    let why = uring.error.as_deref().unwrap_or_default();
+    assert!(why.contains("io_uring is not available"), "{why}");
+    let thread = rows.iter().find(|r| r.model == "thread").unwrap();
+    assert_eq!(thread.error, None);
+    assert!(thread.makespan_s.is_some());
+
+    // And when nothing can run, the lab fails.
+    let out = common::without_io_uring(&[
+        "lab",
+        "--models",
+        "uring",
+        "--scenarios",
+        "delay",
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("error: no model ran"), "{}", stderr(&out));
+}

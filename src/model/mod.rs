@@ -20,6 +20,7 @@ mod prefork;
 mod process;
 mod select;
 mod thread;
+mod uring;
 
 use std::fmt;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ pub enum ModelKind {
     Poll,
     Epoll,
     Async,
+    Uring,
 }
 
 impl ModelKind {
@@ -57,6 +59,7 @@ impl ModelKind {
         ModelKind::Poll,
         ModelKind::Epoll,
         ModelKind::Async,
+        ModelKind::Uring,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +74,7 @@ impl ModelKind {
             ModelKind::Poll => "poll",
             ModelKind::Epoll => "epoll",
             ModelKind::Async => "async",
+            ModelKind::Uring => "uring",
         }
     }
 
@@ -89,6 +93,7 @@ impl ModelKind {
             ModelKind::Async => {
                 "a tokio runtime (--workers threads, default: the cores), a task per connection"
             }
+            ModelKind::Uring => "N io_uring rings (--workers, default 1): accept, recv, send as completions",
         }
     }
 
@@ -111,7 +116,7 @@ impl ModelKind {
     /// listener with `SO_REUSEPORT` and the model makes the others with
     /// [`Listener::reuse_port_sibling`](crate::net::Listener::reuse_port_sibling).
     pub fn uses_reuse_port(self, workers: usize) -> bool {
-        self == ModelKind::Epoll && workers > 1
+        matches!(self, ModelKind::Epoll | ModelKind::Uring) && workers > 1
     }
 
     /// How many connections the model serves at the same time, when that
@@ -144,6 +149,15 @@ impl ModelKind {
         }
     }
 
+    /// Checks what the model needs from the kernel, before anything is bound
+    /// or announced, so that a model that cannot run says so at once.
+    pub fn check_available(self) -> anyhow::Result<()> {
+        match self {
+            ModelKind::Uring => uring::check_available(),
+            _ => Ok(()),
+        }
+    }
+
     /// Runs this model until shutdown.
     pub fn serve(
         self,
@@ -163,6 +177,7 @@ impl ModelKind {
             ModelKind::Poll => poll::serve(listener, service, config, shutdown),
             ModelKind::Epoll => epoll::serve(listener, service, config, shutdown),
             ModelKind::Async => async_tokio::serve(listener, service, config, shutdown),
+            ModelKind::Uring => uring::serve(listener, service, config, shutdown),
         }
     }
 }

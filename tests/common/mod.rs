@@ -199,3 +199,73 @@ pub fn bench_json(addr: &str, args: &[&str]) -> serde_json::Value {
         )
     })
 }
+
+/// Runs `socklab ARGS` (and whatever it starts) as on a kernel without
+/// io_uring: a seccomp filter, installed in the child before exec, makes
+/// `io_uring_setup` fail with ENOSYS.
+pub fn without_io_uring(args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdin(Stdio::null());
+    // SAFETY: the hook runs between fork and exec and only makes two
+    // prctl calls on data it owns; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(deny_io_uring_setup);
+    }
+    cmd.output().expect("run socklab")
+}
+
+fn deny_io_uring_setup() -> std::io::Result<()> {
+    // io_uring_setup is 425 on every architecture with the generic table
+    // (x86_64, aarch64, riscv64).
+    const IO_URING_SETUP: u32 = 425;
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const BPF_JEQ_K: u16 = 0x15;
+    const BPF_RET_K: u16 = 0x06;
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    let filter = [
+        // A = the system call number (offset 0 of struct seccomp_data).
+        libc::sock_filter {
+            code: BPF_LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: BPF_JEQ_K,
+            jt: 0,
+            jf: 1,
+            k: IO_URING_SETUP,
+        },
+        libc::sock_filter {
+            code: BPF_RET_K,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        },
+        libc::sock_filter {
+            code: BPF_RET_K,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_ALLOW,
+        },
+    ];
+    let program = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: plain prctl calls; `program` and `filter` outlive them.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &program as *const _,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -393,6 +393,6 @@ mod tests {
         assert!(
             page.contains("Its delayed clients had their last reply after 5.01 s (as theory says: 5.00 s).")
         );
-        assert!(page.contains("holding 1000 idle connections cost it 244 B each"));
+        assert!(page.contains("Holding 1000 idle connections cost it 244 B each"));
     }
 }
