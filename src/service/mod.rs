@@ -259,7 +259,12 @@ pub trait Protocol: Send {
 #[derive(Debug)]
 pub struct Replies {
     framing: Framing,
+    /// The replies, after `base` bytes of earlier output that are not ours
+    /// (a session lends its output buffer, so that replies going out at
+    /// once are written where they will be sent from: no copy, no
+    /// allocation per message).
     out: Vec<u8>,
+    base: usize,
     close: bool,
     /// These replies go out at once even under `--delay` (a greeting that
     /// the seeds send before they ever sleep).
@@ -268,9 +273,15 @@ pub struct Replies {
 
 impl Replies {
     fn new(framing: Framing) -> Self {
+        Self::after(framing, Vec::new())
+    }
+
+    /// Replies written after the output already in `out`.
+    fn after(framing: Framing, out: Vec<u8>) -> Self {
         Replies {
             framing,
-            out: Vec::new(),
+            base: out.len(),
+            out,
             close: false,
             undelayed: false,
         }
@@ -389,7 +400,7 @@ impl Session {
         if let Some(t) = self.idle_timeout {
             self.idle_deadline = Some(now.instant + t);
         }
-        let mut replies = Replies::new(self.framing);
+        let mut replies = self.replies();
         let protocol = &mut self.protocol;
         let mut too_long = false;
         self.decoder.decode(data, |frame| match frame {
@@ -416,7 +427,7 @@ impl Session {
         }
         self.peer_finished = true;
         self.idle_deadline = None;
-        let mut replies = Replies::new(self.framing);
+        let mut replies = self.replies();
         if let Some(last_line) = self.decoder.finish() {
             if !self.closing {
                 self.protocol.message(&last_line, now, &mut replies);
@@ -532,20 +543,37 @@ impl Session {
         self.closing && self.out_pos == self.out.len()
     }
 
+    /// Lends the output buffer to a protocol call.
+    fn replies(&mut self) -> Replies {
+        Replies::after(self.framing, std::mem::take(&mut self.out))
+    }
+
     /// A protocol call's replies: out now, or held for `--delay`.
     fn take(&mut self, replies: Replies, now: Now) {
-        if replies.out.is_empty() && !replies.close {
+        let Replies {
+            mut out,
+            base,
+            close,
+            undelayed,
+            ..
+        } = replies;
+        let immediate = (self.delay.is_zero() || undelayed) && self.held.is_empty();
+        if immediate && !self.closing {
+            // Already in place behind the earlier output.
+            self.out = out;
+            self.closing = close;
             return;
         }
-        if (self.delay.is_zero() || replies.undelayed) && self.held.is_empty() {
-            self.release(replies.out, replies.close);
-        } else {
-            self.held.push_back(Held {
-                due: now.instant + self.delay,
-                bytes: replies.out,
-                close: replies.close,
-            });
+        let new = out.split_off(base);
+        self.out = out;
+        if immediate || (new.is_empty() && !close) {
+            return; // After our close nothing more goes out.
         }
+        self.held.push_back(Held {
+            due: now.instant + self.delay,
+            bytes: new,
+            close,
+        });
     }
 
     fn release(&mut self, bytes: Vec<u8>, close: bool) {
