@@ -127,17 +127,23 @@ pub struct SendArgs {
     pub addr: Addr,
     /// The request; several words are joined by spaces (none: send nothing)
     pub message: Vec<String>,
-    /// Give up when no reply has come for this long
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
-    pub timeout: Duration,
+    /// Give up when no reply has come for this long [default: 5s; over UDP 1s a try]
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// UDP: how many times to send the request before giving up
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub retries: u32,
 }
 
 impl SendArgs {
     pub fn into_options(self) -> SendOptions {
+        let udp = matches!(self.addr, Addr::Udp(_));
+        let default = Duration::from_secs(if udp { 1 } else { 5 });
         SendOptions {
             addr: self.addr,
             message: self.message.join(" ").into_bytes(),
-            timeout: self.timeout,
+            timeout: self.timeout.unwrap_or(default),
+            tries: self.retries,
         }
     }
 }

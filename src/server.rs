@@ -4,10 +4,10 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
 use crate::addr::Addr;
-use crate::model::{ModelKind, ServerConfig};
+use crate::model::{datagram, ModelKind, ServerConfig};
 use crate::net::{self, BindOptions, Bound};
 use crate::service::{Service, ServiceConfig};
 use crate::shutdown::Shutdown;
@@ -53,47 +53,70 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
     let service = Arc::new(Service::new(service));
     service.check()?;
 
-    let mut listeners = Vec::new();
+    // Bind everything first, so that a bad address fails before anything
+    // is announced; then announce in the order asked.
+    let mut streams = Vec::new();
+    let mut datagrams = Vec::new();
+    let mut announced = Vec::new();
     for addr in &listen {
         let options = BindOptions {
             reuse_port: model.uses_reuse_port(server.workers),
         };
         match net::bind(addr, options)? {
-            Bound::Stream(listener) => listeners.push(listener),
-            Bound::Datagram(_) => bail!("{addr}: UDP is not served yet; use tcp: or unix:"),
+            Bound::Stream(listener) => {
+                announced.push(listener.local_addr()?);
+                streams.push(listener);
+            }
+            Bound::Datagram(socket) => {
+                if !model.serves_datagrams() {
+                    bail!(
+                        "{model} does not serve UDP ({addr}); use {}",
+                        datagram::models().join(", ")
+                    );
+                }
+                if !service.config().kind.over_datagrams() {
+                    bail!(
+                        "the {} service needs a connection; it cannot be served over UDP ({addr})",
+                        service.config().kind
+                    );
+                }
+                announced.push(Addr::Udp(socket.local_addr()?.into()));
+                datagrams.push(socket);
+            }
         }
     }
     let shutdown = Shutdown::new()?;
     shutdown.on_signals(server.grace)?;
 
     let mut stdout = std::io::stdout().lock();
-    for listener in &listeners {
-        writeln!(stdout, "listening on {}", listener.local_addr()?)?;
+    for addr in &announced {
+        writeln!(stdout, "listening on {addr}")?;
     }
     stdout.flush()?;
     drop(stdout);
     tracing::info!(%model, service = %service.config().kind, "serving");
 
-    // One instance of the model per listener; the last runs on this thread.
-    let mut listeners = listeners.into_iter();
-    let last = listeners.next_back().context("nothing to listen on")?;
+    // One instance of the model per socket, each on its own thread.
     std::thread::scope(|scope| {
-        let others: Vec<_> = listeners
-            .map(|l| {
-                let (service, server, shutdown) = (service.clone(), &server, &shutdown);
-                scope.spawn(move || model.serve(l, service, server, shutdown))
-            })
-            .collect();
-        let mut result = model.serve(last, service.clone(), &server, &shutdown);
-        if result.is_err() {
-            shutdown.trigger();
+        let mut running = Vec::new();
+        for listener in streams {
+            let (service, server, shutdown) = (service.clone(), &server, &shutdown);
+            running.push(scope.spawn(move || model.serve(listener, service, server, shutdown)));
         }
-        for other in others {
-            let r = other
+        for socket in datagrams {
+            let (service, server, shutdown) = (service.clone(), &server, &shutdown);
+            running.push(scope.spawn(move || datagram::serve(model, socket, service, server, shutdown)));
+        }
+        let mut result = Ok(());
+        for r in running {
+            let r = r
                 .join()
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("a model thread panicked")));
-            if result.is_ok() {
-                result = r;
+            if r.is_err() {
+                shutdown.trigger(); // One failed: stop the others too.
+                if result.is_ok() {
+                    result = r;
+                }
             }
         }
         result

@@ -7,6 +7,7 @@
 //! served; see the table in DESIGN section 4, or `socklab models`.
 
 pub mod blocking;
+pub mod datagram;
 pub mod event_loop;
 
 mod async_tokio;
@@ -108,6 +109,15 @@ impl ModelKind {
     /// in one process, so that a room means something.
     pub fn wakes_sessions(self) -> bool {
         !matches!(self, ModelKind::Iterative | ModelKind::Fork | ModelKind::Prefork)
+    }
+
+    /// Whether the model can serve a UDP socket (DESIGN: where it means
+    /// something; see `datagram.rs`).
+    pub fn serves_datagrams(self) -> bool {
+        matches!(
+            self,
+            ModelKind::Iterative | ModelKind::Pool | ModelKind::Epoll | ModelKind::Async
+        )
     }
 
     /// Whether the model runs several accept loops that each want their own

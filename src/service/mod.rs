@@ -116,6 +116,15 @@ impl ServiceKind {
         self == ServiceKind::Chat
     }
 
+    /// Whether the service makes sense one datagram at a time; the others
+    /// need a connection (a greeting, a conversation, a room).
+    pub fn over_datagrams(self) -> bool {
+        !matches!(
+            self,
+            ServiceKind::Hello | ServiceKind::Welcome | ServiceKind::Chat
+        )
+    }
+
     /// Whether a session can be given work by another connection (a chat
     /// line), so that its driver must be able to be woken for it
     /// ([`Session::set_wake`]).
@@ -208,9 +217,13 @@ impl Service {
     /// nothing.
     pub fn datagram(&self, msg: &[u8], now: Now) -> Option<Vec<u8>> {
         let mut protocol = self.protocol();
-        let mut replies = Replies::new(Framing::Chunk);
+        let mut replies = Replies::new(self.config.framing);
         protocol.message(msg, now, &mut replies);
-        (!replies.out.is_empty()).then_some(replies.out)
+        let mut reply = replies.out;
+        if self.config.framing == Framing::Line && reply.ends_with(b"\n") {
+            reply.pop(); // The datagram ends the last line.
+        }
+        (!reply.is_empty()).then_some(reply)
     }
 
     fn protocol(&self) -> Box<dyn Protocol> {

@@ -1,0 +1,372 @@
+//! UDP: each datagram is one request and gets one reply datagram, sent to
+//! its sender and nobody else (seeds 001 and 003). No connections, so no
+//! accept: the models that mean something here differ only in who calls
+//! `recvfrom` and how a `--delay` is waited out.
+//!
+//! - iterative: the main thread receives, sleeps the delay, replies (the
+//!   seed's UDP server), so five clients wait five delays.
+//! - pool: N threads receive on the one socket, each sleeping its own delay.
+//! - epoll: one loop; a delayed reply is a timer, the loop goes on.
+//! - async: a tokio task receives; each delayed reply is a task of its own.
+//!
+//! A datagram may begin with a request ID, `#ID ` (DESIGN section 9): the
+//! reply carries it back, and a repeated ID from the same peer is answered
+//! from a cache instead of being applied twice (a retried `ADD` to the
+//! contact book stays one `ADD`).
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use super::{ModelKind, ServerConfig};
+use crate::net::{interrupted, would_block};
+use crate::service::{Now, Service};
+use crate::shutdown::Shutdown;
+
+/// The largest UDP payload over IPv4.
+pub const MAX_DATAGRAM: usize = 65_507;
+/// Replies remembered for retried request IDs, oldest forgotten first.
+const CACHE_ENTRIES: usize = 4096;
+/// The longest request ID.
+const MAX_ID: usize = 64;
+
+/// The models that can serve UDP.
+pub fn models() -> Vec<&'static str> {
+    ModelKind::ALL
+        .iter()
+        .filter(|m| m.serves_datagrams())
+        .map(|m| m.name())
+        .collect()
+}
+
+/// Serves `socket` under `model` until shutdown.
+pub fn serve(
+    model: ModelKind,
+    socket: UdpSocket,
+    service: Arc<Service>,
+    config: &ServerConfig,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let answers = Answers::new(service);
+    match model {
+        ModelKind::Iterative => blocking(&socket, &answers, shutdown),
+        ModelKind::Pool => std::thread::scope(|scope| {
+            let workers = (0..config.workers.max(1))
+                .map(|i| {
+                    let (socket, answers) = (&socket, &answers);
+                    std::thread::Builder::new()
+                        .name(format!("udp-worker-{i}"))
+                        .spawn_scoped(scope, move || blocking(socket, answers, shutdown))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            for worker in workers {
+                worker
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a UDP worker panicked")))?;
+            }
+            Ok(())
+        }),
+        ModelKind::Epoll => event_loop(&socket, &answers, shutdown),
+        ModelKind::Async => tokio_loop(socket, answers, config, shutdown),
+        other => anyhow::bail!("{other} does not serve UDP; use {}", models().join(", ")),
+    }
+}
+
+/// Turns a datagram into its reply: request IDs, the cache, and errors.
+pub struct Answers {
+    service: Arc<Service>,
+    cache: Mutex<ReplyCache>,
+}
+
+#[derive(Default)]
+struct ReplyCache {
+    replies: HashMap<(SocketAddr, Vec<u8>), Vec<u8>>,
+    order: VecDeque<(SocketAddr, Vec<u8>)>,
+}
+
+impl Answers {
+    pub fn new(service: Arc<Service>) -> Self {
+        Answers {
+            service,
+            cache: Mutex::default(),
+        }
+    }
+
+    /// The reply to `datagram` from `peer`, or `None` to send nothing.
+    pub fn answer(&self, peer: SocketAddr, datagram: &[u8], now: Now) -> Option<Vec<u8>> {
+        let (id, request) = split_id(datagram);
+        if let Some(id) = id {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(reply) = cache.replies.get(&(peer, id.to_vec())) {
+                tracing::debug!(%peer, "a retried request: answered from the cache");
+                return Some(reply.clone());
+            }
+        }
+        let body = if request.is_empty() {
+            b"ERR empty datagram".to_vec()
+        } else {
+            self.service.datagram(request, now)?
+        };
+        let mut reply = Vec::with_capacity(body.len() + id.map_or(0, |i| i.len() + 2));
+        if let Some(id) = id {
+            reply.push(b'#');
+            reply.extend_from_slice(id);
+            reply.push(b' ');
+        }
+        reply.extend_from_slice(&body);
+        if reply.len() > MAX_DATAGRAM {
+            tracing::info!(%peer, len = reply.len(), "a reply too large for one datagram");
+            reply.truncate(reply.len() - body.len());
+            reply.extend_from_slice(b"ERR reply too large for a datagram");
+        }
+        if let Some(id) = id {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (peer, id.to_vec());
+            if cache.replies.insert(key.clone(), reply.clone()).is_none() {
+                cache.order.push_back(key);
+            }
+            while cache.order.len() > CACHE_ENTRIES {
+                if let Some(old) = cache.order.pop_front() {
+                    cache.replies.remove(&old);
+                }
+            }
+        }
+        Some(reply)
+    }
+
+    fn delay(&self) -> Duration {
+        self.service.config().delay
+    }
+}
+
+/// `#ID rest` into (`ID`, `rest`); anything else has no ID.
+pub fn split_id(datagram: &[u8]) -> (Option<&[u8]>, &[u8]) {
+    if let Some(rest) = datagram.strip_prefix(b"#") {
+        if let Some(space) = rest.iter().position(|&b| b == b' ') {
+            if (1..=MAX_ID).contains(&space) {
+                return (Some(&rest[..space]), &rest[space + 1..]);
+            }
+        }
+    }
+    (None, datagram)
+}
+
+fn reply(socket: &UdpSocket, peer: SocketAddr, bytes: &[u8]) {
+    if let Err(e) = socket.send_to(bytes, peer) {
+        tracing::debug!(%peer, "reply not sent: {e}");
+    }
+}
+
+/// iterative and pool: receive, sleep the delay (the seed's `time.sleep`),
+/// reply, on the calling thread.
+fn blocking(socket: &UdpSocket, answers: &Answers, shutdown: &Shutdown) -> anyhow::Result<()> {
+    socket.set_nonblocking(true)?;
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    loop {
+        let mut fds = [
+            PollFd::new(socket.as_fd(), PollFlags::POLLIN),
+            PollFd::new(shutdown.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            return Ok(());
+        }
+        let (n, peer) = match socket.recv_from(&mut buf) {
+            Ok(got) => got,
+            Err(e) if would_block(&e) || interrupted(&e) => continue, // Another worker got it.
+            Err(e) => {
+                tracing::debug!("recvfrom: {e}");
+                continue;
+            }
+        };
+        let Some(bytes) = answers.answer(peer, &buf[..n], Now::system()) else {
+            continue;
+        };
+        std::thread::sleep(answers.delay());
+        reply(socket, peer, &bytes);
+    }
+}
+
+/// epoll: one loop, a timer queue for delayed replies.
+fn event_loop(socket: &UdpSocket, answers: &Answers, shutdown: &Shutdown) -> anyhow::Result<()> {
+    socket.set_nonblocking(true)?;
+    // SAFETY: plain system call; the result is checked before use.
+    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if epfd < 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    // SAFETY: `epfd` is a fresh descriptor nothing else owns.
+    let epfd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(epfd) };
+    for (fd, token) in [(socket.as_raw_fd(), 0u64), (shutdown.as_fd().as_raw_fd(), 1)] {
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: `event` outlives the call; the kernel copies it.
+        if unsafe { libc::epoll_ctl(epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+    }
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    // Replies waiting for their delay, in due order (every one waits the same).
+    let mut held: VecDeque<(Instant, SocketAddr, Vec<u8>)> = VecDeque::new();
+    let mut ready = [libc::epoll_event { events: 0, u64: 0 }; 2];
+    loop {
+        let timeout = held.front().map_or(-1, |(due, _, _)| {
+            due.saturating_duration_since(Instant::now())
+                .as_micros()
+                .div_ceil(1000) as libc::c_int
+        });
+        // SAFETY: the buffer and its length are our own array.
+        let n = unsafe { libc::epoll_wait(epfd.as_raw_fd(), ready.as_mut_ptr(), 2, timeout) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if interrupted(&e) {
+                continue;
+            }
+            return Err(e.into());
+        }
+        if ready[..n as usize].iter().any(|e| e.u64 == 1) {
+            return Ok(()); // Datagrams have no in-flight requests to wait for.
+        }
+        loop {
+            let (len, peer) = match socket.recv_from(&mut buf) {
+                Ok(got) => got,
+                Err(e) if would_block(&e) => break,
+                Err(e) if interrupted(&e) => continue,
+                Err(e) => {
+                    tracing::debug!("recvfrom: {e}");
+                    break;
+                }
+            };
+            let now = Now::system();
+            if let Some(bytes) = answers.answer(peer, &buf[..len], now) {
+                if answers.delay().is_zero() {
+                    reply(socket, peer, &bytes);
+                } else {
+                    held.push_back((now.instant + answers.delay(), peer, bytes));
+                }
+            }
+        }
+        let now = Instant::now();
+        while held.front().is_some_and(|(due, _, _)| *due <= now) {
+            if let Some((_, peer, bytes)) = held.pop_front() {
+                reply(socket, peer, &bytes);
+            }
+        }
+    }
+}
+
+/// async: a receiving task; a delayed reply is a task of its own.
+fn tokio_loop(
+    socket: UdpSocket,
+    answers: Answers,
+    config: &ServerConfig,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers.max(1))
+        .enable_all()
+        .build()?;
+    let shutdown_fd = shutdown.as_fd().try_clone_to_owned()?;
+    runtime.block_on(async move {
+        socket.set_nonblocking(true)?;
+        let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
+        // SAFETY: the OwnedFd moves into the AsyncFd, its only owner.
+        let stop = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(shutdown_fd, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| anyhow::anyhow!("cannot watch the shutdown signal: {e}"))?;
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        loop {
+            let (n, peer) = tokio::select! {
+                got = socket.recv_from(&mut buf) => match got {
+                    Ok(got) => got,
+                    Err(e) => {
+                        tracing::debug!("recvfrom: {e}");
+                        continue;
+                    }
+                },
+                _ = stop.readable() => return Ok(()),
+            };
+            let Some(bytes) = answers.answer(peer, &buf[..n], Now::system()) else {
+                continue;
+            };
+            let delay = answers.delay();
+            if delay.is_zero() {
+                let _ = socket.send_to(&bytes, peer).await;
+            } else {
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = socket.send_to(&bytes, peer).await;
+                });
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::{ServiceConfig, ServiceKind};
+
+    fn answers(kind: ServiceKind) -> Answers {
+        Answers::new(Arc::new(Service::new(ServiceConfig::new(kind))))
+    }
+
+    #[test]
+    fn ids_come_back_and_retries_hit_the_cache() {
+        let a = answers(ServiceKind::Greet);
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let other: SocketAddr = "127.0.0.1:10".parse().unwrap();
+        let now = Now::system();
+        assert_eq!(a.answer(peer, b"#7 bob", now), Some(b"#7 Hello, bob!".to_vec()));
+        assert_eq!(
+            a.answer(peer, b"#7 eve", now),
+            Some(b"#7 Hello, bob!".to_vec()),
+            "a retry"
+        );
+        assert_eq!(
+            a.answer(other, b"#7 eve", now),
+            Some(b"#7 Hello, eve!".to_vec()),
+            "another peer"
+        );
+        assert_eq!(
+            a.answer(peer, b"message1", now),
+            Some(b"Hello, message1!".to_vec())
+        );
+        assert_eq!(
+            a.answer(peer, b"#no-space", now),
+            Some(b"Hello, #no-space!".to_vec())
+        );
+    }
+
+    #[test]
+    fn empty_and_oversized() {
+        let a = answers(ServiceKind::Greet);
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let now = Now::system();
+        assert_eq!(a.answer(peer, b"", now), Some(b"ERR empty datagram".to_vec()));
+        assert_eq!(
+            a.answer(peer, b"#1 ", now),
+            Some(b"#1 ERR empty datagram".to_vec())
+        );
+        let big = vec![b'x'; MAX_DATAGRAM];
+        assert_eq!(
+            a.answer(peer, &big, now),
+            Some(b"ERR reply too large for a datagram".to_vec())
+        );
+        let echo = answers(ServiceKind::Echo);
+        assert_eq!(echo.answer(peer, &big, now).map(|r| r.len()), Some(MAX_DATAGRAM));
+    }
+}
