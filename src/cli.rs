@@ -179,6 +179,16 @@ pub struct BenchArgs {
     /// A line per client, in the seeds' style
     #[arg(long, short)]
     pub verbose: bool,
+    /// Event-loop threads driving the clients
+    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
+    pub threads: usize,
+    /// Open loop: this many requests per second in total, latency measured
+    /// from each request's intended start
+    #[arg(long, value_name = "R")]
+    pub rate: Option<f64>,
+    /// When a reply is whole: auto, echo (and check the bytes), line, close, bytes:N
+    #[arg(long, value_name = "RULE", default_value = "auto")]
+    pub expect: crate::client::bench::Expect,
     /// No progress output
     #[arg(long, short)]
     pub quiet: bool,
@@ -205,6 +215,9 @@ impl BenchArgs {
             json: self.json,
             verbose: self.verbose,
             quiet: self.quiet,
+            threads: self.threads,
+            rate: self.rate.filter(|r| *r > 0.0),
+            expect: self.expect,
         }
     }
 }

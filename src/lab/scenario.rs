@@ -105,18 +105,15 @@ fn bench_options(
     payload: Payload,
     timeout: Duration,
 ) -> anyhow::Result<BenchOptions> {
+    let addr = addr
+        .parse()
+        .context("the server announced an address the lab cannot parse")?;
     Ok(BenchOptions {
-        addr: addr
-            .parse()
-            .context("the server announced an address the lab cannot parse")?,
         clients,
         load,
         payload,
-        new_connection: false,
         timeout,
-        json: false,
-        verbose: false,
-        quiet: true,
+        ..BenchOptions::new(addr)
     })
 }
 

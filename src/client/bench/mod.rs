@@ -1,0 +1,458 @@
+//! `socklab bench`: the seeds' concurrent client grown into a load generator.
+//!
+//! Closed loop by default: each of `--clients` clients sends a request,
+//! waits for the whole reply, records the latency, and goes again. `--rate`
+//! makes it an open loop instead: requests start on a schedule, and each
+//! latency counts from the request's intended start, so a stalled server
+//! shows as latency rather than as fewer requests (no coordinated omission).
+//! The clients are tasks on `--threads` event loops ([`engine`]); latencies
+//! go into one HDR histogram per client, merged at the end.
+//!
+//! A whole reply (DESIGN section 6, `--expect` to choose): for `auto`, what
+//! came before the server's close, one line when the request ends in `\n`,
+//! otherwise as many bytes as were sent; `echo` also checks the bytes. A
+//! reply that ends early, differs, a reset, a refused connection or a
+//! timeout is an error, counted by kind.
+
+mod engine;
+
+use std::fmt;
+use std::io::{self, IsTerminal, Write};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::addr::Addr;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub addr: Addr,
+    pub clients: usize,
+    pub load: Load,
+    pub payload: Payload,
+    pub new_connection: bool,
+    /// How long a reply may take before it counts as an error.
+    pub timeout: Duration,
+    pub json: bool,
+    pub verbose: bool,
+    pub quiet: bool,
+    /// Event-loop threads driving the clients.
+    pub threads: usize,
+    /// Open loop: requests per second in total; `None` is a closed loop.
+    pub rate: Option<f64>,
+    /// When a reply is whole, and whether its bytes are checked.
+    pub expect: Expect,
+}
+
+impl BenchOptions {
+    /// One closed-loop request per client, as the seeds' clients do.
+    pub fn new(addr: Addr) -> Self {
+        BenchOptions {
+            addr,
+            clients: 1,
+            load: Load::Requests(1),
+            payload: Payload::Text(b"hello".to_vec()),
+            new_connection: false,
+            timeout: Duration::from_secs(10),
+            json: false,
+            verbose: false,
+            quiet: true,
+            threads: 1,
+            rate: None,
+            expect: Expect::Auto,
+        }
+    }
+}
+
+/// When a reply is whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// At the close; else one line if the request is a line; else as many
+    /// bytes as were sent.
+    Auto,
+    /// As many bytes as were sent, and the same bytes.
+    Echo,
+    /// One line.
+    Line,
+    /// Everything until the server closes.
+    Close,
+    /// Exactly this many bytes.
+    Bytes(usize),
+}
+
+impl Expect {
+    /// Whether `reply` is whole for `request` (the connection still open).
+    fn complete(self, request: &[u8], reply: &[u8]) -> bool {
+        match self {
+            Expect::Auto if request.ends_with(b"\n") => reply.contains(&b'\n'),
+            Expect::Auto | Expect::Echo => reply.len() >= request.len(),
+            Expect::Line => reply.contains(&b'\n'),
+            Expect::Close => false,
+            Expect::Bytes(n) => reply.len() >= n,
+        }
+    }
+
+    /// Whether a close after `reply` still makes it whole.
+    fn may_end_at_close(self, request: &[u8], reply: &[u8]) -> bool {
+        match self {
+            Expect::Auto | Expect::Close => true,
+            Expect::Echo => reply.len() >= request.len(),
+            Expect::Line => reply.contains(&b'\n'),
+            Expect::Bytes(n) => reply.len() >= n,
+        }
+    }
+}
+
+impl FromStr for Expect {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Expect::Auto),
+            "echo" => Ok(Expect::Echo),
+            "line" => Ok(Expect::Line),
+            "close" => Ok(Expect::Close),
+            other => match other.strip_prefix("bytes:").map(str::parse::<usize>) {
+                Some(Ok(n)) if n > 0 => Ok(Expect::Bytes(n)),
+                _ => Err(format!(
+                    "unknown rule '{s}' (expected auto, echo, line, close or bytes:N)"
+                )),
+            },
+        }
+    }
+}
+
+/// Why a request failed, for the counts by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Connect = 0,
+    Timeout = 1,
+    Reset = 2,
+    Closed = 3,
+    Mismatch = 4,
+    Other = 5,
+}
+
+impl ErrorKind {
+    pub const COUNT: usize = 6;
+    const ALL: [ErrorKind; Self::COUNT] = [
+        ErrorKind::Connect,
+        ErrorKind::Timeout,
+        ErrorKind::Reset,
+        ErrorKind::Closed,
+        ErrorKind::Mismatch,
+        ErrorKind::Other,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Reset => "reset",
+            ErrorKind::Closed => "closed",
+            ErrorKind::Mismatch => "mismatch",
+            ErrorKind::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How much work each client does.
+#[derive(Debug, Clone, Copy)]
+pub enum Load {
+    /// This many requests per client.
+    Requests(usize),
+    /// As many as fit in this long.
+    Duration(Duration),
+}
+
+/// What each request carries.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    Text(Vec<u8>),
+    /// `--size N`: N bytes of printable filler, ending in `\n`.
+    Size(usize),
+}
+
+impl Payload {
+    pub fn bytes(&self) -> Vec<u8> {
+        match self {
+            Payload::Text(text) => text.clone(),
+            Payload::Size(n) => {
+                let mut bytes: Vec<u8> = (0..*n).map(|i| b'a' + (i % 26) as u8).collect();
+                if let Some(last) = bytes.last_mut() {
+                    *last = b'\n';
+                }
+                bytes
+            }
+        }
+    }
+}
+
+/// The result, with the JSON keys of DESIGN section 6.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Requests attempted: `replies + errors`.
+    pub requests: u64,
+    /// Requests answered with a whole reply.
+    pub replies: u64,
+    pub errors: u64,
+    pub elapsed_s: f64,
+    /// Replies per second over the whole run.
+    pub throughput_rps: f64,
+    pub latency_us: Latency,
+    pub clients: usize,
+    /// Errors by kind: connect, timeout, reset, closed, mismatch, other.
+    pub errors_by_kind: std::collections::BTreeMap<&'static str, u64>,
+    /// The latency histogram's percentile table.
+    pub percentiles_us: Vec<Percentile>,
+    #[serde(skip)]
+    pub per_client: Vec<ClientReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentile {
+    pub percentile: f64,
+    pub latency_us: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+/// One client's share, for `--verbose`.
+#[derive(Debug, Clone, Default)]
+pub struct ClientReport {
+    pub replies: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub last_reply: Vec<u8>,
+    pub last_error: Option<String>,
+}
+
+/// Runs the benchmark and returns the merged report.
+pub fn measure(options: &BenchOptions) -> anyhow::Result<BenchReport> {
+    let plan = Arc::new(engine::Plan {
+        target: engine::Target::resolve(&options.addr)?,
+        request: options.payload.bytes(),
+        expect: options.expect,
+        load: options.load,
+        rate: options.rate,
+        clients: options.clients,
+        timeout: options.timeout,
+        new_connection: options.new_connection,
+        start: Instant::now(),
+        done: AtomicU64::new(0),
+    });
+    let stop = AtomicBool::new(false);
+    let show_progress = !options.quiet && !options.json && io::stderr().is_terminal();
+    let results = std::thread::scope(|scope| {
+        if show_progress {
+            let expected = match options.load {
+                Load::Requests(n) => Some((n * options.clients) as u64),
+                Load::Duration(_) => None,
+            };
+            let (plan, stop) = (&plan, &stop);
+            scope.spawn(move || engine::progress(plan, expected, stop));
+        }
+        let results = engine::run(plan.clone(), options.threads);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        results
+    })?;
+    let elapsed = plan.start.elapsed();
+
+    let mut merged = new_histogram();
+    let mut per_client = Vec::new();
+    let mut by_kind = [0u64; ErrorKind::COUNT];
+    for result in results {
+        merged.add(&result.histogram)?;
+        per_client.push(result.report);
+        for (total, n) in by_kind.iter_mut().zip(result.errors) {
+            *total += n;
+        }
+    }
+    let replies: u64 = per_client.iter().map(|c| c.replies).sum();
+    let errors: u64 = per_client.iter().map(|c| c.errors).sum();
+    Ok(BenchReport {
+        requests: replies + errors,
+        replies,
+        errors,
+        elapsed_s: elapsed.as_secs_f64(),
+        throughput_rps: replies as f64 / elapsed.as_secs_f64().max(f64::EPSILON),
+        latency_us: latency(&merged),
+        clients: options.clients,
+        errors_by_kind: ErrorKind::ALL
+            .iter()
+            .map(|k| (k.name(), by_kind[*k as usize]))
+            .collect(),
+        percentiles_us: percentiles(&merged),
+        per_client,
+    })
+}
+
+fn percentiles(h: &Histogram<u64>) -> Vec<Percentile> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    [50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99, 100.0]
+        .iter()
+        .map(|&p| Percentile {
+            percentile: p,
+            latency_us: h.value_at_percentile(p),
+        })
+        .collect()
+}
+
+/// `socklab bench`: measure, print, and fail when nothing succeeded.
+pub fn run(options: BenchOptions) -> anyhow::Result<()> {
+    let report = measure(&options)?;
+    let mut out = io::stdout().lock();
+    if options.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        if options.verbose {
+            for (i, client) in report.per_client.iter().enumerate() {
+                writeln!(out, "{}", client_line(i + 1, client))?;
+            }
+        }
+        write!(out, "{}", summary(&options.addr, &report))?;
+    }
+    out.flush()?;
+    if report.replies == 0 && report.errors > 0 {
+        let why = report
+            .per_client
+            .iter()
+            .find_map(|c| c.last_error.clone())
+            .unwrap_or_default();
+        bail!("no request succeeded ({} errors): {why}", report.errors);
+    }
+    Ok(())
+}
+
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    // 1 µs to 1 hour at 3 significant digits: constant, valid bounds.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+fn latency(h: &Histogram<u64>) -> Latency {
+    if h.is_empty() {
+        return Latency::default();
+    }
+    Latency {
+        p50: h.value_at_quantile(0.50),
+        p90: h.value_at_quantile(0.90),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        max: h.max(),
+        mean: h.mean(),
+    }
+}
+
+/// The human summary.
+pub fn summary(addr: &Addr, r: &BenchReport) -> String {
+    let l = &r.latency_us;
+    let kinds: Vec<String> = r
+        .errors_by_kind
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    let errors = if kinds.is_empty() {
+        String::new()
+    } else {
+        format!("  errors     {}\n", kinds.join(", "))
+    };
+    let text = format!(
+        "{addr}: {} clients\n  requests   {} ({} replies, {} errors) in {:.3} s\n  throughput {:.1} requests/s\n  latency    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {}\n",
+        r.clients,
+        r.requests,
+        r.replies,
+        r.errors,
+        r.elapsed_s,
+        r.throughput_rps,
+        micros(l.p50),
+        micros(l.p90),
+        micros(l.p99),
+        micros(l.p999),
+        micros(l.max),
+        micros(l.mean.round() as u64),
+    );
+    text + &errors
+}
+
+/// The seeds' per-thread line: `client 3: received 'hello! ...' in 5.006 s`.
+fn client_line(n: usize, c: &ClientReport) -> String {
+    let text = String::from_utf8_lossy(&c.last_reply);
+    let text = text.trim_end();
+    let shown: String = text.chars().take(72).collect();
+    let ellipsis = if shown.len() < text.len() { "..." } else { "" };
+    let mut line = format!(
+        "client {n}: received '{shown}{ellipsis}' in {:.3} s",
+        c.elapsed.as_secs_f64()
+    );
+    if c.replies != 1 || c.errors > 0 {
+        line += &format!(" ({} replies, {} errors)", c.replies, c.errors);
+    }
+    if let Some(e) = &c.last_error {
+        line += &format!("; last error: {e}");
+    }
+    line
+}
+
+/// A latency in the unit that reads best.
+pub fn micros(us: u64) -> String {
+    match us {
+        0..=999 => format!("{us} µs"),
+        1_000..=999_999 => format!("{:.2} ms", us as f64 / 1e3),
+        _ => format!("{:.3} s", us as f64 / 1e6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sized_payload_is_a_line_of_that_length() {
+        let p = Payload::Size(512).bytes();
+        assert_eq!(p.len(), 512);
+        assert!(p.ends_with(b"\n"));
+        assert_eq!(p.iter().filter(|&&b| b == b'\n').count(), 1);
+    }
+
+    #[test]
+    fn reply_rules() {
+        assert!(Expect::Auto.complete(b"ab\n", b"x\n"));
+        assert!(!Expect::Auto.complete(b"ab\n", b"ab"));
+        assert!(Expect::Auto.complete(b"abc", b"xyz"));
+        assert!(!Expect::Close.complete(b"abc", b"xyz"));
+        assert!(Expect::Bytes(2).complete(b"abc", b"xy"));
+        assert!(!Expect::Echo.may_end_at_close(b"abc", b"ab"));
+        assert_eq!("bytes:12".parse(), Ok(Expect::Bytes(12)));
+        assert!("bytes:0".parse::<Expect>().is_err());
+        assert!("sometimes".parse::<Expect>().is_err());
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(micros(12), "12 µs");
+        assert_eq!(micros(1500), "1.50 ms");
+        assert_eq!(micros(5_006_000), "5.006 s");
+    }
+}
