@@ -61,12 +61,22 @@ impl Target {
 /// One client's results.
 pub struct ClientResult {
     pub report: ClientReport,
-    pub histogram: Histogram<u64>,
     pub errors: [u64; ErrorKind::COUNT],
 }
 
+/// One thread's results: its clients', and one histogram for them all (a
+/// histogram is ~200 KiB: one per client would cost 2 GB for 10,000).
+pub struct ThreadResult {
+    pub clients: Vec<ClientResult>,
+    pub histogram: Histogram<u64>,
+}
+
+/// The histogram a thread's clients share; only that thread touches it, so
+/// the lock is never contended.
+type SharedHistogram = Arc<std::sync::Mutex<Histogram<u64>>>;
+
 /// Runs every client to the end on `threads` threads.
-pub fn run(plan: Arc<Plan>, threads: usize) -> anyhow::Result<Vec<ClientResult>> {
+pub fn run(plan: Arc<Plan>, threads: usize) -> anyhow::Result<Vec<ThreadResult>> {
     let threads = threads.clamp(1, plan.clients.max(1));
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
@@ -74,33 +84,44 @@ pub fn run(plan: Arc<Plan>, threads: usize) -> anyhow::Result<Vec<ClientResult>>
                 let plan = plan.clone();
                 std::thread::Builder::new()
                     .name(format!("bench-{t}"))
-                    .spawn_scoped(scope, move || -> anyhow::Result<Vec<ClientResult>> {
-                        let runtime = tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()?;
-                        runtime.block_on(async {
-                            let mut tasks = tokio::task::JoinSet::new();
-                            for id in (t..plan.clients).step_by(threads) {
-                                tasks.spawn(client(plan.clone(), id));
-                            }
-                            let mut results = Vec::new();
-                            while let Some(result) = tasks.join_next().await {
-                                results.push(result?);
-                            }
-                            Ok(results)
-                        })
-                    })
+                    .spawn_scoped(scope, move || one_thread(plan, t, threads))
             })
             .collect::<Result<_, _>>()?;
         let mut all = Vec::new();
         for w in workers {
-            all.extend(
+            all.push(
                 w.join()
                     .map_err(|_| anyhow::anyhow!("a bench thread panicked"))??,
             );
         }
         Ok(all)
     })
+}
+
+/// Thread `t` of `threads`: a current-thread runtime and every
+/// `threads`-th client.
+fn one_thread(plan: Arc<Plan>, t: usize, threads: usize) -> anyhow::Result<ThreadResult> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let histogram: SharedHistogram = Arc::new(std::sync::Mutex::new(new_histogram()));
+    let clients = runtime.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in (t..plan.clients).step_by(threads) {
+            tasks.spawn(client(plan.clone(), id, histogram.clone()));
+        }
+        let mut results = Vec::new();
+        while let Some(result) = tasks.join_next().await {
+            results.push(result?);
+        }
+        anyhow::Ok(results)
+    })?;
+    drop(runtime);
+    let histogram = Arc::try_unwrap(histogram)
+        .map_err(|_| anyhow::anyhow!("a client outlived its thread"))?
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    Ok(ThreadResult { clients, histogram })
 }
 
 /// What went wrong with one request.
@@ -228,10 +249,9 @@ impl Conn {
     }
 }
 
-async fn client(plan: Arc<Plan>, id: usize) -> ClientResult {
+async fn client(plan: Arc<Plan>, id: usize, histogram: SharedHistogram) -> ClientResult {
     let mut result = ClientResult {
         report: ClientReport::default(),
-        histogram: new_histogram(),
         errors: [0; ErrorKind::COUNT],
     };
     let deadline = match plan.load {
@@ -239,7 +259,15 @@ async fn client(plan: Arc<Plan>, id: usize) -> ClientResult {
         Load::Requests(_) => None,
     };
     let mut conn: Option<Conn> = None;
-    let mut buf = vec![0u8; 64 * 1024];
+    // A datagram must be read whole; a stream reply may take several reads.
+    let mut buf = vec![
+        0u8;
+        if matches!(plan.target, Target::Udp(_)) {
+            65_536
+        } else {
+            4096
+        }
+    ];
     let mut reply = Vec::with_capacity(plan.request.len());
     let mut k: u64 = 0;
     loop {
@@ -258,6 +286,18 @@ async fn client(plan: Arc<Plan>, id: usize) -> ClientResult {
                 if deadline.is_some_and(|d| intended >= d) {
                     break;
                 }
+                let late = Instant::now().saturating_duration_since(intended);
+                if late >= plan.timeout || deadline.is_some_and(|d| Instant::now() >= d) {
+                    // Held up by earlier requests past its timeout, or past
+                    // the end: it could not even be sent in time. It counts,
+                    // as a timeout, rather than vanish from the results.
+                    k += 1;
+                    result.report.errors += 1;
+                    result.errors[ErrorKind::Timeout as usize] += 1;
+                    result.report.last_error = Some("scheduled, but the server was still busy".into());
+                    plan.done.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 tokio::time::sleep_until(intended.into()).await;
                 intended
             }
@@ -270,18 +310,21 @@ async fn client(plan: Arc<Plan>, id: usize) -> ClientResult {
             }
         };
         k += 1;
-        let outcome =
-            match tokio::time::timeout(plan.timeout, one(&plan, &mut conn, &mut buf, &mut reply)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(Failure::new(
-                    ErrorKind::Timeout,
-                    format!("no whole reply within {:?}", plan.timeout),
-                )),
-            };
+        // In the open loop the timeout runs from the intended start, too.
+        let allowed = plan.timeout.saturating_sub(began.elapsed());
+        let outcome = match tokio::time::timeout(allowed, one(&plan, &mut conn, &mut buf, &mut reply)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Failure::new(
+                ErrorKind::Timeout,
+                format!("no whole reply within {:?}", plan.timeout),
+            )),
+        };
         match outcome {
             Ok(()) => {
                 let micros = began.elapsed().as_micros().max(1) as u64;
-                let _ = result.histogram.record(micros.min(result.histogram.high()));
+                let mut h = histogram.lock().unwrap_or_else(|e| e.into_inner());
+                let high = h.high();
+                let _ = h.record(micros.min(high));
                 result.report.replies += 1;
                 if result.report.last_reply != reply {
                     result.report.last_reply.clone_from(&reply);

@@ -279,11 +279,13 @@ pub fn measure(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let mut merged = new_histogram();
     let mut per_client = Vec::new();
     let mut by_kind = [0u64; ErrorKind::COUNT];
-    for result in results {
-        merged.add(&result.histogram)?;
-        per_client.push(result.report);
-        for (total, n) in by_kind.iter_mut().zip(result.errors) {
-            *total += n;
+    for thread in results {
+        merged.add(&thread.histogram)?;
+        for client in thread.clients {
+            per_client.push(client.report);
+            for (total, n) in by_kind.iter_mut().zip(client.errors) {
+                *total += n;
+            }
         }
     }
     let replies: u64 = per_client.iter().map(|c| c.replies).sum();
