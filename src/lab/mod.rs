@@ -83,6 +83,7 @@ pub struct Row {
 }
 
 pub fn run(options: LabOptions) -> anyhow::Result<()> {
+    pin::load_generator();
     let total = options.models.len() * options.scenarios.len();
     let progress = Progress::new(total);
     let mut rows: Vec<Row> = Vec::new();
@@ -130,7 +131,9 @@ impl ServerProcess {
 
     pub fn start(args: &[String]) -> anyhow::Result<ServerProcess> {
         let exe = std::env::current_exe().context("cannot find the socklab executable")?;
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        pin::server(&mut command);
+        let mut child = command
             .arg("serve")
             .args(args)
             .args(["--listen", "tcp:127.0.0.1:0"])
@@ -235,6 +238,55 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             self.stop();
+        }
+    }
+}
+
+/// Keeping the load generator and the server on different cores.
+///
+/// On loopback a client and a server wake each other for every request, and
+/// the scheduler likes to pull the woken one onto the waker's core: some
+/// runs then share one core and show half the throughput of the next. So
+/// the lab pins itself (the bench) to the first core and each server, with
+/// its threads and children, to the others, as `taskset` would.
+mod pin {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+
+    fn cores() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
+    fn set(cpus: impl Iterator<Item = usize>) -> nix::Result<()> {
+        let mut set = CpuSet::new();
+        for cpu in cpus {
+            set.set(cpu)?;
+        }
+        sched_setaffinity(Pid::from_raw(0), &set)
+    }
+
+    /// The lab process, whose threads run the bench: the first core.
+    pub fn load_generator() {
+        if cores() >= 2 {
+            if let Err(e) = set(0..1) {
+                tracing::debug!("cannot pin the load generator: {e}");
+            }
+        }
+    }
+
+    /// A server about to be started: every core but the first.
+    pub fn server(command: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        let n = cores();
+        if n >= 2 {
+            // SAFETY: between fork and exec the hook only makes one system
+            // call on a stack value; it allocates nothing.
+            unsafe {
+                command.pre_exec(move || {
+                    let _ = set(1..n);
+                    Ok(())
+                });
+            }
         }
     }
 }
