@@ -9,7 +9,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::event_loop::{self, Event, Interest, Poller};
+use super::event_loop::{self, Event, Interest, Poller, Watched};
 use super::ServerConfig;
 use crate::net::Listener;
 use crate::service::Service;
@@ -27,30 +27,28 @@ pub fn serve(
 /// Every registered socket with what it is watched for; no system call.
 #[derive(Default)]
 struct Busy {
-    watched: Vec<(RawFd, usize, Interest)>,
+    watched: Watched,
 }
 
 impl Poller for Busy {
     fn register(&mut self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
-        self.watched.push((fd, token, interest));
+        self.watched.add(fd, token, interest);
         Ok(())
     }
 
     fn reregister(&mut self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
-        if let Some(entry) = self.watched.iter_mut().find(|(f, t, _)| *f == fd && *t == token) {
-            entry.2 = interest;
-        }
+        self.watched.change(fd, token, interest);
         Ok(())
     }
 
     fn deregister(&mut self, fd: RawFd, token: usize) -> io::Result<()> {
-        self.watched.retain(|(f, t, _)| !(*f == fd && *t == token));
+        self.watched.remove(fd, token);
         Ok(())
     }
 
     fn wait(&mut self, events: &mut Vec<Event>, _timeout: Option<Duration>) -> io::Result<()> {
         // No waiting, whatever the timeout: try everything, again and again.
-        events.extend(self.watched.iter().map(|&(_, token, interest)| Event {
+        events.extend(self.watched.entries.iter().map(|&(_, token, interest)| Event {
             token,
             readable: interest.read,
             writable: interest.write,

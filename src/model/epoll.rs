@@ -10,8 +10,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-
 use super::event_loop::{self, Event, Interest, Poller};
 use super::ServerConfig;
 use crate::net::Listener;
@@ -24,37 +22,8 @@ pub fn serve(
     config: &ServerConfig,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    let mut listeners = vec![listener];
-    for _ in 1..config.workers.max(1) {
-        let sibling = listeners[0]
-            .reuse_port_sibling()
-            .context("cannot open another listener for a loop")?;
-        listeners.push(sibling);
-    }
-    std::thread::scope(|scope| {
-        let loops: Vec<_> = listeners
-            .into_iter()
-            .enumerate()
-            .map(|(i, listener)| {
-                let service = &service;
-                std::thread::Builder::new()
-                    .name(format!("epoll-{i}"))
-                    .spawn_scoped(scope, move || {
-                        event_loop::run(Epoll::new()?, listener, service, config, shutdown)
-                    })
-            })
-            .collect::<Result<_, _>>()?;
-        let mut result = Ok(());
-        for l in loops {
-            let r = l
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("an epoll loop panicked")));
-            if r.is_err() {
-                shutdown.trigger();
-                result = result.and(r);
-            }
-        }
-        result
+    super::on_sibling_listeners(listener, config.workers, "epoll", shutdown, |listener| {
+        event_loop::run(Epoll::new()?, listener, &service, config, shutdown)
     })
 }
 

@@ -65,6 +65,29 @@ pub trait Poller {
     }
 }
 
+/// The plain list of watched descriptors that the pollers without kernel
+/// state (busy, select) keep for themselves.
+#[derive(Debug, Default)]
+pub struct Watched {
+    pub entries: Vec<(RawFd, usize, Interest)>,
+}
+
+impl Watched {
+    pub fn add(&mut self, fd: RawFd, token: usize, interest: Interest) {
+        self.entries.push((fd, token, interest));
+    }
+
+    pub fn change(&mut self, fd: RawFd, token: usize, interest: Interest) {
+        if let Some(entry) = self.entries.iter_mut().find(|(f, t, _)| *f == fd && *t == token) {
+            entry.2 = interest;
+        }
+    }
+
+    pub fn remove(&mut self, fd: RawFd, token: usize) {
+        self.entries.retain(|(f, t, _)| !(*f == fd && *t == token));
+    }
+}
+
 /// Tokens of the loop's own descriptors; connections use slab keys below.
 const LISTENER: usize = usize::MAX;
 const SHUTDOWN: usize = usize::MAX - 1;

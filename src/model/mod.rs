@@ -198,6 +198,49 @@ impl fmt::Display for ModelKind {
     }
 }
 
+/// Runs `run_loop` on `workers` threads, each with its own listener on the
+/// same address (`SO_REUSEPORT` siblings of `listener`): the shape of the
+/// epoll and uring models' `--workers`. If one loop fails, the others are
+/// told to stop; the first error is returned.
+pub fn on_sibling_listeners(
+    listener: Listener,
+    workers: usize,
+    name: &str,
+    shutdown: &Shutdown,
+    run_loop: impl Fn(Listener) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<()> {
+    let mut listeners = vec![listener];
+    for _ in 1..workers.max(1) {
+        let sibling = listeners[0]
+            .reuse_port_sibling()
+            .map_err(|e| e.context(format!("cannot open another listener for a {name} loop")))?;
+        listeners.push(sibling);
+    }
+    std::thread::scope(|scope| {
+        let loops: Vec<_> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, listener)| {
+                let run_loop = &run_loop;
+                std::thread::Builder::new()
+                    .name(format!("{name}-{i}"))
+                    .spawn_scoped(scope, move || run_loop(listener))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut result = Ok(());
+        for l in loops {
+            let r = l
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a {name} loop panicked")));
+            if r.is_err() {
+                shutdown.trigger();
+                result = result.and(r);
+            }
+        }
+        result
+    })
+}
+
 /// What every model is told besides the listener and the service.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

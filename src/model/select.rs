@@ -11,7 +11,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::event_loop::{self, Event, Interest, Poller};
+use super::event_loop::{self, Event, Interest, Poller, Watched};
 use super::ServerConfig;
 use crate::net::Listener;
 use crate::service::Service;
@@ -28,7 +28,7 @@ pub fn serve(
 
 #[derive(Default)]
 struct Select {
-    watched: Vec<(RawFd, usize, Interest)>,
+    watched: Watched,
 }
 
 impl Poller for Select {
@@ -36,19 +36,17 @@ impl Poller for Select {
         if !self.can_watch(fd) {
             return Err(io::Error::other(format!("descriptor {fd} is beyond FD_SETSIZE")));
         }
-        self.watched.push((fd, token, interest));
+        self.watched.add(fd, token, interest);
         Ok(())
     }
 
     fn reregister(&mut self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
-        if let Some(entry) = self.watched.iter_mut().find(|(f, t, _)| *f == fd && *t == token) {
-            entry.2 = interest;
-        }
+        self.watched.change(fd, token, interest);
         Ok(())
     }
 
     fn deregister(&mut self, fd: RawFd, token: usize) -> io::Result<()> {
-        self.watched.retain(|(f, t, _)| !(*f == fd && *t == token));
+        self.watched.remove(fd, token);
         Ok(())
     }
 
@@ -62,7 +60,7 @@ impl Poller for Select {
         unsafe {
             libc::FD_ZERO(&mut reads);
             libc::FD_ZERO(&mut writes);
-            for &(fd, _, interest) in &self.watched {
+            for &(fd, _, interest) in &self.watched.entries {
                 if interest.read {
                     libc::FD_SET(fd, &mut reads);
                 }
@@ -85,7 +83,7 @@ impl Poller for Select {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        for &(fd, token, _) in &self.watched {
+        for &(fd, token, _) in &self.watched.entries {
             // SAFETY: fd < FD_SETSIZE, as above.
             let (readable, writable) = unsafe { (libc::FD_ISSET(fd, &reads), libc::FD_ISSET(fd, &writes)) };
             if readable || writable {

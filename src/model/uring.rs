@@ -25,7 +25,6 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use slab::Slab;
@@ -94,35 +93,8 @@ pub fn serve(
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     check_available()?;
-    let mut listeners = vec![listener];
-    for _ in 1..config.workers.max(1) {
-        let sibling = listeners[0]
-            .reuse_port_sibling()
-            .context("cannot open another listener for a ring")?;
-        listeners.push(sibling);
-    }
-    std::thread::scope(|scope| {
-        let rings: Vec<_> = listeners
-            .into_iter()
-            .enumerate()
-            .map(|(i, listener)| {
-                let service = &service;
-                std::thread::Builder::new()
-                    .name(format!("uring-{i}"))
-                    .spawn_scoped(scope, move || Ring::new(listener, config, shutdown)?.run(service))
-            })
-            .collect::<Result<_, _>>()?;
-        let mut result = Ok(());
-        for ring in rings {
-            let r = ring
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("a uring loop panicked")));
-            if r.is_err() {
-                shutdown.trigger();
-                result = result.and(r);
-            }
-        }
-        result
+    super::on_sibling_listeners(listener, config.workers, "uring", shutdown, |listener| {
+        Ring::new(listener, config, shutdown)?.run(&service)
     })
 }
 
