@@ -251,7 +251,10 @@ impl Conn {
 
 async fn client(plan: Arc<Plan>, id: usize, histogram: SharedHistogram) -> ClientResult {
     let mut result = ClientResult {
-        report: ClientReport::default(),
+        report: ClientReport {
+            id,
+            ..ClientReport::default()
+        },
         errors: [0; ErrorKind::COUNT],
     };
     let deadline = match plan.load {

@@ -238,6 +238,8 @@ pub struct Latency {
 /// One client's share, for `--verbose`.
 #[derive(Debug, Clone, Default)]
 pub struct ClientReport {
+    /// Which client (0-based), whichever thread ran it.
+    pub id: usize,
     pub replies: u64,
     pub errors: u64,
     pub elapsed: Duration,
@@ -288,6 +290,7 @@ pub fn measure(options: &BenchOptions) -> anyhow::Result<BenchReport> {
             }
         }
     }
+    per_client.sort_by_key(|c| c.id);
     let replies: u64 = per_client.iter().map(|c| c.replies).sum();
     let errors: u64 = per_client.iter().map(|c| c.errors).sum();
     Ok(BenchReport {
@@ -329,8 +332,8 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
         writeln!(out)?;
     } else {
         if options.verbose {
-            for (i, client) in report.per_client.iter().enumerate() {
-                writeln!(out, "{}", client_line(i + 1, client))?;
+            for client in &report.per_client {
+                writeln!(out, "{}", client_line(client.id + 1, client))?;
             }
         }
         write!(out, "{}", summary(&options.addr, &report))?;
