@@ -6,6 +6,15 @@
 //! case-insensitive and socat's spellings (`TCP4`, `TCP6`, `UNIX-CONNECT`,
 //! `STDIN`, ...) are accepted. Host names are kept as written and resolved
 //! only when a socket is opened, so parsing never touches the network.
+//!
+//! ```
+//! use socklab::addr::{Addr, Endpoint};
+//!
+//! let addr: Addr = ":50000".parse().unwrap();
+//! assert_eq!(addr.to_string(), "tcp:127.0.0.1:50000");
+//! assert!(matches!("tcp-listen:7000".parse::<Endpoint>(), Ok(Endpoint::Listen(_))));
+//! assert!("tcp:localhost:99999".parse::<Addr>().is_err());
+//! ```
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
