@@ -285,7 +285,13 @@ async fn client(plan: Arc<Plan>, id: usize, histogram: SharedHistogram) -> Clien
         let began = match plan.rate {
             Some(rate) => {
                 let slot = k as f64 * plan.clients as f64 + id as f64;
-                let intended = plan.start + Duration::from_secs_f64(slot / rate);
+                // Past what a Duration holds: later than any run can last.
+                let Some(intended) = Duration::try_from_secs_f64(slot / rate)
+                    .ok()
+                    .and_then(|offset| plan.start.checked_add(offset))
+                else {
+                    break;
+                };
                 if deadline.is_some_and(|d| intended >= d) {
                     break;
                 }
