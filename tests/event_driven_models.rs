@@ -106,7 +106,16 @@ fn ten_thousand_concurrent_connections_on_epoll_async_and_uring() {
 #[test]
 fn max_conns_holds_back_the_next_connection_on_async_and_uring() {
     for model in ["async", "uring"] {
-        let args = ["--model", model, "--service", "hello", "--delay", "400ms", "--max-conns", "1"];
+        let args = [
+            "--model",
+            model,
+            "--service",
+            "hello",
+            "--delay",
+            "400ms",
+            "--max-conns",
+            "1",
+        ];
         let server = Server::tcp(&args);
         let report = bench_json(&server.addr, &["--clients", "3"]);
         assert_eq!(report["replies"], 3, "{model}: {report}");
