@@ -243,8 +243,23 @@ impl Ring {
                         "grace period over with {} connections still open",
                         self.conns.len()
                     );
+                    self.abandon_in_flight();
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// Leaves to the process's end the memory that operations still in
+    /// flight point to. Closing the ring makes the kernel cancel them, but
+    /// only after we have returned, and until then a receive may still write
+    /// into the pool or a send read from its buffer: freeing them now would
+    /// break the promise `push` relies on.
+    fn abandon_in_flight(&mut self) {
+        std::mem::forget(std::mem::take(&mut self.buffers));
+        for (_, conn) in self.conns.iter_mut() {
+            if conn.sending {
+                std::mem::forget(std::mem::take(&mut conn.send_buf));
             }
         }
     }
