@@ -104,6 +104,28 @@ fn ten_thousand_concurrent_connections_on_epoll_async_and_uring() {
 }
 
 #[test]
+fn max_conns_holds_back_the_next_connection_on_async_and_uring() {
+    for model in ["async", "uring"] {
+        let args = [
+            "--model",
+            model,
+            "--service",
+            "hello",
+            "--delay",
+            "400ms",
+            "--max-conns",
+            "1",
+        ];
+        let server = Server::tcp(&args);
+        let report = bench_json(&server.addr, &["--clients", "3"]);
+        assert_eq!(report["replies"], 3, "{model}: {report}");
+        let t = report["elapsed_s"].as_f64().unwrap();
+        // One slot: three delays one after the other, not one round.
+        assert!(t >= 3.0 * DELAY, "{model} with --max-conns 1 took {t} s");
+    }
+}
+
+#[test]
 fn sigterm_lets_delayed_replies_finish() {
     for model in MODELS {
         let server = Server::tcp(&["--model", model, "--service", "welcome", "--delay", "300ms"]);

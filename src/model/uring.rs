@@ -5,7 +5,8 @@
 //! kernel shares with us, and their completions come back on another.
 //!
 //! - One multishot accept stays armed for the listener (kernel 5.19+; a
-//!   single-shot accept re-armed after each connection where it is not).
+//!   single-shot accept re-armed after each connection where it is not,
+//!   or under `--max-conns`).
 //! - Receives take their buffer from a pool provided to the kernel, so an
 //!   idle connection with a receive armed holds no buffer of its own.
 //! - A send owns a copy of the session's output until it completes: the
@@ -132,7 +133,8 @@ struct Ring {
     buffers: Vec<u8>,
     /// Connections whose receive found the pool empty, to re-arm later.
     starved: Vec<usize>,
-    /// Whether the kernel does multishot accept; found out on first use.
+    /// Whether accepts are multishot: not under --max-conns, nor once the
+    /// kernel turns them down.
     multishot: bool,
     accepting: bool,
     waker: Arc<Waker>,
@@ -166,7 +168,11 @@ impl Ring {
             timers: BinaryHeap::new(),
             buffers: vec![0; BUFFERS as usize * CHUNK_SIZE],
             starved: Vec::new(),
-            multishot: true,
+            // A multishot accept cannot be paused: by the time a cancel
+            // reaches the kernel, a burst of connections may all have been
+            // accepted past the limit. Under --max-conns, one accept at a
+            // time, armed only while a slot is free.
+            multishot: config.max_conns.is_none(),
             accepting: false,
             waker: Arc::new(Waker {
                 event: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
@@ -237,8 +243,23 @@ impl Ring {
                         "grace period over with {} connections still open",
                         self.conns.len()
                     );
+                    self.abandon_in_flight();
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// Leaves to the process's end the memory that operations still in
+    /// flight point to. Closing the ring makes the kernel cancel them, but
+    /// only after we have returned, and until then a receive may still write
+    /// into the pool or a send read from its buffer: freeing them now would
+    /// break the promise `push` relies on.
+    fn abandon_in_flight(&mut self) {
+        std::mem::forget(std::mem::take(&mut self.buffers));
+        for (_, conn) in self.conns.iter_mut() {
+            if conn.sending {
+                std::mem::forget(std::mem::take(&mut conn.send_buf));
             }
         }
     }
@@ -326,10 +347,6 @@ impl Ring {
             closing: None,
             timer: None,
         });
-        if self.conns.len() >= self.max_conns && self.accepting && self.multishot {
-            // A multishot accept cannot be paused; cancel it until a slot frees.
-            self.push(opcode::AsyncCancel::new(user_data(Op::Accept, 0)).build())?;
-        }
         self.settle(token)
     }
 
