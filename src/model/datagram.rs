@@ -12,7 +12,9 @@
 //! A datagram may begin with a request ID, `#ID ` (DESIGN section 9): the
 //! reply carries it back, and a repeated ID from the same peer is answered
 //! from a cache instead of being applied twice (a retried `ADD` to the
-//! contact book stays one `ADD`).
+//! contact book stays one `ADD`). A retry that arrives while its first copy
+//! is still being answered (on another pool worker) is dropped: the client
+//! retries again and meets the cached reply.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -85,8 +87,24 @@ pub struct Answers {
 
 #[derive(Default)]
 struct ReplyCache {
-    replies: HashMap<(SocketAddr, Vec<u8>), Vec<u8>>,
+    /// (peer, ID) to its reply; `None` while the first copy is still being
+    /// answered, so a retry racing it on another pool worker is not applied.
+    replies: HashMap<(SocketAddr, Vec<u8>), Option<Vec<u8>>>,
+    /// Keys oldest first, to forget the oldest beyond `CACHE_ENTRIES`.
     order: VecDeque<(SocketAddr, Vec<u8>)>,
+}
+
+impl ReplyCache {
+    fn remember(&mut self, key: (SocketAddr, Vec<u8>), reply: Option<Vec<u8>>) {
+        if self.replies.insert(key.clone(), reply).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > CACHE_ENTRIES {
+            if let Some(old) = self.order.pop_front() {
+                self.replies.remove(&old);
+            }
+        }
+    }
 }
 
 impl Answers {
@@ -101,16 +119,31 @@ impl Answers {
     pub fn answer(&self, peer: SocketAddr, datagram: &[u8], now: Now) -> Option<Vec<u8>> {
         let (id, request) = split_id(datagram);
         if let Some(id) = id {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(reply) = cache.replies.get(&(peer, id.to_vec())) {
-                tracing::debug!(%peer, "a retried request: answered from the cache");
-                return Some(reply.clone());
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.replies.get(&(peer, id.to_vec())) {
+                Some(Some(reply)) => {
+                    tracing::debug!(%peer, "a retried request: answered from the cache");
+                    return Some(reply.clone());
+                }
+                Some(None) => {
+                    tracing::debug!(%peer, "a retried request still being answered: dropped");
+                    return None;
+                }
+                None => cache.remember((peer, id.to_vec()), None),
             }
         }
         let body = if request.is_empty() {
-            b"ERR empty datagram".to_vec()
+            Some(b"ERR empty datagram".to_vec())
         } else {
-            self.service.datagram(request, now)?
+            self.service.datagram(request, now)
+        };
+        let Some(body) = body else {
+            if let Some(id) = id {
+                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                cache.replies.remove(&(peer, id.to_vec()));
+                cache.order.retain(|key| key != &(peer, id.to_vec()));
+            }
+            return None;
         };
         let mut reply = Vec::with_capacity(body.len() + id.map_or(0, |i| i.len() + 2));
         if let Some(id) = id {
@@ -126,15 +159,7 @@ impl Answers {
         }
         if let Some(id) = id {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            let key = (peer, id.to_vec());
-            if cache.replies.insert(key.clone(), reply.clone()).is_none() {
-                cache.order.push_back(key);
-            }
-            while cache.order.len() > CACHE_ENTRIES {
-                if let Some(old) = cache.order.pop_front() {
-                    cache.replies.remove(&old);
-                }
-            }
+            cache.remember((peer, id.to_vec()), Some(reply.clone()));
         }
         Some(reply)
     }
@@ -349,6 +374,24 @@ mod tests {
             a.answer(peer, b"#no-space", now),
             Some(b"Hello, #no-space!".to_vec())
         );
+    }
+
+    #[test]
+    fn a_retry_racing_its_first_copy_is_dropped_not_applied() {
+        let a = answers(ServiceKind::Greet);
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        // What a second pool worker sees while the first is still answering `#7`.
+        a.cache.lock().unwrap().remember((peer, b"7".to_vec()), None);
+        assert_eq!(a.answer(peer, b"#7 bob", Now::system()), None);
+        a.cache
+            .lock()
+            .unwrap()
+            .remember((peer, b"7".to_vec()), Some(b"#7 Hello, bob!".to_vec()));
+        assert_eq!(
+            a.answer(peer, b"#7 bob", Now::system()),
+            Some(b"#7 Hello, bob!".to_vec())
+        );
+        assert_eq!(a.cache.lock().unwrap().order.len(), 1);
     }
 
     #[test]
