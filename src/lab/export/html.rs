@@ -63,7 +63,8 @@ pub fn render(rows: &[Row]) -> String {
 
     let throughput: Vec<&Row> = by("throughput");
     if !throughput.is_empty() {
-        page += "<h2>Throughput: echo, many connections at once</h2>\n<p>Requests per second.</p>\n";
+        page += "<h2>Throughput: echo, many connections at once</h2>\n<p>Requests per second. Timed-out \
+                 requests are clients the model never got to while it served the others.</p>\n";
         let bars: Vec<Bar> = throughput
             .iter()
             .filter(ok)
@@ -71,7 +72,10 @@ pub fn render(rows: &[Row]) -> String {
                 label: r.model.clone(),
                 value: r.throughput_rps.unwrap_or(0.0),
                 marker: None,
-                text: format!("{:.0}/s", r.throughput_rps.unwrap_or(0.0)),
+                text: match r.errors.filter(|e| *e > 0) {
+                    Some(e) => format!("{:.0}/s, {e} requests timed out", r.throughput_rps.unwrap_or(0.0)),
+                    None => format!("{:.0}/s", r.throughput_rps.unwrap_or(0.0)),
+                },
                 second: None,
             })
             .collect();
