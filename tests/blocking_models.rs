@@ -45,7 +45,7 @@ fn thread_serves_all_at_once() {
         let t = makespan(&server);
         assert!(t >= DELAY, "{t}");
         // Serial would be 5 delays; concurrent is one. Wide margin for a loaded machine.
-        assert!(t < 3.0 * DELAY, "thread took {t} s: not concurrent");
+        assert!(t < 3.5 * DELAY, "thread took {t} s: not concurrent");
     }
 }
 

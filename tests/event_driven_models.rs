@@ -23,7 +23,7 @@ fn delay_experiment_one_round_for_every_model() {
             assert_eq!(report["replies"], 5, "{model}: {report}");
             let t = report["elapsed_s"].as_f64().unwrap();
             assert!(
-                (DELAY..3.0 * DELAY).contains(&t),
+                (DELAY..3.5 * DELAY).contains(&t),
                 "{model} took {t} s for one round"
             );
         }
