@@ -153,3 +153,22 @@ fn unidirectional_copies_one_way_only() {
     assert_eq!(conn.recv_to_end(), "", "nothing comes back under -u");
     assert!(wait_exit(child).success());
 }
+
+#[test]
+fn stdio_to_a_udp_server_and_back() {
+    let server = Server::start(&["--service", "greet"], &["udp:127.0.0.1:0"], None);
+    let mut child = Command::new(BIN)
+        .args(["relay", "-", &server.addr, "--timeout", "300ms"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"datagram").unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut reply = [0u8; 16];
+    stdout.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"Hello, datagram!");
+    drop(stdin);
+    assert!(wait_exit(child).success());
+}
