@@ -7,66 +7,194 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{bench_json, socklab, stderr, stdout, Server};
+use common::{bench_json, socklab, stderr, stdout, without_io_uring, Server};
+
+/// Both engines that drive the closed loop over streams.
+const ENGINES: [&str; 2] = ["tokio", "uring"];
 
 #[test]
 fn counts_are_exact_and_the_json_has_its_keys() {
     let server = Server::tcp(&["--model", "epoll", "--service", "echo"]);
-    let r = bench_json(
-        &server.addr,
-        &[
+    for engine in ENGINES {
+        let r = bench_json(
+            &server.addr,
+            &[
+                "--clients",
+                "7",
+                "--requests",
+                "13",
+                "--size",
+                "100",
+                "--expect",
+                "echo",
+                "--engine",
+                engine,
+            ],
+        );
+        assert_eq!(r["engine"], engine);
+        assert_eq!(r["requests"], 91, "{engine}");
+        assert_eq!(r["replies"], 91, "{engine}");
+        assert_eq!(r["errors"], 0, "{engine}");
+        for kind in ["connect", "timeout", "reset", "closed", "mismatch", "other"] {
+            assert_eq!(r["errors_by_kind"][kind], 0, "{engine} {kind}");
+        }
+        let table = r["percentiles_us"].as_array().unwrap();
+        assert!(table.iter().any(|p| p["percentile"] == 99.0));
+        assert!(r["latency_us"]["p50"].as_u64().unwrap() <= r["latency_us"]["max"].as_u64().unwrap());
+    }
+}
+
+#[test]
+fn auto_picks_io_uring_for_a_closed_loop_over_a_stream_and_tokio_otherwise() {
+    let server = Server::tcp(&["--model", "epoll", "--service", "echo"]);
+    assert_eq!(bench_json(&server.addr, &["--requests", "3"])["engine"], "uring");
+    let r = bench_json(&server.addr, &["--rate", "100", "--duration", "100ms"]);
+    assert_eq!(
+        (r["engine"].as_str(), r["errors"].as_u64()),
+        (Some("tokio"), Some(0)),
+        "{r}"
+    );
+    let out = socklab(&["bench", &server.addr, "--rate", "100", "--engine", "uring"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("error: the uring engine drives the closed loop"),
+        "{}",
+        stderr(&out)
+    );
+    // Where io_uring is refused, auto falls back, and asking for it is a
+    // clear error rather than a crash.
+    let out = without_io_uring(&["bench", &server.addr, "--requests", "5", "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (r["engine"].as_str(), r["replies"].as_u64()),
+        (Some("tokio"), Some(5)),
+        "{r}"
+    );
+    let out = without_io_uring(&["bench", &server.addr, "--engine", "uring"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("error: io_uring is not available here"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_megabyte_echo_arrives_whole_in_pieces() {
+    // Far more than a socket buffer: partial sends and many receives.
+    let server = Server::tcp(&["--model", "epoll", "--service", "echo", "--framing", "chunk"]);
+    for engine in ENGINES {
+        let r = bench_json(
+            &server.addr,
+            &[
+                "--clients",
+                "2",
+                "--requests",
+                "3",
+                "--size",
+                "1048576",
+                "--expect",
+                "echo",
+                "--engine",
+                engine,
+            ],
+        );
+        assert_eq!(
+            (r["replies"].as_u64(), r["errors"].as_u64()),
+            (Some(6), Some(0)),
+            "{engine}: {r}"
+        );
+    }
+}
+
+#[test]
+fn a_server_that_closes_mid_reply_is_counted() {
+    // Reads a request, sends half of it back, and closes.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp:{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 64];
+            if let Ok(n) = conn.read(&mut buf) {
+                let _ = conn.write_all(&buf[..n / 2]);
+            }
+        }
+    });
+    for engine in ENGINES {
+        let out = socklab(&[
+            "bench",
+            &addr,
             "--clients",
-            "7",
+            "2",
             "--requests",
-            "13",
-            "--size",
-            "100",
+            "3",
+            "--message",
+            "abcdefgh",
             "--expect",
             "echo",
-        ],
-    );
-    assert_eq!(r["requests"], 91);
-    assert_eq!(r["replies"], 91);
-    assert_eq!(r["errors"], 0);
-    for kind in ["connect", "timeout", "reset", "closed", "mismatch", "other"] {
-        assert_eq!(r["errors_by_kind"][kind], 0, "{kind}");
+            "--engine",
+            engine,
+            "--json",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{engine}: nothing succeeded");
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (r["requests"].as_u64(), r["errors_by_kind"]["closed"].as_u64()),
+            (Some(6), Some(6)),
+            "{engine}: {r}"
+        );
+        assert!(
+            stderr(&out).contains("the server closed mid-reply after 4 bytes"),
+            "{}",
+            stderr(&out)
+        );
     }
-    let table = r["percentiles_us"].as_array().unwrap();
-    assert!(table.iter().any(|p| p["percentile"] == 99.0));
-    assert!(r["latency_us"]["p50"].as_u64().unwrap() <= r["latency_us"]["max"].as_u64().unwrap());
 }
 
 #[test]
 fn unix_sockets_udp_and_new_connections() {
-    let server = Server::unix(&["--service", "reverse"]);
-    let r = bench_json(
-        &server.addr,
-        &["--clients", "3", "--requests", "5", "--expect", "close"],
-    );
-    // reverse closes after each reply: every request reconnects by itself.
-    assert_eq!(
-        (r["replies"].as_u64(), r["errors"].as_u64()),
-        (Some(15), Some(0)),
-        "{r}"
-    );
-    let server = Server::unix(&["--service", "calc"]);
-    let r = bench_json(
-        &server.addr,
-        &[
-            "--clients",
-            "3",
-            "--requests",
-            "5",
-            "--new-connection",
-            "--message",
-            "1+1\n",
-        ],
-    );
-    assert_eq!(
-        (r["replies"].as_u64(), r["errors"].as_u64()),
-        (Some(15), Some(0)),
-        "{r}"
-    );
+    let reverse = Server::unix(&["--service", "reverse"]);
+    let calc = Server::unix(&["--service", "calc"]);
+    for engine in ENGINES {
+        let r = bench_json(
+            &reverse.addr,
+            &[
+                "--clients",
+                "3",
+                "--requests",
+                "5",
+                "--expect",
+                "close",
+                "--engine",
+                engine,
+            ],
+        );
+        // reverse closes after each reply: every request reconnects by itself.
+        assert_eq!(
+            (r["replies"].as_u64(), r["errors"].as_u64()),
+            (Some(15), Some(0)),
+            "{engine}: {r}"
+        );
+        let r = bench_json(
+            &calc.addr,
+            &[
+                "--clients",
+                "3",
+                "--requests",
+                "5",
+                "--new-connection",
+                "--message",
+                "1+1\n",
+                "--engine",
+                engine,
+            ],
+        );
+        assert_eq!(
+            (r["replies"].as_u64(), r["errors"].as_u64()),
+            (Some(15), Some(0)),
+            "{engine}: {r}"
+        );
+    }
     let udp = Server::start(
         &["--service", "echo", "--model", "epoll"],
         &["udp:127.0.0.1:0"],
@@ -114,25 +242,29 @@ fn a_corrupted_echo_is_an_error() {
             });
         }
     });
-    let out = socklab(&[
-        "bench",
-        &addr,
-        "--requests",
-        "4",
-        "--message",
-        "abcdef",
-        "--expect",
-        "echo",
-        "--json",
-    ]);
-    assert_eq!(out.status.code(), Some(1), "nothing succeeded");
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["errors_by_kind"]["mismatch"], 4, "{r}");
-    assert!(
-        stderr(&out).contains("the echo differs from the request at byte 3"),
-        "{}",
-        stderr(&out)
-    );
+    for engine in ENGINES {
+        let out = socklab(&[
+            "bench",
+            &addr,
+            "--requests",
+            "4",
+            "--message",
+            "abcdef",
+            "--expect",
+            "echo",
+            "--engine",
+            engine,
+            "--json",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{engine}: nothing succeeded");
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["errors_by_kind"]["mismatch"], 4, "{engine}: {r}");
+        assert!(
+            stderr(&out).contains("the echo differs from the request at byte 3"),
+            "{}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]
@@ -140,30 +272,36 @@ fn a_dead_server_gives_errors_and_exit_1_not_a_hang() {
     // Accepts, never answers.
     let mute = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = format!("tcp:{}", mute.local_addr().unwrap());
-    let start = Instant::now();
-    let out = socklab(&[
-        "bench",
-        &addr,
-        "--clients",
-        "3",
-        "--duration",
-        "300ms",
-        "--timeout",
-        "300ms",
-        "--json",
-    ]);
-    assert!(start.elapsed() < Duration::from_secs(5), "bench hung");
-    assert_eq!(out.status.code(), Some(1));
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["replies"], 0);
-    assert_eq!(r["errors_by_kind"]["timeout"], 3);
-    assert_eq!(r["requests"], r["errors"]);
+    for engine in ENGINES {
+        let start = Instant::now();
+        let out = socklab(&[
+            "bench",
+            &addr,
+            "--clients",
+            "3",
+            "--duration",
+            "300ms",
+            "--timeout",
+            "300ms",
+            "--engine",
+            engine,
+            "--json",
+        ]);
+        assert!(start.elapsed() < Duration::from_secs(5), "{engine}: bench hung");
+        assert_eq!(out.status.code(), Some(1));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["replies"], 0);
+        assert_eq!(r["errors_by_kind"]["timeout"], 3, "{engine}: {r}");
+        assert_eq!(r["requests"], r["errors"]);
+    }
     drop(mute);
     // And a closed port: refused connections, counted, exit 1.
-    let out = socklab(&["bench", &addr, "--requests", "2", "--json"]);
-    assert_eq!(out.status.code(), Some(1));
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["errors_by_kind"]["connect"], 2, "{r}");
+    for engine in ENGINES {
+        let out = socklab(&["bench", &addr, "--requests", "2", "--engine", engine, "--json"]);
+        assert_eq!(out.status.code(), Some(1));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["errors_by_kind"]["connect"], 2, "{engine}: {r}");
+    }
 }
 
 #[test]
@@ -200,24 +338,28 @@ fn the_open_loop_counts_latency_from_the_intended_start() {
 #[test]
 fn many_connections_on_one_thread() {
     let server = Server::tcp(&["--model", "epoll", "--service", "echo"]);
-    let r = bench_json(
-        &server.addr,
-        &[
-            "--clients",
-            "2000",
-            "--requests",
-            "2",
-            "--size",
-            "32",
-            "--threads",
-            "1",
-        ],
-    );
-    assert_eq!(
-        (r["replies"].as_u64(), r["errors"].as_u64()),
-        (Some(4000), Some(0)),
-        "{r}"
-    );
+    for engine in ENGINES {
+        let r = bench_json(
+            &server.addr,
+            &[
+                "--clients",
+                "2000",
+                "--requests",
+                "2",
+                "--size",
+                "32",
+                "--threads",
+                "1",
+                "--engine",
+                engine,
+            ],
+        );
+        assert_eq!(
+            (r["replies"].as_u64(), r["errors"].as_u64()),
+            (Some(4000), Some(0)),
+            "{engine}: {r}"
+        );
+    }
 }
 
 #[test]

@@ -75,8 +75,12 @@ pub struct ThreadResult {
 /// the lock is never contended.
 type SharedHistogram = Arc<std::sync::Mutex<Histogram<u64>>>;
 
-/// Runs every client to the end on `threads` threads.
-pub fn run(plan: Arc<Plan>, threads: usize) -> anyhow::Result<Vec<ThreadResult>> {
+/// What one engine thread runs: thread `t` of `threads`, driving every
+/// `threads`-th client.
+pub type ThreadMain = fn(Arc<Plan>, usize, usize) -> anyhow::Result<ThreadResult>;
+
+/// Runs every client to the end on `threads` threads, each running `main`.
+pub fn run(plan: Arc<Plan>, threads: usize, main: ThreadMain) -> anyhow::Result<Vec<ThreadResult>> {
     let threads = threads.clamp(1, plan.clients.max(1));
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
@@ -84,7 +88,7 @@ pub fn run(plan: Arc<Plan>, threads: usize) -> anyhow::Result<Vec<ThreadResult>>
                 let plan = plan.clone();
                 std::thread::Builder::new()
                     .name(format!("bench-{t}"))
-                    .spawn_scoped(scope, move || one_thread(plan, t, threads))
+                    .spawn_scoped(scope, move || main(plan, t, threads))
             })
             .collect::<Result<_, _>>()?;
         let mut all = Vec::new();
@@ -100,7 +104,7 @@ pub fn run(plan: Arc<Plan>, threads: usize) -> anyhow::Result<Vec<ThreadResult>>
 
 /// Thread `t` of `threads`: a current-thread runtime and every
 /// `threads`-th client.
-fn one_thread(plan: Arc<Plan>, t: usize, threads: usize) -> anyhow::Result<ThreadResult> {
+pub fn one_thread(plan: Arc<Plan>, t: usize, threads: usize) -> anyhow::Result<ThreadResult> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -125,20 +129,20 @@ fn one_thread(plan: Arc<Plan>, t: usize, threads: usize) -> anyhow::Result<Threa
 }
 
 /// What went wrong with one request.
-struct Failure {
-    kind: ErrorKind,
-    what: String,
+pub(super) struct Failure {
+    pub kind: ErrorKind,
+    pub what: String,
 }
 
 impl Failure {
-    fn new(kind: ErrorKind, what: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, what: impl Into<String>) -> Self {
         Failure {
             kind,
             what: what.into(),
         }
     }
 
-    fn io(e: io::Error) -> Self {
+    pub fn io(e: io::Error) -> Self {
         let kind = match e.kind() {
             io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
                 ErrorKind::Reset
@@ -399,7 +403,8 @@ async fn one(
     check(plan, reply)
 }
 
-fn check(plan: &Plan, reply: &[u8]) -> Result<(), Failure> {
+/// Whether a whole reply is the right one: for `echo`, the request's bytes.
+pub(super) fn check(plan: &Plan, reply: &[u8]) -> Result<(), Failure> {
     if plan.expect == Expect::Echo && reply != plan.request.as_slice() {
         let at = reply
             .iter()

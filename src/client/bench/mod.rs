@@ -5,8 +5,11 @@
 //! makes it an open loop instead: requests start on a schedule, and each
 //! latency counts from the request's intended start, so a stalled server
 //! shows as latency rather than as fewer requests (no coordinated omission).
-//! The clients are tasks on `--threads` event loops ([`engine`]); latencies
-//! go into one HDR histogram per client, merged at the end.
+//! The clients run on `--threads` threads, none of them a thread per
+//! connection: the closed loop over TCP and Unix sockets on io_uring rings
+//! ([`uring`]) when the kernel allows, everything else as tasks on tokio
+//! event loops ([`engine`]). Latencies go into one HDR histogram per thread,
+//! merged at the end.
 //!
 //! A whole reply (DESIGN section 6, `--expect` to choose): for `auto`, what
 //! came before the server's close, one line when the request ends in `\n`,
@@ -15,6 +18,7 @@
 //! timeout is an error, counted by kind.
 
 mod engine;
+mod uring;
 
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
@@ -47,6 +51,8 @@ pub struct BenchOptions {
     pub rate: Option<f64>,
     /// When a reply is whole, and whether its bytes are checked.
     pub expect: Expect,
+    /// Which engine drives the clients.
+    pub engine: Engine,
 }
 
 impl BenchOptions {
@@ -65,6 +71,7 @@ impl BenchOptions {
             threads: 1,
             rate: None,
             expect: Expect::Auto,
+            engine: Engine::Auto,
         }
     }
 }
@@ -122,6 +129,49 @@ impl FromStr for Expect {
                     "unknown rule '{s}' (expected auto, echo, line, close or bytes:N)"
                 )),
             },
+        }
+    }
+}
+
+/// Which engine drives the clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// io_uring for a closed loop over a stream when the kernel allows it,
+    /// tokio otherwise.
+    Auto,
+    /// Tasks on tokio current-thread runtimes: every mode, every transport.
+    Tokio,
+    /// io_uring rings: the closed loop over TCP and Unix sockets.
+    Uring,
+}
+
+impl FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Engine::Auto),
+            "tokio" => Ok(Engine::Tokio),
+            "uring" | "io_uring" | "io-uring" => Ok(Engine::Uring),
+            _ => Err(format!("unknown engine '{s}' (expected auto, tokio or uring)")),
+        }
+    }
+}
+
+impl Engine {
+    /// The engine that will run `plan`: `Auto` resolved, `Uring` checked.
+    fn choose(self, plan: &engine::Plan) -> anyhow::Result<Engine> {
+        match self {
+            Engine::Tokio => Ok(Engine::Tokio),
+            Engine::Auto if uring::suits(plan) && uring::available() => Ok(Engine::Uring),
+            Engine::Auto => Ok(Engine::Tokio),
+            Engine::Uring if !uring::suits(plan) => {
+                bail!("the uring engine drives the closed loop over TCP and Unix sockets; --rate and UDP need --engine tokio")
+            }
+            Engine::Uring if !uring::available() => {
+                bail!("io_uring is not available here (use --engine tokio)")
+            }
+            Engine::Uring => Ok(Engine::Uring),
         }
     }
 }
@@ -215,6 +265,8 @@ pub struct BenchReport {
     pub errors_by_kind: std::collections::BTreeMap<&'static str, u64>,
     /// The latency histogram's percentile table.
     pub percentiles_us: Vec<Percentile>,
+    /// The engine that drove the clients: `uring` or `tokio`.
+    pub engine: Engine,
     #[serde(skip)]
     pub per_client: Vec<ClientReport>,
 }
@@ -261,6 +313,11 @@ pub fn measure(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         start: Instant::now(),
         done: AtomicU64::new(0),
     });
+    let engine = options.engine.choose(&plan)?;
+    let thread_main: engine::ThreadMain = match engine {
+        Engine::Uring => uring::one_thread,
+        _ => engine::one_thread,
+    };
     let stop = AtomicBool::new(false);
     let show_progress = !options.quiet && !options.json && io::stderr().is_terminal();
     let results = std::thread::scope(|scope| {
@@ -272,7 +329,7 @@ pub fn measure(options: &BenchOptions) -> anyhow::Result<BenchReport> {
             let (plan, stop) = (&plan, &stop);
             scope.spawn(move || engine::progress(plan, expected, stop));
         }
-        let results = engine::run(plan.clone(), options.threads);
+        let results = engine::run(plan.clone(), options.threads, thread_main);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         results
     })?;
@@ -306,6 +363,7 @@ pub fn measure(options: &BenchOptions) -> anyhow::Result<BenchReport> {
             .map(|k| (k.name(), by_kind[*k as usize]))
             .collect(),
         percentiles_us: percentiles(&merged),
+        engine,
         per_client,
     })
 }
