@@ -55,7 +55,9 @@ pub fn suits(plan: &Plan) -> bool {
 
 /// A ring for one thread: completions run when the thread asks for them
 /// (`DEFER_TASKRUN`, Linux 6.1), or at least without interrupting it
-/// (`COOP_TASKRUN`, 5.19), or plain.
+/// (`COOP_TASKRUN`, 5.19). A kernel without either is older than what the
+/// engine relies on (cancelling by descriptor, `POLL_FIRST`, 5.19), and
+/// the tokio engine runs instead.
 fn new_ring(clients: usize) -> io::Result<IoUring> {
     let cq = (clients * 2).next_power_of_two().clamp(256, 65_536) as u32;
     let mut deferred = IoUring::builder();
@@ -65,10 +67,7 @@ fn new_ring(clients: usize) -> io::Result<IoUring> {
         .setup_cqsize(cq);
     let mut coop = IoUring::builder();
     coop.setup_coop_taskrun().setup_cqsize(cq);
-    deferred
-        .build(256)
-        .or_else(|_| coop.build(256))
-        .or_else(|_| IoUring::builder().setup_cqsize(cq).build(256))
+    deferred.build(256).or_else(|_| coop.build(256))
 }
 
 /// What a completion was for, in the low bits of its user data.
