@@ -318,7 +318,9 @@ impl Engine<'_> {
     fn send_rest(&mut self, c: usize) -> io::Result<()> {
         let request = &self.plan.request[self.clients[c].sent..];
         let fd = self.fd(c);
-        let send = opcode::Send::new(fd, request.as_ptr(), request.len() as u32);
+        // A request past 4 GiB goes in several sends, as a short send would.
+        let len = request.len().min(u32::MAX as usize) as u32;
+        let send = opcode::Send::new(fd, request.as_ptr(), len);
         self.clients[c].in_flight += 1;
         self.push(send.build().user_data(Op::Send.tag(c)))
     }
