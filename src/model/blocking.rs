@@ -256,9 +256,7 @@ fn wait(
             None => PollTimeout::NONE,
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
-                // Round up, so we never wake just before the deadline.
-                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+                PollTimeout::try_from(super::event_loop::timeout_ms(Some(left))).unwrap_or(PollTimeout::MAX)
             }
         };
         // At most three descriptors: a fixed array, no allocation per wait.

@@ -9,7 +9,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::event_loop::{self, Event, Interest, Poller, Watched};
+use super::event_loop::{self, Event, Interest, Scan, Watched};
 use super::ServerConfig;
 use crate::net::Listener;
 use crate::service::Service;
@@ -21,34 +21,21 @@ pub fn serve(
     config: &ServerConfig,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    event_loop::run(Busy::default(), listener, &service, config, shutdown)
+    event_loop::run(Watched::new(Busy), listener, &service, config, shutdown)
 }
 
-/// Every registered socket with what it is watched for; no system call.
-#[derive(Default)]
-struct Busy {
-    watched: Watched,
-}
+/// Reports every watched socket as maybe-ready; no system call.
+struct Busy;
 
-impl Poller for Busy {
-    fn register(&mut self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
-        self.watched.add(fd, token, interest);
-        Ok(())
-    }
-
-    fn reregister(&mut self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
-        self.watched.change(fd, token, interest);
-        Ok(())
-    }
-
-    fn deregister(&mut self, fd: RawFd, token: usize) -> io::Result<()> {
-        self.watched.remove(fd, token);
-        Ok(())
-    }
-
-    fn wait(&mut self, events: &mut Vec<Event>, _timeout: Option<Duration>) -> io::Result<()> {
+impl Scan for Busy {
+    fn scan(
+        &mut self,
+        watched: &[(RawFd, usize, Interest)],
+        events: &mut Vec<Event>,
+        _timeout: Option<Duration>,
+    ) -> io::Result<()> {
         // No waiting, whatever the timeout: try everything, again and again.
-        events.extend(self.watched.entries.iter().map(|&(_, token, interest)| Event {
+        events.extend(watched.iter().map(|&(_, token, interest)| Event {
             token,
             readable: interest.read,
             writable: interest.write,

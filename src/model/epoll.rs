@@ -81,9 +81,7 @@ impl Poller for Epoll {
     }
 
     fn wait(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
-        let ms = timeout.map_or(-1, |t| {
-            t.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int
-        });
+        let ms = event_loop::timeout_ms(timeout);
         // SAFETY: the buffer and its length are our own `ready` array.
         let n = unsafe {
             libc::epoll_wait(

@@ -65,26 +65,79 @@ pub trait Poller {
     }
 }
 
-/// The plain list of watched descriptors that the pollers without kernel
-/// state (busy, select) keep for themselves.
-#[derive(Debug, Default)]
-pub struct Watched {
-    pub entries: Vec<(RawFd, usize, Interest)>,
+/// A wait's limit in the milliseconds of `poll(2)` and `epoll_wait(2)`:
+/// rounded up, so a wait never ends just before its deadline; -1 for none.
+pub fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
+    timeout.map_or(-1, |t| {
+        t.as_micros().div_ceil(1000).min(libc::c_int::MAX as u128) as libc::c_int
+    })
 }
 
-impl Watched {
-    pub fn add(&mut self, fd: RawFd, token: usize, interest: Interest) {
-        self.entries.push((fd, token, interest));
+/// How a poller without kernel state (busy, select) waits: the watched
+/// descriptors live in a plain list ([`Watched`]), and the model adds only
+/// the waiting.
+pub trait Scan {
+    /// Fills `events` from `watched`, waiting at most `timeout`.
+    fn scan(
+        &mut self,
+        watched: &[(RawFd, usize, Interest)],
+        events: &mut Vec<Event>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()>;
+    /// Whether `fd` can be watched at all (select: below FD_SETSIZE).
+    fn can_watch(&self, _fd: RawFd) -> bool {
+        true
     }
+}
 
-    pub fn change(&mut self, fd: RawFd, token: usize, interest: Interest) {
-        if let Some(entry) = self.entries.iter_mut().find(|(f, t, _)| *f == fd && *t == token) {
-            entry.2 = interest;
+/// A [`Poller`] made of a plain list of watched descriptors and a [`Scan`].
+pub struct Watched<S> {
+    entries: Vec<(RawFd, usize, Interest)>,
+    scan: S,
+}
+
+impl<S: Scan> Watched<S> {
+    pub fn new(scan: S) -> Self {
+        Watched {
+            entries: Vec::new(),
+            scan,
         }
     }
 
-    pub fn remove(&mut self, fd: RawFd, token: usize) {
+    fn find(&mut self, fd: RawFd, token: usize) -> Option<&mut (RawFd, usize, Interest)> {
+        self.entries.iter_mut().find(|(f, t, _)| *f == fd && *t == token)
+    }
+}
+
+impl<S: Scan> Poller for Watched<S> {
+    fn register(&mut self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
+        if !self.scan.can_watch(fd) {
+            return Err(io::Error::other(format!(
+                "descriptor {fd} is beyond what this poller can watch"
+            )));
+        }
+        self.entries.push((fd, token, interest));
+        Ok(())
+    }
+
+    fn reregister(&mut self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
+        if let Some(entry) = self.find(fd, token) {
+            entry.2 = interest;
+        }
+        Ok(())
+    }
+
+    fn deregister(&mut self, fd: RawFd, token: usize) -> io::Result<()> {
         self.entries.retain(|(f, t, _)| !(*f == fd && *t == token));
+        Ok(())
+    }
+
+    fn wait(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
+        self.scan.scan(&self.entries, events, timeout)
+    }
+
+    fn can_watch(&self, fd: RawFd) -> bool {
+        self.scan.can_watch(fd)
     }
 }
 

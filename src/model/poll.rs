@@ -73,9 +73,7 @@ impl Poller for Poll {
     }
 
     fn wait(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
-        let ms = timeout.map_or(-1, |t| {
-            t.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int
-        });
+        let ms = event_loop::timeout_ms(timeout);
         // SAFETY: the pointer and length describe our own pollfd array.
         let n = unsafe { libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, ms) };
         if n < 0 {

@@ -11,7 +11,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::event_loop::{self, Event, Interest, Poller, Watched};
+use super::event_loop::{self, Event, Interest, Scan, Watched};
 use super::ServerConfig;
 use crate::net::Listener;
 use crate::service::Service;
@@ -23,44 +23,28 @@ pub fn serve(
     config: &ServerConfig,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    event_loop::run(Select::default(), listener, &service, config, shutdown)
+    event_loop::run(Watched::new(Select), listener, &service, config, shutdown)
 }
 
-#[derive(Default)]
-struct Select {
-    watched: Watched,
-}
+struct Select;
 
-impl Poller for Select {
-    fn register(&mut self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
-        if !self.can_watch(fd) {
-            return Err(io::Error::other(format!("descriptor {fd} is beyond FD_SETSIZE")));
-        }
-        self.watched.add(fd, token, interest);
-        Ok(())
-    }
-
-    fn reregister(&mut self, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
-        self.watched.change(fd, token, interest);
-        Ok(())
-    }
-
-    fn deregister(&mut self, fd: RawFd, token: usize) -> io::Result<()> {
-        self.watched.remove(fd, token);
-        Ok(())
-    }
-
-    fn wait(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
+impl Scan for Select {
+    fn scan(
+        &mut self,
+        watched: &[(RawFd, usize, Interest)],
+        events: &mut Vec<Event>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
         // SAFETY: fd_set is plain data; FD_ZERO initialises it.
         let mut reads: libc::fd_set = unsafe { std::mem::zeroed() };
         let mut writes: libc::fd_set = unsafe { std::mem::zeroed() };
         let mut highest = -1;
-        // SAFETY: every fd was checked against FD_SETSIZE at register, so
-        // FD_SET stays inside the sets.
+        // SAFETY: every fd was checked against FD_SETSIZE (`can_watch`) at
+        // register, so FD_SET stays inside the sets.
         unsafe {
             libc::FD_ZERO(&mut reads);
             libc::FD_ZERO(&mut writes);
-            for &(fd, _, interest) in &self.watched.entries {
+            for &(fd, _, interest) in watched {
                 if interest.read {
                     libc::FD_SET(fd, &mut reads);
                 }
@@ -83,7 +67,7 @@ impl Poller for Select {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        for &(fd, token, _) in &self.watched.entries {
+        for &(fd, token, _) in watched {
             // SAFETY: fd < FD_SETSIZE, as above.
             let (readable, writable) = unsafe { (libc::FD_ISSET(fd, &reads), libc::FD_ISSET(fd, &writes)) };
             if readable || writable {
