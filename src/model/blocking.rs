@@ -16,6 +16,7 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use super::event_loop::timeout_ms;
 use crate::net::{interrupted, would_block, Listener, Stream};
 use crate::service::{Now, Service, CHUNK_SIZE};
 use crate::shutdown::Shutdown;
@@ -252,13 +253,9 @@ fn wait(
     deadline: Option<Instant>,
 ) -> io::Result<Ready> {
     loop {
-        let timeout = match deadline {
-            None => PollTimeout::NONE,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                PollTimeout::try_from(super::event_loop::timeout_ms(Some(left))).unwrap_or(PollTimeout::MAX)
-            }
-        };
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        // Never below -1 (no limit), so the conversion cannot fail.
+        let timeout = PollTimeout::try_from(timeout_ms(left)).unwrap_or(PollTimeout::NONE);
         // At most three descriptors: a fixed array, no allocation per wait.
         let unused = PollFd::new(fd.as_fd(), PollFlags::empty());
         let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN), unused, unused];

@@ -452,7 +452,7 @@ impl Loop {
             Some(_) => {}
             None => conn.timer = None,
         }
-        if !conn.session.wants_read() && wanted == Interest::default() && conn.timer.is_none() {
+        if wanted == Interest::default() && conn.timer.is_none() {
             // Waiting for nothing at all: nothing will ever happen again.
             self.close(token, poller, None);
         }

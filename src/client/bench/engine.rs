@@ -64,6 +64,36 @@ pub struct ClientResult {
     pub errors: [u64; ErrorKind::COUNT],
 }
 
+impl ClientResult {
+    pub fn new(id: usize) -> Self {
+        ClientResult {
+            report: ClientReport {
+                id,
+                ..ClientReport::default()
+            },
+            errors: [0; ErrorKind::COUNT],
+        }
+    }
+
+    /// A whole, right reply to a request that began at `began`.
+    pub(super) fn replied(&mut self, histogram: &mut Histogram<u64>, began: Instant, reply: &[u8]) {
+        let micros = began.elapsed().as_micros().max(1) as u64;
+        let high = histogram.high();
+        let _ = histogram.record(micros.min(high));
+        self.report.replies += 1;
+        if self.report.last_reply != reply {
+            self.report.last_reply.clear();
+            self.report.last_reply.extend_from_slice(reply);
+        }
+    }
+
+    pub(super) fn failed(&mut self, failure: Failure) {
+        self.report.errors += 1;
+        self.errors[failure.kind as usize] += 1;
+        self.report.last_error = Some(failure.what);
+    }
+}
+
 /// One thread's results: its clients', and one histogram for them all (a
 /// histogram is ~200 KiB: one per client would cost 2 GB for 10,000).
 pub struct ThreadResult {
@@ -254,13 +284,7 @@ impl Conn {
 }
 
 async fn client(plan: Arc<Plan>, id: usize, histogram: SharedHistogram) -> ClientResult {
-    let mut result = ClientResult {
-        report: ClientReport {
-            id,
-            ..ClientReport::default()
-        },
-        errors: [0; ErrorKind::COUNT],
-    };
+    let mut result = ClientResult::new(id);
     let deadline = match plan.load {
         Load::Duration(d) => Some(plan.start + d),
         Load::Requests(_) => None,
@@ -305,9 +329,10 @@ async fn client(plan: Arc<Plan>, id: usize, histogram: SharedHistogram) -> Clien
                     // the end: it could not even be sent in time. It counts,
                     // as a timeout, rather than vanish from the results.
                     k += 1;
-                    result.report.errors += 1;
-                    result.errors[ErrorKind::Timeout as usize] += 1;
-                    result.report.last_error = Some("scheduled, but the server was still busy".into());
+                    result.failed(Failure::new(
+                        ErrorKind::Timeout,
+                        "scheduled, but the server was still busy",
+                    ));
                     plan.done.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -334,21 +359,14 @@ async fn client(plan: Arc<Plan>, id: usize, histogram: SharedHistogram) -> Clien
         };
         match outcome {
             Ok(()) => {
-                let micros = began.elapsed().as_micros().max(1) as u64;
                 let mut h = histogram.lock().unwrap_or_else(|e| e.into_inner());
-                let high = h.high();
-                let _ = h.record(micros.min(high));
-                result.report.replies += 1;
-                if result.report.last_reply != reply {
-                    result.report.last_reply.clone_from(&reply);
-                }
+                result.replied(&mut h, began, &reply);
             }
             Err(failure) => {
                 conn = None;
-                result.report.errors += 1;
-                result.errors[failure.kind as usize] += 1;
-                result.report.last_error = Some(failure.what);
-                if failure.kind == ErrorKind::Connect && plan.rate.is_none() {
+                let refused = failure.kind == ErrorKind::Connect;
+                result.failed(failure);
+                if refused && plan.rate.is_none() {
                     // A refused connection comes back at once: do not spin.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -387,18 +405,25 @@ async fn one(
         .map_err(Failure::io)?;
     if closed {
         *conn = None;
-        if reply.is_empty() {
-            return Err(Failure::new(
-                ErrorKind::Closed,
-                "the server closed without replying",
-            ));
-        }
-        if !plan.expect.may_end_at_close(&plan.request, reply) {
-            return Err(Failure::new(
-                ErrorKind::Closed,
-                format!("the server closed mid-reply after {} bytes", reply.len()),
-            ));
-        }
+        return check_at_close(plan, reply);
+    }
+    check(plan, reply)
+}
+
+/// The server closed after sending `reply`: whether that is a whole reply,
+/// and the right one.
+pub(super) fn check_at_close(plan: &Plan, reply: &[u8]) -> Result<(), Failure> {
+    if reply.is_empty() {
+        return Err(Failure::new(
+            ErrorKind::Closed,
+            "the server closed without replying",
+        ));
+    }
+    if !plan.expect.may_end_at_close(&plan.request, reply) {
+        return Err(Failure::new(
+            ErrorKind::Closed,
+            format!("the server closed mid-reply after {} bytes", reply.len()),
+        ));
     }
     check(plan, reply)
 }

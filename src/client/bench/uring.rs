@@ -30,8 +30,8 @@ use hdrhistogram::Histogram;
 use io_uring::{opcode, squeue, types, IoUring};
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use super::engine::{check, ClientResult, Failure, Plan, Target, ThreadResult};
-use super::{new_histogram, ClientReport, ErrorKind, Load};
+use super::engine::{check, check_at_close, ClientResult, Failure, Plan, Target, ThreadResult};
+use super::{new_histogram, ErrorKind, Load};
 
 /// How long a client waits before connecting again after a refusal.
 const RETRY: Duration = Duration::from_millis(10);
@@ -167,13 +167,7 @@ pub fn one_thread(plan: Arc<Plan>, t: usize, threads: usize) -> anyhow::Result<T
                 pause: false,
                 buf: vec![0; BUF].into_boxed_slice(),
                 reply: Vec::with_capacity(plan.request.len()),
-                result: ClientResult {
-                    report: ClientReport {
-                        id,
-                        ..ClientReport::default()
-                    },
-                    errors: [0; ErrorKind::COUNT],
-                },
+                result: ClientResult::new(id),
             })
             .collect(),
         busy: StartOrder::new(n),
@@ -381,17 +375,7 @@ impl Engine<'_> {
         let client = &mut self.clients[c];
         if n == 0 {
             client.closed = true;
-            if client.reply.is_empty() {
-                return Some(Err(Failure::new(
-                    ErrorKind::Closed,
-                    "the server closed without replying",
-                )));
-            }
-            if !plan.expect.may_end_at_close(&plan.request, &client.reply) {
-                let what = format!("the server closed mid-reply after {} bytes", client.reply.len());
-                return Some(Err(Failure::new(ErrorKind::Closed, what)));
-            }
-            return Some(check(plan, &client.reply));
+            return Some(check_at_close(plan, &client.reply));
         }
         client.reply.extend_from_slice(&client.buf[..n]);
         if plan.expect.complete(&plan.request, &client.reply) {
@@ -406,14 +390,9 @@ impl Engine<'_> {
     fn succeeded(&mut self, c: usize) {
         let plan = self.plan;
         let client = &mut self.clients[c];
-        let micros = client.began.elapsed().as_micros().max(1) as u64;
-        let high = self.histogram.high();
-        let _ = self.histogram.record(micros.min(high));
-        let report = &mut client.result.report;
-        report.replies += 1;
-        if report.last_reply != client.reply {
-            report.last_reply.clone_from(&client.reply);
-        }
+        client
+            .result
+            .replied(&mut self.histogram, client.began, &client.reply);
         plan.done.fetch_add(1, Ordering::Relaxed);
         client.state = State::Settling;
         if plan.new_connection {
@@ -426,12 +405,10 @@ impl Engine<'_> {
     /// flight on it is cancelled, and the client settles once it is back.
     fn failed(&mut self, c: usize, failure: Failure) -> io::Result<()> {
         let client = &mut self.clients[c];
-        client.result.report.errors += 1;
-        client.result.errors[failure.kind as usize] += 1;
-        client.result.report.last_error = Some(failure.what);
+        client.pause = failure.kind == ErrorKind::Connect;
+        client.result.failed(failure);
         client.state = State::Settling;
         client.closed = true;
-        client.pause = failure.kind == ErrorKind::Connect;
         self.plan.done.fetch_add(1, Ordering::Relaxed);
         self.busy.remove(c);
         if client.in_flight > 0 {
