@@ -252,7 +252,7 @@ impl Conn {
         &mut self,
         buf: &mut [u8],
         reply: &mut Vec<u8>,
-        complete: impl Fn(&[u8]) -> bool,
+        complete: impl Fn(&[u8], usize) -> bool,
     ) -> io::Result<bool> {
         let fd = match self {
             Conn::Udp(s) => {
@@ -268,7 +268,7 @@ impl Conn {
                 Ok(Ok(0)) => return Ok(true),
                 Ok(Ok(n)) => {
                     reply.extend_from_slice(&buf[..n]);
-                    if complete(reply) {
+                    if complete(reply, n) {
                         // Nothing more comes before the next request: no
                         // need for a read that returns WouldBlock to say so.
                         guard.clear_ready();
@@ -400,7 +400,7 @@ async fn one(
     c.write_all(&plan.request).await.map_err(Failure::io)?;
     reply.clear();
     let closed = c
-        .read_reply(buf, reply, |r| plan.expect.complete(&plan.request, r))
+        .read_reply(buf, reply, |r, new| plan.expect.complete(&plan.request, r, new))
         .await
         .map_err(Failure::io)?;
     if closed {

@@ -378,7 +378,7 @@ impl Engine<'_> {
             return Some(check_at_close(plan, &client.reply));
         }
         client.reply.extend_from_slice(&client.buf[..n]);
-        if plan.expect.complete(&plan.request, &client.reply) {
+        if plan.expect.complete(&plan.request, &client.reply, n) {
             return Some(check(plan, &client.reply));
         }
         match self.receive(c, 0) {
