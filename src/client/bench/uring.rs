@@ -97,14 +97,12 @@ impl Op {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Between requests, or waiting out `RETRY`.
+    /// Between requests, waiting out `RETRY`, or finished.
     Idle,
     /// A request is out: connecting, sending, or reading the reply.
     Busy,
     /// The request is over; waiting for its operations to come back.
     Settling,
-    /// No more requests for this client.
-    Done,
 }
 
 struct Client {
@@ -137,7 +135,6 @@ struct Engine<'p> {
     /// Clients pausing after a refusal: (when to go on, client).
     retries: VecDeque<(Instant, usize)>,
     histogram: Histogram<u64>,
-    end: Option<Instant>,
     done: usize,
 }
 
@@ -173,10 +170,6 @@ pub fn one_thread(plan: Arc<Plan>, t: usize, threads: usize) -> anyhow::Result<T
         busy: StartOrder::new(n),
         retries: VecDeque::new(),
         histogram: new_histogram(),
-        end: match plan.load {
-            Load::Duration(d) => Some(plan.start + d),
-            Load::Requests(_) => None,
-        },
         done: 0,
     };
     if let Err(e) = engine.run() {
@@ -257,10 +250,10 @@ impl Engine<'_> {
         let client = &mut self.clients[c];
         let finished = match plan.load {
             Load::Requests(n) => client.started >= n as u64,
-            Load::Duration(_) => self.end.is_some_and(|end| now >= end),
+            Load::Duration(d) => now >= plan.start + d,
         };
         if finished {
-            client.state = State::Done;
+            client.state = State::Idle;
             client.socket = None;
             client.result.report.elapsed = plan.start.elapsed();
             self.done += 1;
