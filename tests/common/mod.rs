@@ -5,7 +5,7 @@
 #![allow(dead_code)] // Each test file uses its own subset.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -33,6 +33,11 @@ impl Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = format!("unix:{}", dir.path().join("s.sock").display());
         Self::start(args, &[&path], Some(dir))
+    }
+
+    /// `socklab serve ARGS --listen udp:127.0.0.1:0`.
+    pub fn udp(args: &[&str]) -> Server {
+        Self::start(args, &["udp:127.0.0.1:0"], None)
     }
 
     /// `socklab serve ARGS` with the given `--listen` addresses.
@@ -66,6 +71,12 @@ impl Server {
             addrs,
             _dir: dir,
         }
+    }
+
+    /// The port of an IP address (the first announced).
+    pub fn port(&self) -> u16 {
+        let port = self.addr.rsplit(':').next().and_then(|p| p.parse().ok());
+        port.unwrap_or_else(|| panic!("no port in {}", self.addr))
     }
 
     pub fn pid(&self) -> i32 {
@@ -169,6 +180,13 @@ impl Write for Conn {
     }
 }
 
+/// A listener of the test's own on 127.0.0.1 port 0, with its `tcp:` address.
+pub fn tcp_listener() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let addr = format!("tcp:{}", listener.local_addr().expect("local addr"));
+    (listener, addr)
+}
+
 /// Runs `socklab ARGS` to completion.
 pub fn socklab(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -186,18 +204,33 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// `socklab bench ADDR ARGS --json`, parsed.
-pub fn bench_json(addr: &str, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["bench", addr, "--json", "--quiet"];
+/// Checks that a run exited with `code`, and returns its stderr.
+pub fn fails_with(code: i32, out: Output) -> String {
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    err
+}
+
+/// `socklab bench ADDR --json ARGS`: its exit code, its report, its stderr.
+pub fn bench(addr: &str, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let mut all = vec!["bench", addr, "--json"];
     all.extend_from_slice(args);
     let out = socklab(&all);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "bench --json gave no JSON ({e}): {}\n{}",
             stdout(&out),
             stderr(&out)
         )
-    })
+    });
+    (out.status.code(), report, stderr(&out))
+}
+
+/// `socklab bench ADDR --json --quiet ARGS`, parsed.
+pub fn bench_json(addr: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--quiet"];
+    all.extend_from_slice(args);
+    bench(addr, &all).1
 }
 
 /// Runs `socklab ARGS` (and whatever it starts) as on a kernel without
