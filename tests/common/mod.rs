@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_socklab");
@@ -209,6 +209,33 @@ pub fn fails_with(code: i32, out: Output) -> String {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(code), "{err}");
     err
+}
+
+/// Starts `socklab ARGS` with stdin and stdout piped to the test.
+pub fn spawn(args: &[&str]) -> Child {
+    piped(args).spawn().expect("spawn socklab")
+}
+
+/// Starts `socklab ARGS` (stdin, stdout and stderr piped) and reads the
+/// `listening on ADDR` line it announces on stderr: the child, ADDR, and
+/// the rest of its stderr.
+pub fn spawn_listening(args: &[&str]) -> (Child, String, BufReader<ChildStderr>) {
+    let mut child = piped(args).stderr(Stdio::piped()).spawn().expect("spawn socklab");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("read stderr");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("no announcement: {line}"))
+        .to_string();
+    (child, addr, stderr)
+}
+
+fn piped(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped());
+    cmd
 }
 
 /// `socklab bench ADDR --json ARGS`: its exit code, its report, its stderr.
