@@ -95,6 +95,13 @@ impl Server {
     pub fn connect(&self) -> Conn {
         Conn::to(&self.addr)
     }
+
+    /// Sends `request` on a new connection and returns what one read gives back.
+    pub fn ask(&self, request: &[u8]) -> String {
+        let mut conn = self.connect();
+        conn.send(request);
+        conn.recv_some()
+    }
 }
 
 impl Drop for Server {
@@ -157,6 +164,48 @@ impl Conn {
             Conn::Unix(s) => s.shutdown(std::net::Shutdown::Write).unwrap(),
         }
     }
+
+    /// A second handle on the same socket.
+    pub fn try_clone(&self) -> Conn {
+        match self {
+            Conn::Tcp(s) => Conn::Tcp(s.try_clone().expect("clone tcp")),
+            Conn::Unix(s) => Conn::Unix(s.try_clone().expect("clone unix")),
+        }
+    }
+
+    /// Sends `data` from another thread, then half-closes, while this one
+    /// reads everything the server sends until it closes: a reply larger
+    /// than the socket buffers comes back while we still send.
+    pub fn round_trip(mut self, data: Vec<u8>) -> Vec<u8> {
+        let mut writer = self.try_clone();
+        let sender = std::thread::spawn(move || {
+            writer.send(&data);
+            writer.shutdown_write();
+        });
+        let mut back = Vec::new();
+        self.read_to_end(&mut back).expect("read back");
+        sender.join().expect("sender");
+        back
+    }
+
+    /// Writes `chunk` again and again, never reading, until the socket
+    /// would block or `limit` bytes are sent; returns the bytes sent. The
+    /// connection is left non-blocking.
+    pub fn flood(&mut self, chunk: &[u8], limit: usize) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.set_nonblocking(true)?,
+            Conn::Unix(s) => s.set_nonblocking(true)?,
+        }
+        let mut sent = 0;
+        while sent < limit {
+            match self.write(chunk) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(sent)
+    }
 }
 
 impl Read for Conn {
@@ -178,6 +227,15 @@ impl Write for Conn {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Connects over TCP, sends `data` and resets at once (SO_LINGER 0): a peer
+/// that vanishes mid-request.
+pub fn connect_and_reset(addr: &str, data: &[u8]) {
+    let stream = TcpStream::connect(addr.trim_start_matches("tcp:")).expect("connect tcp");
+    let socket = socket2::Socket::from(stream);
+    socket.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
+    let _ = socket.send(data);
 }
 
 /// A listener of the test's own on 127.0.0.1 port 0, with its `tcp:` address.
@@ -258,6 +316,28 @@ pub fn bench_json(addr: &str, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["--quiet"];
     all.extend_from_slice(args);
     bench(addr, &all).1
+}
+
+/// The seeds' delay experiment: `clients` at once, each answered; the time
+/// until the last reply, in seconds.
+pub fn makespan(server: &Server, clients: u64) -> f64 {
+    let report = bench_json(&server.addr, &["--clients", &clients.to_string()]);
+    assert_eq!(report["replies"], clients, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    report["elapsed_s"].as_f64().expect("elapsed_s")
+}
+
+/// SIGTERM while a `welcome` reply delayed by `delay` is owed: the server
+/// exits 0, and the reply still comes, then the close.
+pub fn sigterm_mid_delay(model: &str, delay: &str) {
+    let server = Server::tcp(&["--model", model, "--service", "welcome", "--delay", delay]);
+    let mut conn = server.connect();
+    // `Welcome!` is sent on accept, undelayed: the connection is in.
+    assert_eq!(conn.recv_some(), "Welcome!");
+    conn.send(b"x");
+    let status = server.terminate();
+    assert!(status.success(), "{model}: {status}");
+    assert_eq!(conn.recv_to_end(), "Received x;", "{model}");
 }
 
 /// Runs `socklab ARGS` (and whatever it starts) as on a kernel without
