@@ -340,6 +340,39 @@ pub fn sigterm_mid_delay(model: &str, delay: &str) {
     assert_eq!(conn.recv_to_end(), "Received x;", "{model}");
 }
 
+/// `python3 SCRIPT ARGS` with `stdin` as its input; its stdout, once it
+/// exited successfully.
+pub fn python(script: &str, args: &[&str], stdin: &str) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("client.py");
+    std::fs::write(&path, script).expect("write the script");
+    let mut child = Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed for the seed interop tests");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait for python3");
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// `text` with every digit made `d`: a timestamp's shape, e.g.
+/// `dddd-dd-dd dd:dd:dd.dddddd`.
+pub fn digit_shape(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_ascii_digit() { 'd' } else { c })
+        .collect()
+}
+
 /// Runs `socklab ARGS` (and whatever it starts) as on a kernel without
 /// io_uring: a seccomp filter, installed in the child before exec, makes
 /// `io_uring_setup` fail with ENOSYS.
