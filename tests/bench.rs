@@ -4,13 +4,24 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{bench_json, socklab, stderr, stdout, without_io_uring, Server};
+use common::{bench, bench_json, fails_with, socklab, stdout, tcp_listener, without_io_uring, Server};
 
 /// Both engines that drive the closed loop over streams.
 const ENGINES: [&str; 2] = ["tokio", "uring"];
+
+/// `ARGS --engine ENGINE`, ARGS written as on a command line.
+fn with_engine<'a>(args: &'a str, engine: &'a str) -> Vec<&'a str> {
+    let mut all: Vec<&str> = args.split_whitespace().collect();
+    all.extend(["--engine", engine]);
+    all
+}
+
+/// A report's (replies, errors).
+fn replies_and_errors(r: &serde_json::Value) -> (Option<u64>, Option<u64>) {
+    (r["replies"].as_u64(), r["errors"].as_u64())
+}
 
 #[test]
 fn counts_are_exact_and_the_json_has_its_keys() {
@@ -18,18 +29,7 @@ fn counts_are_exact_and_the_json_has_its_keys() {
     for engine in ENGINES {
         let r = bench_json(
             &server.addr,
-            &[
-                "--clients",
-                "7",
-                "--requests",
-                "13",
-                "--size",
-                "100",
-                "--expect",
-                "echo",
-                "--engine",
-                engine,
-            ],
+            &with_engine("--clients 7 --requests 13 --size 100 --expect echo", engine),
         );
         assert_eq!(r["engine"], engine);
         assert_eq!(r["requests"], 91, "{engine}");
@@ -54,12 +54,13 @@ fn auto_picks_io_uring_for_a_closed_loop_over_a_stream_and_tokio_otherwise() {
         (Some("tokio"), Some(0)),
         "{r}"
     );
-    let out = socklab(&["bench", &server.addr, "--rate", "100", "--engine", "uring"]);
-    assert_eq!(out.status.code(), Some(1));
+    let err = fails_with(
+        1,
+        socklab(&["bench", &server.addr, "--rate", "100", "--engine", "uring"]),
+    );
     assert!(
-        stderr(&out).contains("error: the uring engine drives the closed loop"),
-        "{}",
-        stderr(&out)
+        err.contains("error: the uring engine drives the closed loop"),
+        "{err}"
     );
     // Where io_uring is refused, auto falls back, and asking for it is a
     // clear error rather than a crash.
@@ -70,13 +71,8 @@ fn auto_picks_io_uring_for_a_closed_loop_over_a_stream_and_tokio_otherwise() {
         (Some("tokio"), Some(5)),
         "{r}"
     );
-    let out = without_io_uring(&["bench", &server.addr, "--engine", "uring"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("error: io_uring is not available here"),
-        "{}",
-        stderr(&out)
-    );
+    let err = fails_with(1, without_io_uring(&["bench", &server.addr, "--engine", "uring"]));
+    assert!(err.contains("error: io_uring is not available here"), "{err}");
 }
 
 #[test]
@@ -86,32 +82,16 @@ fn a_megabyte_echo_arrives_whole_in_pieces() {
     for engine in ENGINES {
         let r = bench_json(
             &server.addr,
-            &[
-                "--clients",
-                "2",
-                "--requests",
-                "3",
-                "--size",
-                "1048576",
-                "--expect",
-                "echo",
-                "--engine",
-                engine,
-            ],
+            &with_engine("--clients 2 --requests 3 --size 1048576 --expect echo", engine),
         );
-        assert_eq!(
-            (r["replies"].as_u64(), r["errors"].as_u64()),
-            (Some(6), Some(0)),
-            "{engine}: {r}"
-        );
+        assert_eq!(replies_and_errors(&r), (Some(6), Some(0)), "{engine}: {r}");
     }
 }
 
 #[test]
 fn a_server_that_closes_mid_reply_is_counted() {
     // Reads a request, sends half of it back, and closes.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = format!("tcp:{}", listener.local_addr().unwrap());
+    let (listener, addr) = tcp_listener();
     std::thread::spawn(move || {
         for mut conn in listener.incoming().flatten() {
             let mut buf = [0u8; 64];
@@ -121,33 +101,20 @@ fn a_server_that_closes_mid_reply_is_counted() {
         }
     });
     for engine in ENGINES {
-        let out = socklab(&[
-            "bench",
+        let (code, r, err) = bench(
             &addr,
-            "--clients",
-            "2",
-            "--requests",
-            "3",
-            "--message",
-            "abcdefgh",
-            "--expect",
-            "echo",
-            "--engine",
-            engine,
-            "--json",
-        ]);
-        assert_eq!(out.status.code(), Some(1), "{engine}: nothing succeeded");
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            &with_engine(
+                "--clients 2 --requests 3 --message abcdefgh --expect echo",
+                engine,
+            ),
+        );
+        assert_eq!(code, Some(1), "{engine}: nothing succeeded");
         assert_eq!(
             (r["requests"].as_u64(), r["errors_by_kind"]["closed"].as_u64()),
             (Some(6), Some(6)),
             "{engine}: {r}"
         );
-        assert!(
-            stderr(&out).contains("the server closed mid-reply after 4 bytes"),
-            "{}",
-            stderr(&out)
-        );
+        assert!(err.contains("the server closed mid-reply after 4 bytes"), "{err}");
     }
 }
 
@@ -158,23 +125,10 @@ fn unix_sockets_udp_and_new_connections() {
     for engine in ENGINES {
         let r = bench_json(
             &reverse.addr,
-            &[
-                "--clients",
-                "3",
-                "--requests",
-                "5",
-                "--expect",
-                "close",
-                "--engine",
-                engine,
-            ],
+            &with_engine("--clients 3 --requests 5 --expect close", engine),
         );
         // reverse closes after each reply: every request reconnects by itself.
-        assert_eq!(
-            (r["replies"].as_u64(), r["errors"].as_u64()),
-            (Some(15), Some(0)),
-            "{engine}: {r}"
-        );
+        assert_eq!(replies_and_errors(&r), (Some(15), Some(0)), "{engine}: {r}");
         let r = bench_json(
             &calc.addr,
             &[
@@ -189,17 +143,9 @@ fn unix_sockets_udp_and_new_connections() {
                 engine,
             ],
         );
-        assert_eq!(
-            (r["replies"].as_u64(), r["errors"].as_u64()),
-            (Some(15), Some(0)),
-            "{engine}: {r}"
-        );
+        assert_eq!(replies_and_errors(&r), (Some(15), Some(0)), "{engine}: {r}");
     }
-    let udp = Server::start(
-        &["--service", "echo", "--model", "epoll"],
-        &["udp:127.0.0.1:0"],
-        None,
-    );
+    let udp = Server::udp(&["--service", "echo", "--model", "epoll"]);
     let r = bench_json(
         &udp.addr,
         &[
@@ -213,18 +159,13 @@ fn unix_sockets_udp_and_new_connections() {
             "echo",
         ],
     );
-    assert_eq!(
-        (r["replies"].as_u64(), r["errors"].as_u64()),
-        (Some(100), Some(0)),
-        "{r}"
-    );
+    assert_eq!(replies_and_errors(&r), (Some(100), Some(0)), "{r}");
 }
 
 #[test]
 fn a_corrupted_echo_is_an_error() {
     // A server that echoes, but flips one byte.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = format!("tcp:{}", listener.local_addr().unwrap());
+    let (listener, addr) = tcp_listener();
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             std::thread::spawn(move || {
@@ -243,26 +184,15 @@ fn a_corrupted_echo_is_an_error() {
         }
     });
     for engine in ENGINES {
-        let out = socklab(&[
-            "bench",
+        let (code, r, err) = bench(
             &addr,
-            "--requests",
-            "4",
-            "--message",
-            "abcdef",
-            "--expect",
-            "echo",
-            "--engine",
-            engine,
-            "--json",
-        ]);
-        assert_eq!(out.status.code(), Some(1), "{engine}: nothing succeeded");
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            &with_engine("--requests 4 --message abcdef --expect echo", engine),
+        );
+        assert_eq!(code, Some(1), "{engine}: nothing succeeded");
         assert_eq!(r["errors_by_kind"]["mismatch"], 4, "{engine}: {r}");
         assert!(
-            stderr(&out).contains("the echo differs from the request at byte 3"),
-            "{}",
-            stderr(&out)
+            err.contains("the echo differs from the request at byte 3"),
+            "{err}"
         );
     }
 }
@@ -270,26 +200,15 @@ fn a_corrupted_echo_is_an_error() {
 #[test]
 fn a_dead_server_gives_errors_and_exit_1_not_a_hang() {
     // Accepts, never answers.
-    let mute = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = format!("tcp:{}", mute.local_addr().unwrap());
+    let (mute, addr) = tcp_listener();
     for engine in ENGINES {
         let start = Instant::now();
-        let out = socklab(&[
-            "bench",
+        let (code, r, _) = bench(
             &addr,
-            "--clients",
-            "3",
-            "--duration",
-            "300ms",
-            "--timeout",
-            "300ms",
-            "--engine",
-            engine,
-            "--json",
-        ]);
+            &with_engine("--clients 3 --duration 300ms --timeout 300ms", engine),
+        );
         assert!(start.elapsed() < Duration::from_secs(5), "{engine}: bench hung");
-        assert_eq!(out.status.code(), Some(1));
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(code, Some(1));
         assert_eq!(r["replies"], 0);
         assert_eq!(r["errors_by_kind"]["timeout"], 3, "{engine}: {r}");
         assert_eq!(r["requests"], r["errors"]);
@@ -297,9 +216,8 @@ fn a_dead_server_gives_errors_and_exit_1_not_a_hang() {
     drop(mute);
     // And a closed port: refused connections, counted, exit 1.
     for engine in ENGINES {
-        let out = socklab(&["bench", &addr, "--requests", "2", "--engine", engine, "--json"]);
-        assert_eq!(out.status.code(), Some(1));
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (code, r, _) = bench(&addr, &with_engine("--requests 2", engine));
+        assert_eq!(code, Some(1));
         assert_eq!(r["errors_by_kind"]["connect"], 2, "{engine}: {r}");
     }
 }
@@ -341,24 +259,9 @@ fn many_connections_on_one_thread() {
     for engine in ENGINES {
         let r = bench_json(
             &server.addr,
-            &[
-                "--clients",
-                "2000",
-                "--requests",
-                "2",
-                "--size",
-                "32",
-                "--threads",
-                "1",
-                "--engine",
-                engine,
-            ],
+            &with_engine("--clients 2000 --requests 2 --size 32 --threads 1", engine),
         );
-        assert_eq!(
-            (r["replies"].as_u64(), r["errors"].as_u64()),
-            (Some(4000), Some(0)),
-            "{engine}: {r}"
-        );
+        assert_eq!(replies_and_errors(&r), (Some(4000), Some(0)), "{engine}: {r}");
     }
 }
 

@@ -4,7 +4,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 
-use common::{socklab, stderr, Conn, Server};
+use common::{fails_with, socklab, Conn, Server};
 
 /// A member that reads whole lines.
 struct Member {
@@ -15,12 +15,8 @@ struct Member {
 impl Member {
     fn join(server: &Server) -> Member {
         let conn = server.connect();
-        let reader = match &conn {
-            Conn::Tcp(s) => Conn::Tcp(s.try_clone().unwrap()),
-            Conn::Unix(s) => Conn::Unix(s.try_clone().unwrap()),
-        };
         let mut member = Member {
-            lines: BufReader::new(reader),
+            lines: BufReader::new(conn.try_clone()),
             conn,
         };
         assert!(member.line().starts_with("* welcome, guest"));
@@ -67,17 +63,18 @@ fn lines_reach_everyone_else_under_threads_and_event_loops() {
 
 #[test]
 fn models_that_cannot_host_a_room_refuse_at_start() {
-    let out = socklab(&[
-        "serve",
-        "--service",
-        "chat",
-        "--model",
-        "iterative",
-        "--listen",
-        "tcp:127.0.0.1:0",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
+    let err = fails_with(
+        1,
+        socklab(&[
+            "serve",
+            "--service",
+            "chat",
+            "--model",
+            "iterative",
+            "--listen",
+            "tcp:127.0.0.1:0",
+        ]),
+    );
     assert!(
         err.starts_with("error: the chat service needs a model that serves many connections"),
         "{err}"

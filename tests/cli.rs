@@ -2,14 +2,19 @@
 
 mod common;
 
-use common::{socklab, stderr, stdout, Server};
+use common::{fails_with, socklab, stderr, stdout, tcp_listener, Server};
+
+/// A port on 127.0.0.1 that (almost certainly) refuses: bound, then closed.
+fn closed_port() -> u16 {
+    let (listener, _) = tcp_listener();
+    listener.local_addr().unwrap().port()
+}
 
 #[test]
 fn serve_announces_the_real_port() {
     let server = Server::tcp(&[]);
-    let port: u16 = server.addr.rsplit(':').next().unwrap().parse().unwrap();
     assert!(server.addr.starts_with("tcp:127.0.0.1:"), "{}", server.addr);
-    assert_ne!(port, 0);
+    assert_ne!(server.port(), 0);
 }
 
 #[test]
@@ -35,15 +40,7 @@ fn send_prints_the_reply() {
 
 #[test]
 fn send_to_a_refused_port_is_an_error() {
-    // Bind and drop: the port is (almost certainly) closed now.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let out = socklab(&["send", &format!(":{port}"), "x"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
+    let err = fails_with(1, socklab(&["send", &format!(":{}", closed_port()), "x"]));
     assert!(
         err.starts_with("error: cannot connect to tcp:127.0.0.1:"),
         "{err}"
@@ -53,24 +50,20 @@ fn send_to_a_refused_port_is_an_error() {
 
 #[test]
 fn address_in_use_is_an_error() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = format!("tcp:{}", taken.local_addr().unwrap());
-    let out = socklab(&["serve", "--listen", &addr]);
-    assert_eq!(out.status.code(), Some(1));
+    let (_taken, addr) = tcp_listener();
+    let err = fails_with(1, socklab(&["serve", "--listen", &addr]));
     assert!(
-        stderr(&out).starts_with(&format!("error: cannot listen on {addr}")),
-        "{}",
-        stderr(&out)
+        err.starts_with(&format!("error: cannot listen on {addr}")),
+        "{err}"
     );
-    assert!(stderr(&out).contains("in use"), "{}", stderr(&out));
+    assert!(err.contains("in use"), "{err}");
 }
 
 #[test]
 fn a_live_unix_socket_is_in_use_and_a_stale_one_is_replaced() {
     let server = Server::unix(&[]);
-    let out = socklab(&["serve", "--listen", &server.addr]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("address in use"), "{}", stderr(&out));
+    let err = fails_with(1, socklab(&["serve", "--listen", &server.addr]));
+    assert!(err.contains("address in use"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("stale.sock");
@@ -139,18 +132,9 @@ fn bench_verbose_prints_the_seeds_lines() {
 
 #[test]
 fn bench_against_nothing_fails_without_hanging() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let out = socklab(&["bench", &format!(":{port}"), "--clients", "2", "--requests", "3"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).starts_with("error: no request succeeded (6 errors)"),
-        "{}",
-        stderr(&out)
-    );
+    let addr = format!(":{}", closed_port());
+    let err = fails_with(1, socklab(&["bench", &addr, "--clients", "2", "--requests", "3"]));
+    assert!(err.starts_with("error: no request succeeded (6 errors)"), "{err}");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{socklab, stderr, Server};
+use common::{fails_with, socklab, Server};
 
 #[test]
 fn acknowledged_changes_survive_sigkill() {
@@ -24,17 +24,18 @@ fn acknowledged_changes_survive_sigkill() {
 
 #[test]
 fn a_database_that_cannot_open_is_an_error_at_start() {
-    let out = socklab(&[
-        "serve",
-        "--service",
-        "contacts",
-        "--db",
-        "/nonexistent/dir/book.db",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
+    let err = fails_with(
+        1,
+        socklab(&[
+            "serve",
+            "--service",
+            "contacts",
+            "--db",
+            "/nonexistent/dir/book.db",
+        ]),
+    );
     assert!(
-        stderr(&out).starts_with("error: cannot open the database /nonexistent/dir/book.db"),
-        "{}",
-        stderr(&out)
+        err.starts_with("error: cannot open the database /nonexistent/dir/book.db"),
+        "{err}"
     );
 }

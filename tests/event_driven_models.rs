@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{bench_json, Conn, Server};
+use common::{connect_and_reset, makespan, sigterm_mid_delay, Server};
 
 const MODELS: [&str; 6] = ["busy", "select", "poll", "epoll", "async", "uring"];
 const DELAY: f64 = 0.4;
@@ -19,9 +19,7 @@ fn delay_experiment_one_round_for_every_model() {
     for model in MODELS {
         let args = ["--model", model, "--service", "hello", "--delay", "400ms"];
         for server in [Server::tcp(&args), Server::unix(&args)] {
-            let report = bench_json(&server.addr, &["--clients", "5"]);
-            assert_eq!(report["replies"], 5, "{model}: {report}");
-            let t = report["elapsed_s"].as_f64().unwrap();
+            let t = makespan(&server, 5);
             assert!(
                 (DELAY..3.5 * DELAY).contains(&t),
                 "{model} took {t} s for one round"
@@ -56,17 +54,7 @@ fn a_mebibyte_echoes_intact_through_partial_writes() {
     for model in MODELS {
         let server = Server::unix(&["--model", model, "--service", "echo"]);
         let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
-        let conn = server.connect();
-        let Conn::Unix(s) = conn else { unreachable!() };
-        let mut writer = s.try_clone().unwrap();
-        let sent = data.clone();
-        let t = std::thread::spawn(move || {
-            writer.write_all(&sent).unwrap();
-            writer.shutdown(std::net::Shutdown::Write).unwrap();
-        });
-        let mut got = Vec::new();
-        (&s).read_to_end(&mut got).unwrap();
-        t.join().unwrap();
+        let got = server.connect().round_trip(data.clone());
         assert!(got == data, "{model}: echo differs ({} bytes back)", got.len());
     }
 }
@@ -116,10 +104,7 @@ fn max_conns_holds_back_the_next_connection_on_async_and_uring() {
             "--max-conns",
             "1",
         ];
-        let server = Server::tcp(&args);
-        let report = bench_json(&server.addr, &["--clients", "3"]);
-        assert_eq!(report["replies"], 3, "{model}: {report}");
-        let t = report["elapsed_s"].as_f64().unwrap();
+        let t = makespan(&Server::tcp(&args), 3);
         // One slot: three delays one after the other, not one round.
         assert!(t >= 3.0 * DELAY, "{model} with --max-conns 1 took {t} s");
     }
@@ -128,13 +113,7 @@ fn max_conns_holds_back_the_next_connection_on_async_and_uring() {
 #[test]
 fn sigterm_lets_delayed_replies_finish() {
     for model in MODELS {
-        let server = Server::tcp(&["--model", model, "--service", "welcome", "--delay", "300ms"]);
-        let mut conn = server.connect();
-        assert_eq!(conn.recv_some(), "Welcome!");
-        conn.send(b"x");
-        let status = server.terminate();
-        assert!(status.success(), "{model}: {status}");
-        assert_eq!(conn.recv_to_end(), "Received x;", "{model}");
+        sigterm_mid_delay(model, "300ms");
     }
 }
 
@@ -157,35 +136,23 @@ fn select_past_fd_setsize_stops_accepting_instead_of_corrupting_memory() {
     assert!(served >= 900, "only {served} of the first 900 were served");
     drop(conns);
     // Still alive, and accepting again once connections closed.
-    let mut conn = server.connect();
-    conn.send(b"after");
-    assert_eq!(conn.recv_some(), "after");
+    assert_eq!(server.ask(b"after"), "after");
 }
 
 #[test]
 fn a_peer_that_never_reads_is_not_read_from_and_slows_nobody() {
     for model in MODELS {
         let server = Server::tcp(&["--model", model, "--service", "echo"]);
-        let flood = server.connect();
-        let Conn::Tcp(s) = flood else { unreachable!() };
-        s.set_nonblocking(true).unwrap();
-        let chunk = vec![b'f'; 1 << 16];
-        let mut sent = 0usize;
         // Until both buffers and the session's high-water mark are full.
-        while sent < 256 << 20 {
-            match (&s).write(&chunk) {
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => panic!("{model}: {e}"),
-            }
-        }
+        let mut flood = server.connect();
+        let sent = flood
+            .flood(&[b'f'; 1 << 16], 256 << 20)
+            .unwrap_or_else(|e| panic!("{model}: {e}"));
         assert!(
             sent < 64 << 20,
             "{model}: the server kept reading {sent} bytes it could not answer"
         );
-        let mut other = server.connect();
-        other.send(b"hello");
-        assert_eq!(other.recv_some(), "hello", "{model}");
+        assert_eq!(server.ask(b"hello"), "hello", "{model}");
     }
 }
 
@@ -193,9 +160,8 @@ fn a_peer_that_never_reads_is_not_read_from_and_slows_nobody() {
 fn an_endless_line_gets_err_and_close() {
     for model in MODELS {
         let server = Server::tcp(&["--model", model, "--service", "calc", "--max-line", "1024"]);
-        let conn = server.connect();
-        let Conn::Tcp(s) = conn else { unreachable!() };
-        let mut writer = s.try_clone().unwrap();
+        let mut conn = server.connect();
+        let mut writer = conn.try_clone();
         let t = std::thread::spawn(move || {
             let junk = vec![b'7'; 1 << 16];
             // Up to 100 MB without a newline; the server cuts us off long before.
@@ -205,14 +171,9 @@ fn an_endless_line_gets_err_and_close() {
                 }
             }
         });
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut reply = [0u8; 18];
-        (&s).read_exact(&mut reply).unwrap();
-        assert_eq!(&reply, b"ERR line too long\n", "{model}");
+        assert_eq!(conn.recv_exact(18), b"ERR line too long\n", "{model}");
         t.join().unwrap();
-        let mut other = server.connect();
-        other.send(b"1+1\n");
-        assert_eq!(other.recv_some(), "2\n", "{model}");
+        assert_eq!(server.ask(b"1+1\n"), "2\n", "{model}");
     }
 }
 
@@ -221,10 +182,7 @@ fn resets_and_junk_never_stop_the_loop() {
     for model in MODELS {
         let server = Server::tcp(&["--model", model, "--service", "reverse"]);
         for _ in 0..20 {
-            let s =
-                socket2::Socket::from(TcpStream::connect(server.addr.trim_start_matches("tcp:")).unwrap());
-            s.set_linger(Some(Duration::ZERO)).unwrap();
-            let _ = s.send(b"\xff\xfe\x00junk");
+            connect_and_reset(&server.addr, b"\xff\xfe\x00junk");
         }
         let mut conn = server.connect();
         conn.send(b"abc");
@@ -237,9 +195,11 @@ fn epoll_and_uring_workers_share_the_port() {
     for model in ["epoll", "uring"] {
         let server = Server::tcp(&["--model", model, "--workers", "3", "--service", "greet"]);
         for i in 0..30 {
-            let mut conn = server.connect();
-            conn.send(format!("{i}").as_bytes());
-            assert_eq!(conn.recv_some(), format!("Hello, {i}!"), "{model}");
+            assert_eq!(
+                server.ask(format!("{i}").as_bytes()),
+                format!("Hello, {i}!"),
+                "{model}"
+            );
         }
     }
 }

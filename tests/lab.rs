@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{socklab, stderr, stdout};
+use common::{fails_with, socklab, stderr, stdout, without_io_uring};
 use socklab::lab::export::json;
 
 #[test]
@@ -61,16 +61,10 @@ fn delay_lab_matches_theory_and_exports_agree() {
 
 #[test]
 fn unknown_models_and_scenarios_are_usage_errors() {
-    let out = socklab(&["lab", "--models", "thread,nonesuch"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("nonesuch"), "{}", stderr(&out));
-    let out = socklab(&["lab", "--scenarios", "fast"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("unknown scenario 'fast'"),
-        "{}",
-        stderr(&out)
-    );
+    let err = fails_with(2, socklab(&["lab", "--models", "thread,nonesuch"]));
+    assert!(err.contains("nonesuch"), "{err}");
+    let err = fails_with(2, socklab(&["lab", "--scenarios", "fast"]));
+    assert!(err.contains("unknown scenario 'fast'"), "{err}");
 }
 
 #[test]
@@ -78,7 +72,7 @@ fn a_model_that_cannot_start_is_reported_and_the_lab_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let j = dir.path().join("rows.json");
     let html = dir.path().join("report.html");
-    let out = common::without_io_uring(&[
+    let out = without_io_uring(&[
         "lab",
         "--models",
         "uring,thread",
@@ -105,15 +99,17 @@ fn a_model_that_cannot_start_is_reported_and_the_lab_goes_on() {
     assert!(thread.makespan_s.is_some());
 
     // And when nothing can run, the lab fails.
-    let out = common::without_io_uring(&[
-        "lab",
-        "--models",
-        "uring",
-        "--scenarios",
-        "delay",
-        "--html",
-        html.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("error: no model ran"), "{}", stderr(&out));
+    let err = fails_with(
+        1,
+        without_io_uring(&[
+            "lab",
+            "--models",
+            "uring",
+            "--scenarios",
+            "delay",
+            "--html",
+            html.to_str().unwrap(),
+        ]),
+    );
+    assert!(err.contains("error: no model ran"), "{err}");
 }

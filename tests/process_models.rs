@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{bench_json, socklab, stderr, Conn, Server};
+use common::{fails_with, makespan, socklab, stdout, Conn, Server};
 
 /// The pids of `parent`'s children, with their state letter (`Z` = zombie).
 fn children(parent: i32) -> Vec<(i32, char)> {
@@ -51,19 +51,13 @@ fn fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
 
-fn makespan(server: &Server) -> f64 {
-    let report = bench_json(&server.addr, &["--clients", "5"]);
-    assert_eq!(report["replies"], 5, "{report}");
-    report["elapsed_s"].as_f64().unwrap()
-}
-
 const DELAY: f64 = 0.4;
 
 #[test]
 fn delay_experiment_fork_is_one_round_prefork_of_three_is_two() {
     let fork = ["--model", "fork", "--service", "hello", "--delay", "400ms"];
     for server in [Server::tcp(&fork), Server::unix(&fork)] {
-        let t = makespan(&server);
+        let t = makespan(&server, 5);
         assert!((DELAY..3.5 * DELAY).contains(&t), "fork took {t} s");
     }
     let prefork = [
@@ -77,7 +71,7 @@ fn delay_experiment_fork_is_one_round_prefork_of_three_is_two() {
         "400ms",
     ];
     for server in [Server::tcp(&prefork), Server::unix(&prefork)] {
-        let t = makespan(&server);
+        let t = makespan(&server, 5);
         assert!((2.0 * DELAY..4.5 * DELAY).contains(&t), "prefork of 3 took {t} s");
     }
 }
@@ -86,10 +80,7 @@ fn delay_experiment_fork_is_one_round_prefork_of_three_is_two() {
 fn every_service_works_in_a_child_process() {
     for model in ["fork", "prefork"] {
         let server = Server::unix(&["--model", model, "--service", "reverse"]);
-        assert_eq!(
-            common::stdout(&socklab(&["send", &server.addr, "fork"])),
-            "krof\n"
-        );
+        assert_eq!(stdout(&socklab(&["send", &server.addr, "fork"])), "krof\n");
         let server = Server::tcp(&["--model", model, "--service", "welcome"]);
         let mut conn = server.connect();
         assert_eq!(conn.recv_some(), "Welcome!");
@@ -122,16 +113,11 @@ fn every_service_works_in_a_child_process() {
 fn fork_leaves_no_zombies_and_no_descriptors_behind() {
     let server = Server::tcp(&["--model", "fork", "--service", "echo"]);
     let pid = server.pid();
-    let mut conn = server.connect();
-    conn.send(b"1");
-    assert_eq!(conn.recv_some(), "1");
-    drop(conn);
+    assert_eq!(server.ask(b"1"), "1");
     settle(pid, 0);
     let after_first = fds(pid);
     for i in 0..200 {
-        let mut conn = server.connect();
-        conn.send(i.to_string().as_bytes());
-        assert_eq!(conn.recv_some(), i.to_string());
+        assert_eq!(server.ask(i.to_string().as_bytes()), i.to_string());
     }
     settle(pid, 0);
     assert_eq!(
@@ -183,9 +169,7 @@ fn a_killed_prefork_worker_is_replaced() {
     let after = settle(pid, 2);
     assert!(after.iter().all(|(p, _)| *p != victim), "{after:?}");
     for i in 0..4 {
-        let mut conn = server.connect();
-        conn.send(format!("{i}").as_bytes());
-        assert_eq!(conn.recv_some(), format!("Hello, {i}!"));
+        assert_eq!(server.ask(format!("{i}").as_bytes()), format!("Hello, {i}!"));
     }
 }
 
@@ -193,25 +177,24 @@ fn a_killed_prefork_worker_is_replaced() {
 fn a_silent_client_costs_one_child_and_blocks_nobody() {
     let server = Server::tcp(&["--model", "fork", "--service", "echo"]);
     let _silent = server.connect();
-    let mut conn = server.connect();
-    conn.send(b"hi");
-    assert_eq!(conn.recv_some(), "hi");
+    assert_eq!(server.ask(b"hi"), "hi");
 }
 
 #[test]
 fn a_room_cannot_be_shared_between_processes() {
     for model in ["fork", "prefork"] {
-        let out = socklab(&[
-            "serve",
-            "--model",
-            model,
-            "--service",
-            "chat",
-            "--listen",
-            "tcp:127.0.0.1:0",
-        ]);
-        assert_eq!(out.status.code(), Some(1));
-        let err = stderr(&out);
+        let err = fails_with(
+            1,
+            socklab(&[
+                "serve",
+                "--model",
+                model,
+                "--service",
+                "chat",
+                "--listen",
+                "tcp:127.0.0.1:0",
+            ]),
+        );
         assert!(err.contains("cannot share between its processes"), "{err}");
     }
 }

@@ -2,31 +2,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufReader, Read, Write};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::{Conn, Server, BIN};
+use common::{spawn, spawn_listening, tcp_listener, Conn, Server};
 
 /// Starts `socklab relay ARGS` and returns it with the address it announced
 /// on stderr (its first address listens).
 fn relay(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .arg("relay")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_string();
+    let mut all = vec!["relay"];
+    all.extend_from_slice(args);
+    let (child, addr, mut stderr) = spawn_listening(&all);
     // Keep reading stderr so the relay never blocks on a full pipe.
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     (child, addr)
@@ -61,19 +48,8 @@ fn unix_listen_to_tcp_with_hexdump() {
     let greet = Server::tcp(&["--service", "greet"]);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.sock");
-    let mut child = Command::new(BIN)
-        .args([
-            "relay",
-            &format!("unix-listen:{}", path.display()),
-            &greet.addr,
-            "--hexdump",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
+    let listen = format!("unix-listen:{}", path.display());
+    let (child, _, mut stderr) = spawn_listening(&["relay", &listen, &greet.addr, "--hexdump"]);
     let mut conn = Conn::to(&format!("unix:{}", path.display()));
     conn.send(b"relay");
     assert_eq!(conn.recv_some(), "Hello, relay!");
@@ -90,12 +66,7 @@ fn unix_listen_to_tcp_with_hexdump() {
 #[test]
 fn stdio_to_a_server() {
     let server = Server::tcp(&["--service", "reverse"]);
-    let mut child = Command::new(BIN)
-        .args(["relay", "-", &server.addr])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["relay", "-", &server.addr]);
     child.stdin.take().unwrap().write_all(b"stressed").unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
@@ -125,8 +96,7 @@ fn fork_relays_peers_concurrently_and_keeps_listening() {
 #[test]
 fn after_one_side_ends_the_other_gets_the_timeout_then_the_relay_closes() {
     // B never closes and never sends: only --timeout ends the relay.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = format!("tcp:{}", silent.local_addr().unwrap());
+    let (silent, b) = tcp_listener();
     let (child, addr) = relay(&["tcp-listen:0", &b, "--timeout", "200ms"]);
     let conn = Conn::to(&addr);
     let (_held, _) = silent.accept().unwrap();
@@ -136,11 +106,7 @@ fn after_one_side_ends_the_other_gets_the_timeout_then_the_relay_closes() {
 
 #[test]
 fn unidirectional_copies_one_way_only() {
-    let (target, target_addr) = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let a = format!("tcp:{}", l.local_addr().unwrap());
-        (l, a)
-    };
+    let (target, target_addr) = tcp_listener();
     let (child, addr) = relay(&["tcp-listen:0", &target_addr, "-u"]);
     let mut conn = Conn::to(&addr);
     let (mut peer, _) = target.accept().unwrap();
@@ -156,13 +122,8 @@ fn unidirectional_copies_one_way_only() {
 
 #[test]
 fn stdio_to_a_udp_server_and_back() {
-    let server = Server::start(&["--service", "greet"], &["udp:127.0.0.1:0"], None);
-    let mut child = Command::new(BIN)
-        .args(["relay", "-", &server.addr, "--timeout", "300ms"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let server = Server::udp(&["--service", "greet"]);
+    let mut child = spawn(&["relay", "-", &server.addr, "--timeout", "300ms"]);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"datagram").unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());

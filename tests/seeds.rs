@@ -3,10 +3,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use common::Server;
+use common::{digit_shape, python, Server};
 
 /// Seed 001's Python TCP client, verbatim but for the port.
 const SEED_001_TCP_CLIENT: &str = r#"import socket
@@ -59,52 +56,31 @@ print("Got a message:", data.decode("utf-8"))
 client.close()
 "#;
 
-fn port_of(server: &Server) -> String {
-    server.addr.rsplit(':').next().unwrap().to_string()
-}
-
-fn python(script: &str, port: &str, args: &[&str], stdin: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("client.py");
-    std::fs::write(&path, script.replace("PORT = 50000", &format!("PORT = {port}"))).unwrap();
-    // The seeds' AF_INET socket resolves "localhost" to 127.0.0.1, where socklab listens.
-    let mut child = Command::new("python3")
-        .arg(&path)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 is needed for the seed interop tests");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+/// A seed client aimed at `server`: its hardcoded port made the server's.
+/// The seeds' AF_INET socket resolves "localhost" to 127.0.0.1, where socklab listens.
+fn aimed_at(script: &str, server: &Server) -> String {
+    script.replace("PORT = 50000", &format!("PORT = {}", server.port()))
 }
 
 #[test]
 fn seed_001_tcp_client_gets_a_timestamp() {
     let server = Server::tcp(&["--service", "time"]);
-    let out = python(SEED_001_TCP_CLIENT, &port_of(&server), &[], "hello world\n");
+    let out = python(&aimed_at(SEED_001_TCP_CLIENT, &server), &[], "hello world\n");
     let line = out.trim_end();
     let stamp = line
         .strip_prefix("Input a message: Got a message: ")
         .unwrap_or_else(|| panic!("{line:?}"));
-    let shape: String = stamp
-        .chars()
-        .map(|c| if c.is_ascii_digit() { 'd' } else { c })
-        .collect();
-    assert_eq!(shape, "dddd-dd-dd dd:dd:dd.dddddd");
+    assert_eq!(digit_shape(stamp), "dddd-dd-dd dd:dd:dd.dddddd");
 }
 
 #[test]
 fn seed_001_numbered_clients_get_their_echo() {
     let server = Server::tcp(&["--service", "echo", "--model", "pool"]);
-    let port = port_of(&server);
+    let script = aimed_at(SEED_001_NUMBERED_CLIENT, &server);
     let handles: Vec<_> = (1..=5)
         .map(|i| {
-            let port = port.clone();
-            std::thread::spawn(move || python(SEED_001_NUMBERED_CLIENT, &port, &[&i.to_string()], ""))
+            let script = script.clone();
+            std::thread::spawn(move || python(&script, &[&i.to_string()], ""))
         })
         .collect();
     for (i, h) in handles.into_iter().enumerate() {

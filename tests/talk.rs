@@ -3,19 +3,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
 
-use common::{Server, BIN};
+use common::{spawn, spawn_listening, Server};
 
 #[test]
 fn connect_talks_to_a_server_until_it_closes() {
     let server = Server::tcp(&["--service", "welcome"]);
-    let mut child = Command::new(BIN)
-        .args(["connect", &server.addr])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["connect", &server.addr]);
     let mut stdout = child.stdout.take().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut greeting = [0u8; 8];
@@ -30,28 +24,8 @@ fn connect_talks_to_a_server_until_it_closes() {
 
 #[test]
 fn listen_and_connect_talk_both_ways() {
-    let mut listener = Command::new(BIN)
-        .args(["listen", "tcp:127.0.0.1:0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut announce = BufReader::new(listener.stderr.take().unwrap());
-    let mut line = String::new();
-    announce.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("announcement")
-        .to_string();
-
-    let mut client = Command::new(BIN)
-        .args(["connect", &addr])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut listener, addr, _stderr) = spawn_listening(&["listen", "tcp:127.0.0.1:0"]);
+    let mut client = spawn(&["connect", &addr]);
     let mut client_in = client.stdin.take().unwrap();
     let mut client_out = BufReader::new(client.stdout.take().unwrap());
     let mut listener_in = listener.stdin.take().unwrap();

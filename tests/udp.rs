@@ -4,18 +4,9 @@
 mod common;
 
 use std::net::UdpSocket;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{socklab, stderr, stdout, Server};
-
-fn udp(args: &[&str]) -> Server {
-    Server::start(args, &["udp:127.0.0.1:0"], None)
-}
-
-fn port(addr: &str) -> String {
-    addr.rsplit(':').next().unwrap().to_string()
-}
+use common::{digit_shape, fails_with, python, socklab, stdout, Server};
 
 fn client() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -23,14 +14,19 @@ fn client() -> UdpSocket {
     s
 }
 
-fn ask(server: &Server, datagram: &[u8]) -> Vec<u8> {
-    let s = client();
+/// Sends `datagram` from `s` to `server` and returns the datagram that comes back.
+fn exchange(s: &UdpSocket, server: &Server, datagram: &[u8]) -> Vec<u8> {
     s.send_to(datagram, server.addr.trim_start_matches("udp:"))
         .unwrap();
     let mut buf = vec![0u8; 70_000];
     let n = s.recv(&mut buf).unwrap();
     buf.truncate(n);
     buf
+}
+
+/// `exchange` from a fresh client.
+fn ask(server: &Server, datagram: &[u8]) -> Vec<u8> {
+    exchange(&client(), server, datagram)
 }
 
 /// Seed 003's UDP client, verbatim but for the port.
@@ -67,35 +63,25 @@ print(data.decode("utf-8"))
 client.close()
 "#;
 
-fn python(script: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("client.py");
-    std::fs::write(&path, script).unwrap();
-    let out = Command::new("python3").arg(&path).output().expect("python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn seed_003_udp_client_is_greeted_five_times() {
-    let server = udp(&["--model", "iterative", "--service", "greet"]);
-    let script = SEED_003_UDP_CLIENT.replace("9999", &port(&server.addr));
+    let server = Server::udp(&["--model", "iterative", "--service", "greet"]);
+    let script = SEED_003_UDP_CLIENT.replace("9999", &server.port().to_string());
     let expected: String = (1..=5).map(|i| format!("Hello, message{i}!\n")).collect();
-    assert_eq!(python(&script), expected);
+    assert_eq!(python(&script, &[], ""), expected);
 }
 
 #[test]
 fn seed_001_udp_client_gets_a_timestamp() {
     for model in ["iterative", "pool", "epoll", "async"] {
-        let server = udp(&["--model", model, "--service", "time"]);
-        let script = SEED_001_UDP_CLIENT.replace("PORT = 50000", &format!("PORT = {}", port(&server.addr)));
-        let out = python(&script);
-        let shape: String = out
-            .trim_end()
-            .chars()
-            .map(|c| if c.is_ascii_digit() { 'd' } else { c })
-            .collect();
-        assert_eq!(shape, "dddd-dd-dd dd:dd:dd.dddddd", "{model}: {out}");
+        let server = Server::udp(&["--model", model, "--service", "time"]);
+        let script = SEED_001_UDP_CLIENT.replace("PORT = 50000", &format!("PORT = {}", server.port()));
+        let out = python(&script, &[], "");
+        assert_eq!(
+            digit_shape(out.trim_end()),
+            "dddd-dd-dd dd:dd:dd.dddddd",
+            "{model}: {out}"
+        );
     }
 }
 
@@ -104,12 +90,11 @@ fn send_retries_then_gives_up_with_a_clear_error() {
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap(); // Receives, never answers.
     let addr = format!("udp:{}", silent.local_addr().unwrap());
     let start = Instant::now();
-    let out = socklab(&["send", &addr, "anyone?", "--timeout", "200ms", "--retries", "3"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        stderr(&out),
-        format!("error: no reply from {addr} after 3 tries\n")
+    let err = fails_with(
+        1,
+        socklab(&["send", &addr, "anyone?", "--timeout", "200ms", "--retries", "3"]),
     );
+    assert_eq!(err, format!("error: no reply from {addr} after 3 tries\n"));
     assert!(
         start.elapsed() >= Duration::from_millis(600),
         "three tries of 200 ms each"
@@ -129,13 +114,17 @@ fn send_retries_then_gives_up_with_a_clear_error() {
 
 #[test]
 fn send_prints_the_reply_without_its_id() {
-    let server = udp(&["--model", "async", "--service", "reverse"]);
+    let server = Server::udp(&["--model", "async", "--service", "reverse"]);
     let out = socklab(&["send", &server.addr, "stressed"]);
     assert_eq!(stdout(&out), "desserts\n");
 }
 
-/// Five clients at once, each one datagram; the time until the last reply.
-fn five_at_once(server: &Server) -> f64 {
+/// Five clients at once, each one datagram, against `greet` with a 300 ms
+/// delay under `model_args`; the time until the last reply.
+fn five_at_once(model_args: &[&str]) -> f64 {
+    let mut args = vec!["--service", "greet", "--delay", "300ms"];
+    args.extend_from_slice(model_args);
+    let server = Server::udp(&args);
     let target = server.addr.trim_start_matches("udp:").to_string();
     let start = Instant::now();
     let clients: Vec<_> = (0..5)
@@ -159,36 +148,13 @@ fn five_at_once(server: &Server) -> f64 {
 #[test]
 fn delay_over_udp_iterative_queues_the_others_do_not() {
     const D: f64 = 0.3;
-    let t = five_at_once(&udp(&[
-        "--model",
-        "iterative",
-        "--service",
-        "greet",
-        "--delay",
-        "300ms",
-    ]));
+    let t = five_at_once(&["--model", "iterative"]);
     assert!(t >= 5.0 * D, "iterative took {t} s");
     for model in ["async", "epoll"] {
-        let t = five_at_once(&udp(&[
-            "--model",
-            model,
-            "--service",
-            "greet",
-            "--delay",
-            "300ms",
-        ]));
+        let t = five_at_once(&["--model", model]);
         assert!((D..3.5 * D).contains(&t), "{model} took {t} s");
     }
-    let t = five_at_once(&udp(&[
-        "--model",
-        "pool",
-        "--workers",
-        "3",
-        "--service",
-        "greet",
-        "--delay",
-        "300ms",
-    ]));
+    let t = five_at_once(&["--model", "pool", "--workers", "3"]);
     assert!((2.0 * D..4.5 * D).contains(&t), "pool of 3 took {t} s");
 }
 
@@ -208,13 +174,13 @@ fn tcp_and_udp_at_once() {
 #[test]
 fn bad_datagrams_get_err_or_their_echo_and_only_the_sender_hears() {
     for model in ["iterative", "pool", "epoll", "async"] {
-        let server = udp(&["--model", model, "--service", "reverse"]);
+        let server = Server::udp(&["--model", model, "--service", "reverse"]);
         assert_eq!(ask(&server, b""), b"ERR empty datagram", "{model}");
         assert_eq!(ask(&server, b"\xff\xfe"), b"ERR invalid UTF-8", "{model}");
-        let echo = udp(&["--model", model, "--service", "echo"]);
+        let echo = Server::udp(&["--model", model, "--service", "echo"]);
         let big = vec![b'u'; 65_507];
         assert_eq!(ask(&echo, &big).len(), 65_507, "{model}");
-        let greet = udp(&["--model", model, "--service", "greet"]);
+        let greet = Server::udp(&["--model", model, "--service", "greet"]);
         assert_eq!(
             ask(&greet, &big),
             b"ERR reply too large for a datagram",
@@ -235,7 +201,7 @@ fn bad_datagrams_get_err_or_their_echo_and_only_the_sender_hears() {
 fn a_retried_id_is_applied_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("c.db");
-    let server = udp(&[
+    let server = Server::udp(&[
         "--model",
         "pool",
         "--service",
@@ -243,49 +209,36 @@ fn a_retried_id_is_applied_once() {
         "--db",
         db.to_str().unwrap(),
     ]);
+    // One client: the reply cache is per peer.
     let s = client();
-    let target = server.addr.trim_start_matches("udp:");
-    let mut buf = [0u8; 256];
     for _ in 0..2 {
-        s.send_to(b"#42 ADD ann 555", target).unwrap();
-        let n = s.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"#42 OK");
+        assert_eq!(exchange(&s, &server, b"#42 ADD ann 555"), b"#42 OK");
     }
-    s.send_to(b"#43 REMOVE ann", target).unwrap();
-    let n = s.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"#43 OK");
+    assert_eq!(exchange(&s, &server, b"#43 REMOVE ann"), b"#43 OK");
     // The retry of 42 is answered from the cache, not applied again.
-    s.send_to(b"#42 ADD ann 555", target).unwrap();
-    let n = s.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"#42 OK");
-    s.send_to(b"LIST", target).unwrap();
-    let n = s.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"OK 0");
+    assert_eq!(exchange(&s, &server, b"#42 ADD ann 555"), b"#42 OK");
+    assert_eq!(exchange(&s, &server, b"LIST"), b"OK 0");
 }
 
 #[test]
 fn models_and_services_that_cannot_do_udp_say_so() {
-    let out = socklab(&["serve", "--model", "thread", "--listen", "udp:127.0.0.1:0"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("thread does not serve UDP"),
-        "{}",
-        stderr(&out)
+    let err = fails_with(
+        1,
+        socklab(&["serve", "--model", "thread", "--listen", "udp:127.0.0.1:0"]),
     );
-    assert!(
-        stderr(&out).contains("use iterative, pool, epoll, async"),
-        "{}",
-        stderr(&out)
+    assert!(err.contains("thread does not serve UDP"), "{err}");
+    assert!(err.contains("use iterative, pool, epoll, async"), "{err}");
+    let err = fails_with(
+        1,
+        socklab(&[
+            "serve",
+            "--model",
+            "async",
+            "--service",
+            "welcome",
+            "--listen",
+            "udp:127.0.0.1:0",
+        ]),
     );
-    let out = socklab(&[
-        "serve",
-        "--model",
-        "async",
-        "--service",
-        "welcome",
-        "--listen",
-        "udp:127.0.0.1:0",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("needs a connection"), "{}", stderr(&out));
+    assert!(err.contains("needs a connection"), "{err}");
 }

@@ -5,9 +5,9 @@
 #![allow(dead_code)] // Each test file uses its own subset.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_socklab");
@@ -33,6 +33,11 @@ impl Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = format!("unix:{}", dir.path().join("s.sock").display());
         Self::start(args, &[&path], Some(dir))
+    }
+
+    /// `socklab serve ARGS --listen udp:127.0.0.1:0`.
+    pub fn udp(args: &[&str]) -> Server {
+        Self::start(args, &["udp:127.0.0.1:0"], None)
     }
 
     /// `socklab serve ARGS` with the given `--listen` addresses.
@@ -68,6 +73,12 @@ impl Server {
         }
     }
 
+    /// The port of an IP address (the first announced).
+    pub fn port(&self) -> u16 {
+        let port = self.addr.rsplit(':').next().and_then(|p| p.parse().ok());
+        port.unwrap_or_else(|| panic!("no port in {}", self.addr))
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -83,6 +94,13 @@ impl Server {
     /// A raw connection to the server.
     pub fn connect(&self) -> Conn {
         Conn::to(&self.addr)
+    }
+
+    /// Sends `request` on a new connection and returns what one read gives back.
+    pub fn ask(&self, request: &[u8]) -> String {
+        let mut conn = self.connect();
+        conn.send(request);
+        conn.recv_some()
     }
 }
 
@@ -146,6 +164,48 @@ impl Conn {
             Conn::Unix(s) => s.shutdown(std::net::Shutdown::Write).unwrap(),
         }
     }
+
+    /// A second handle on the same socket.
+    pub fn try_clone(&self) -> Conn {
+        match self {
+            Conn::Tcp(s) => Conn::Tcp(s.try_clone().expect("clone tcp")),
+            Conn::Unix(s) => Conn::Unix(s.try_clone().expect("clone unix")),
+        }
+    }
+
+    /// Sends `data` from another thread, then half-closes, while this one
+    /// reads everything the server sends until it closes: a reply larger
+    /// than the socket buffers comes back while we still send.
+    pub fn round_trip(mut self, data: Vec<u8>) -> Vec<u8> {
+        let mut writer = self.try_clone();
+        let sender = std::thread::spawn(move || {
+            writer.send(&data);
+            writer.shutdown_write();
+        });
+        let mut back = Vec::new();
+        self.read_to_end(&mut back).expect("read back");
+        sender.join().expect("sender");
+        back
+    }
+
+    /// Writes `chunk` again and again, never reading, until the socket
+    /// would block or `limit` bytes are sent; returns the bytes sent. The
+    /// connection is left non-blocking.
+    pub fn flood(&mut self, chunk: &[u8], limit: usize) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.set_nonblocking(true)?,
+            Conn::Unix(s) => s.set_nonblocking(true)?,
+        }
+        let mut sent = 0;
+        while sent < limit {
+            match self.write(chunk) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(sent)
+    }
 }
 
 impl Read for Conn {
@@ -169,6 +229,22 @@ impl Write for Conn {
     }
 }
 
+/// Connects over TCP, sends `data` and resets at once (SO_LINGER 0): a peer
+/// that vanishes mid-request.
+pub fn connect_and_reset(addr: &str, data: &[u8]) {
+    let stream = TcpStream::connect(addr.trim_start_matches("tcp:")).expect("connect tcp");
+    let socket = socket2::Socket::from(stream);
+    socket.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
+    let _ = socket.send(data);
+}
+
+/// A listener of the test's own on 127.0.0.1 port 0, with its `tcp:` address.
+pub fn tcp_listener() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let addr = format!("tcp:{}", listener.local_addr().expect("local addr"));
+    (listener, addr)
+}
+
 /// Runs `socklab ARGS` to completion.
 pub fn socklab(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -186,18 +262,115 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// `socklab bench ADDR ARGS --json`, parsed.
-pub fn bench_json(addr: &str, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["bench", addr, "--json", "--quiet"];
+/// Checks that a run exited with `code`, and returns its stderr.
+pub fn fails_with(code: i32, out: Output) -> String {
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    err
+}
+
+/// Starts `socklab ARGS` with stdin and stdout piped to the test.
+pub fn spawn(args: &[&str]) -> Child {
+    piped(args).spawn().expect("spawn socklab")
+}
+
+/// Starts `socklab ARGS` (stdin, stdout and stderr piped) and reads the
+/// `listening on ADDR` line it announces on stderr: the child, ADDR, and
+/// the rest of its stderr.
+pub fn spawn_listening(args: &[&str]) -> (Child, String, BufReader<ChildStderr>) {
+    let mut child = piped(args).stderr(Stdio::piped()).spawn().expect("spawn socklab");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("read stderr");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("no announcement: {line}"))
+        .to_string();
+    (child, addr, stderr)
+}
+
+fn piped(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped());
+    cmd
+}
+
+/// `socklab bench ADDR --json ARGS`: its exit code, its report, its stderr.
+pub fn bench(addr: &str, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let mut all = vec!["bench", addr, "--json"];
     all.extend_from_slice(args);
     let out = socklab(&all);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "bench --json gave no JSON ({e}): {}\n{}",
             stdout(&out),
             stderr(&out)
         )
-    })
+    });
+    (out.status.code(), report, stderr(&out))
+}
+
+/// `socklab bench ADDR --json --quiet ARGS`, parsed.
+pub fn bench_json(addr: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--quiet"];
+    all.extend_from_slice(args);
+    bench(addr, &all).1
+}
+
+/// The seeds' delay experiment: `clients` at once, each answered; the time
+/// until the last reply, in seconds.
+pub fn makespan(server: &Server, clients: u64) -> f64 {
+    let report = bench_json(&server.addr, &["--clients", &clients.to_string()]);
+    assert_eq!(report["replies"], clients, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    report["elapsed_s"].as_f64().expect("elapsed_s")
+}
+
+/// SIGTERM while a `welcome` reply delayed by `delay` is owed: the server
+/// exits 0, and the reply still comes, then the close.
+pub fn sigterm_mid_delay(model: &str, delay: &str) {
+    let server = Server::tcp(&["--model", model, "--service", "welcome", "--delay", delay]);
+    let mut conn = server.connect();
+    // `Welcome!` is sent on accept, undelayed: the connection is in.
+    assert_eq!(conn.recv_some(), "Welcome!");
+    conn.send(b"x");
+    let status = server.terminate();
+    assert!(status.success(), "{model}: {status}");
+    assert_eq!(conn.recv_to_end(), "Received x;", "{model}");
+}
+
+/// `python3 SCRIPT ARGS` with `stdin` as its input; its stdout, once it
+/// exited successfully.
+pub fn python(script: &str, args: &[&str], stdin: &str) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("client.py");
+    std::fs::write(&path, script).expect("write the script");
+    let mut child = Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed for the seed interop tests");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait for python3");
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// `text` with every digit made `d`: a timestamp's shape, e.g.
+/// `dddd-dd-dd dd:dd:dd.dddddd`.
+pub fn digit_shape(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_ascii_digit() { 'd' } else { c })
+        .collect()
 }
 
 /// Runs `socklab ARGS` (and whatever it starts) as on a kernel without
