@@ -89,6 +89,12 @@ fn bind_udp(hp: &HostPort, options: BindOptions) -> anyhow::Result<UdpSocket> {
     Ok(socket.into())
 }
 
+/// A UDP socket on an ephemeral port of `target`'s family, to talk to it from.
+pub fn udp_socket_for(target: SocketAddr) -> io::Result<UdpSocket> {
+    let local = if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    UdpSocket::bind(local)
+}
+
 fn bind_unix(path: &Path) -> anyhow::Result<Listener> {
     remove_stale_socket(path)?;
     let listener =
@@ -357,6 +363,12 @@ impl AsRawFd for Stream {
 /// `WouldBlock`: a non-blocking call found nothing to do.
 pub fn would_block(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::WouldBlock
+}
+
+/// A read timeout ran out: std reports it as `WouldBlock` or `TimedOut`,
+/// depending on the platform.
+pub fn timed_out(err: &io::Error) -> bool {
+    would_block(err) || err.kind() == io::ErrorKind::TimedOut
 }
 
 /// `Interrupted`: a signal arrived mid-call; try again.

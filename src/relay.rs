@@ -105,8 +105,7 @@ fn listen_stream(addr: &Addr) -> anyhow::Result<Listener> {
 
 fn connect_udp(hp: &HostPort) -> anyhow::Result<UdpSocket> {
     let target = hp.resolve()?[0];
-    let local = if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
-    let socket = UdpSocket::bind(local)?;
+    let socket = net::udp_socket_for(target)?;
     socket
         .connect(target)
         .with_context(|| format!("cannot connect to udp:{hp}"))?;
@@ -324,7 +323,7 @@ impl Copy {
             let n = match from.read(&mut buf) {
                 Ok(0) => return Ok(total),
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if net::interrupted(&e) => continue,
                 Err(e) => return Err(e),
             };
             self.moved(&buf[..n], total);
