@@ -224,6 +224,17 @@ impl AsRawFd for Listener {
     }
 }
 
+/// Evaluates `$body` with `$s` bound to whichever socket the [`Stream`]
+/// holds: the two kinds share these methods but no trait.
+macro_rules! on_socket {
+    ($stream:expr, $s:ident => $body:expr) => {
+        match $stream {
+            Stream::Tcp($s) => $body,
+            Stream::Unix($s) => $body,
+        }
+    };
+}
+
 impl Stream {
     /// Connects to a `tcp:` or `unix:` address, trying each resolved address
     /// in turn, as a user of nc expects of `localhost`.
@@ -257,31 +268,19 @@ impl Stream {
     }
 
     pub fn shutdown(&self, how: Direction) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.shutdown(how),
-            Stream::Unix(s) => s.shutdown(how),
-        }
+        on_socket!(self, s => s.shutdown(how))
     }
 
     pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_nonblocking(nonblocking),
-            Stream::Unix(s) => s.set_nonblocking(nonblocking),
-        }
+        on_socket!(self, s => s.set_nonblocking(nonblocking))
     }
 
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_read_timeout(t),
-            Stream::Unix(s) => s.set_read_timeout(t),
-        }
+        on_socket!(self, s => s.set_read_timeout(t))
     }
 
     pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_write_timeout(t),
-            Stream::Unix(s) => s.set_write_timeout(t),
-        }
+        on_socket!(self, s => s.set_write_timeout(t))
     }
 
     pub fn try_clone(&self) -> io::Result<Stream> {
@@ -317,10 +316,7 @@ impl Read for Stream {
 
 impl Read for &Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => (&*s).read(buf),
-            Stream::Unix(s) => (&*s).read(buf),
-        }
+        on_socket!(self, s => (&*s).read(buf))
     }
 }
 
@@ -335,10 +331,7 @@ impl Write for Stream {
 
 impl Write for &Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => (&*s).write(buf),
-            Stream::Unix(s) => (&*s).write(buf),
-        }
+        on_socket!(self, s => (&*s).write(buf))
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -347,10 +340,7 @@ impl Write for &Stream {
 
 impl AsFd for Stream {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Stream::Tcp(s) => s.as_fd(),
-            Stream::Unix(s) => s.as_fd(),
-        }
+        on_socket!(self, s => s.as_fd())
     }
 }
 
