@@ -68,10 +68,8 @@ pub fn request(options: &SendOptions) -> anyhow::Result<Vec<u8>> {
 fn datagram(hp: &HostPort, options: &SendOptions) -> anyhow::Result<Vec<u8>> {
     let server = hp.resolve().with_context(|| format!("cannot resolve {hp}"))?[0];
     let socket = net::udp_socket_for(server)?;
-    let id = request_id();
-    let mut request = format!("#{id} ").into_bytes();
-    request.extend_from_slice(&options.message);
-    let prefix = format!("#{id} ").into_bytes();
+    let prefix = format!("#{} ", request_id()).into_bytes();
+    let request = [&prefix[..], &options.message].concat();
     let mut buf = vec![0u8; 65_536];
     for _ in 0..options.tries.max(1) {
         socket
