@@ -117,29 +117,17 @@ impl FromStr for Endpoint {
         {
             return Ok(Endpoint::Stdio);
         }
-        let Some((keyword, rest)) = split_keyword(s) else {
+        let Some((form, rest)) = split_keyword(s) else {
             // No keyword: `HOST:PORT` or `:PORT` is TCP.
-            return parse_host_port(input, s, true).map(|hp| Endpoint::Connect(Addr::Tcp(hp)));
+            return parse_host_port(input, s).map(|hp| Endpoint::Connect(Addr::Tcp(hp)));
         };
-        let keyword = keyword.to_ascii_lowercase();
-        let endpoint = match keyword.as_str() {
-            "tcp" | "tcp4" | "tcp6" | "tcp-connect" | "tcp4-connect" | "tcp6-connect" => {
-                Endpoint::Connect(Addr::Tcp(parse_host_port(input, rest, true)?))
-            }
-            "udp" | "udp4" | "udp6" | "udp-connect" | "udp4-connect" | "udp6-connect" => {
-                Endpoint::Connect(Addr::Udp(parse_host_port(input, rest, true)?))
-            }
-            "unix" | "unix-connect" | "unix-client" | "local" => {
-                Endpoint::Connect(Addr::Unix(parse_path(input, rest)?))
-            }
-            "tcp-listen" | "tcp4-listen" | "tcp6-listen" | "tcp-l" => {
-                Endpoint::Listen(Addr::Tcp(parse_listen_port(input, rest)?))
-            }
-            "udp-listen" | "udp4-listen" | "udp6-listen" | "udp-l" => {
-                Endpoint::Listen(Addr::Udp(parse_listen_port(input, rest)?))
-            }
-            "unix-listen" | "unix-l" => Endpoint::Listen(Addr::Unix(parse_path(input, rest)?)),
-            other => return Err(error(input, format!("unknown address type '{other}'"))),
+        let endpoint = match form {
+            Form::Tcp => Endpoint::Connect(Addr::Tcp(parse_host_port(input, rest)?)),
+            Form::Udp => Endpoint::Connect(Addr::Udp(parse_host_port(input, rest)?)),
+            Form::Unix => Endpoint::Connect(Addr::Unix(parse_path(input, rest)?)),
+            Form::TcpListen => Endpoint::Listen(Addr::Tcp(parse_listen_port(input, rest)?)),
+            Form::UdpListen => Endpoint::Listen(Addr::Udp(parse_listen_port(input, rest)?)),
+            Form::UnixListen => Endpoint::Listen(Addr::Unix(parse_path(input, rest)?)),
         };
         Ok(endpoint)
     }
@@ -161,48 +149,56 @@ impl FromStr for Addr {
     }
 }
 
-/// Splits `tcp:...` into (`tcp`, `...`); `None` when the text before the
+/// Splits `tcp:...` into (its form, `...`); `None` when the text before the
 /// first colon is not a keyword (a host name, an IPv6 bracket, or nothing).
-fn split_keyword(s: &str) -> Option<(&str, &str)> {
+fn split_keyword(s: &str) -> Option<(Form, &str)> {
     let (head, rest) = s.split_once(':')?;
-    let is_keyword = !head.is_empty()
-        && head.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && head.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        && KEYWORDS.iter().any(|k| head.eq_ignore_ascii_case(k));
-    is_keyword.then_some((head, rest))
+    let (_, form) = KEYWORDS.iter().find(|(k, _)| head.eq_ignore_ascii_case(k))?;
+    Some((*form, rest))
 }
 
-const KEYWORDS: &[&str] = &[
-    "tcp",
-    "tcp4",
-    "tcp6",
-    "tcp-connect",
-    "tcp4-connect",
-    "tcp6-connect",
-    "udp",
-    "udp4",
-    "udp6",
-    "udp-connect",
-    "udp4-connect",
-    "udp6-connect",
-    "unix",
-    "unix-connect",
-    "unix-client",
-    "local",
-    "tcp-listen",
-    "tcp4-listen",
-    "tcp6-listen",
-    "tcp-l",
-    "udp-listen",
-    "udp4-listen",
-    "udp6-listen",
-    "udp-l",
-    "unix-listen",
-    "unix-l",
+/// What a keyword opens: which address follows it, and who takes the initiative.
+#[derive(Debug, Clone, Copy)]
+enum Form {
+    Tcp,
+    Udp,
+    Unix,
+    TcpListen,
+    UdpListen,
+    UnixListen,
+}
+
+const KEYWORDS: &[(&str, Form)] = &[
+    ("tcp", Form::Tcp),
+    ("tcp4", Form::Tcp),
+    ("tcp6", Form::Tcp),
+    ("tcp-connect", Form::Tcp),
+    ("tcp4-connect", Form::Tcp),
+    ("tcp6-connect", Form::Tcp),
+    ("udp", Form::Udp),
+    ("udp4", Form::Udp),
+    ("udp6", Form::Udp),
+    ("udp-connect", Form::Udp),
+    ("udp4-connect", Form::Udp),
+    ("udp6-connect", Form::Udp),
+    ("unix", Form::Unix),
+    ("unix-connect", Form::Unix),
+    ("unix-client", Form::Unix),
+    ("local", Form::Unix),
+    ("tcp-listen", Form::TcpListen),
+    ("tcp4-listen", Form::TcpListen),
+    ("tcp6-listen", Form::TcpListen),
+    ("tcp-l", Form::TcpListen),
+    ("udp-listen", Form::UdpListen),
+    ("udp4-listen", Form::UdpListen),
+    ("udp6-listen", Form::UdpListen),
+    ("udp-l", Form::UdpListen),
+    ("unix-listen", Form::UnixListen),
+    ("unix-l", Form::UnixListen),
 ];
 
-/// `HOST:PORT`, `[V6]:PORT`, or `:PORT` (loopback) when `empty_host_ok`.
-fn parse_host_port(input: &str, s: &str, empty_host_ok: bool) -> Result<HostPort, AddrError> {
+/// `HOST:PORT`, `[V6]:PORT`, or `:PORT` (loopback).
+fn parse_host_port(input: &str, s: &str) -> Result<HostPort, AddrError> {
     let (host, port) = if let Some(v6) = s.strip_prefix('[') {
         let (host, after) = v6
             .split_once(']')
@@ -215,9 +211,6 @@ fn parse_host_port(input: &str, s: &str, empty_host_ok: bool) -> Result<HostPort
         s.rsplit_once(':')
             .ok_or_else(|| error(input, "expected HOST:PORT"))?
     };
-    if host.is_empty() && !empty_host_ok {
-        return Err(error(input, "missing host"));
-    }
     if !s.starts_with('[') && host.contains(':') {
         return Err(error(input, "write IPv6 addresses in brackets: [::1]:PORT"));
     }
@@ -232,7 +225,7 @@ fn parse_host_port(input: &str, s: &str, empty_host_ok: bool) -> Result<HostPort
 /// socat's `tcp-listen:PORT` or our `tcp-listen:HOST:PORT`; loopback by default.
 fn parse_listen_port(input: &str, s: &str) -> Result<HostPort, AddrError> {
     if s.contains(':') {
-        parse_host_port(input, s, true)
+        parse_host_port(input, s)
     } else {
         Ok(HostPort {
             host: "127.0.0.1".to_string(),

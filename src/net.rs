@@ -89,6 +89,12 @@ fn bind_udp(hp: &HostPort, options: BindOptions) -> anyhow::Result<UdpSocket> {
     Ok(socket.into())
 }
 
+/// A UDP socket on an ephemeral port of `target`'s family, to talk to it from.
+pub fn udp_socket_for(target: SocketAddr) -> io::Result<UdpSocket> {
+    let local = if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    UdpSocket::bind(local)
+}
+
 fn bind_unix(path: &Path) -> anyhow::Result<Listener> {
     remove_stale_socket(path)?;
     let listener =
@@ -218,6 +224,17 @@ impl AsRawFd for Listener {
     }
 }
 
+/// Evaluates `$body` with `$s` bound to whichever socket the [`Stream`]
+/// holds: the two kinds share these methods but no trait.
+macro_rules! on_socket {
+    ($stream:expr, $s:ident => $body:expr) => {
+        match $stream {
+            Stream::Tcp($s) => $body,
+            Stream::Unix($s) => $body,
+        }
+    };
+}
+
 impl Stream {
     /// Connects to a `tcp:` or `unix:` address, trying each resolved address
     /// in turn, as a user of nc expects of `localhost`.
@@ -251,31 +268,19 @@ impl Stream {
     }
 
     pub fn shutdown(&self, how: Direction) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.shutdown(how),
-            Stream::Unix(s) => s.shutdown(how),
-        }
+        on_socket!(self, s => s.shutdown(how))
     }
 
     pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_nonblocking(nonblocking),
-            Stream::Unix(s) => s.set_nonblocking(nonblocking),
-        }
+        on_socket!(self, s => s.set_nonblocking(nonblocking))
     }
 
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_read_timeout(t),
-            Stream::Unix(s) => s.set_read_timeout(t),
-        }
+        on_socket!(self, s => s.set_read_timeout(t))
     }
 
     pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_write_timeout(t),
-            Stream::Unix(s) => s.set_write_timeout(t),
-        }
+        on_socket!(self, s => s.set_write_timeout(t))
     }
 
     pub fn try_clone(&self) -> io::Result<Stream> {
@@ -311,10 +316,7 @@ impl Read for Stream {
 
 impl Read for &Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => (&*s).read(buf),
-            Stream::Unix(s) => (&*s).read(buf),
-        }
+        on_socket!(self, s => (&*s).read(buf))
     }
 }
 
@@ -329,10 +331,7 @@ impl Write for Stream {
 
 impl Write for &Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => (&*s).write(buf),
-            Stream::Unix(s) => (&*s).write(buf),
-        }
+        on_socket!(self, s => (&*s).write(buf))
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -341,10 +340,7 @@ impl Write for &Stream {
 
 impl AsFd for Stream {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Stream::Tcp(s) => s.as_fd(),
-            Stream::Unix(s) => s.as_fd(),
-        }
+        on_socket!(self, s => s.as_fd())
     }
 }
 
@@ -357,6 +353,12 @@ impl AsRawFd for Stream {
 /// `WouldBlock`: a non-blocking call found nothing to do.
 pub fn would_block(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::WouldBlock
+}
+
+/// A read timeout ran out: std reports it as `WouldBlock` or `TimedOut`,
+/// depending on the platform.
+pub fn timed_out(err: &io::Error) -> bool {
+    would_block(err) || err.kind() == io::ErrorKind::TimedOut
 }
 
 /// `Interrupted`: a signal arrived mid-call; try again.

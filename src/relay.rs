@@ -105,8 +105,7 @@ fn listen_stream(addr: &Addr) -> anyhow::Result<Listener> {
 
 fn connect_udp(hp: &HostPort) -> anyhow::Result<UdpSocket> {
     let target = hp.resolve()?[0];
-    let local = if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
-    let socket = UdpSocket::bind(local)?;
+    let socket = net::udp_socket_for(target)?;
     socket
         .connect(target)
         .with_context(|| format!("cannot connect to udp:{hp}"))?;
@@ -206,8 +205,8 @@ fn relay_pair(a: Side, b: Side, options: &RelayOptions) -> anyhow::Result<()> {
         }
     }
     // Unblock whatever is still copying; its thread ends on its own.
-    for stopper in stoppers {
-        stopper.stop();
+    for stopper in stoppers.into_iter().flatten() {
+        let _ = stopper.shutdown(Shutdown::Both);
     }
     Ok(())
 }
@@ -226,22 +225,6 @@ enum Writer {
     Stdout,
 }
 
-/// Wakes a reader blocked on a socket so its thread can end.
-enum Stopper {
-    Stream(Stream),
-    /// A UDP socket cannot be shut down usefully; its thread is left to end
-    /// with the process (or when the next datagram has nowhere to go).
-    Nothing,
-}
-
-impl Stopper {
-    fn stop(self) {
-        if let Stopper::Stream(s) = self {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-    }
-}
-
 impl Side {
     fn split(self) -> io::Result<(Reader, Writer)> {
         Ok(match self {
@@ -256,10 +239,14 @@ impl Side {
 }
 
 impl Reader {
-    fn stopper(&self) -> Stopper {
+    /// A handle whose shutdown wakes this reader blocked on a socket, so its
+    /// thread can end. A UDP socket cannot be shut down usefully; its thread
+    /// is left to end with the process (or when the next datagram has nowhere
+    /// to go).
+    fn stopper(&self) -> Option<Stream> {
         match self {
-            Reader::Stream(s) => s.try_clone().map_or(Stopper::Nothing, Stopper::Stream),
-            _ => Stopper::Nothing,
+            Reader::Stream(s) => s.try_clone().ok(),
+            _ => None,
         }
     }
 
@@ -324,7 +311,7 @@ impl Copy {
             let n = match from.read(&mut buf) {
                 Ok(0) => return Ok(total),
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if net::interrupted(&e) => continue,
                 Err(e) => return Err(e),
             };
             self.moved(&buf[..n], total);
@@ -353,15 +340,19 @@ impl Copy {
                     Err(e) => return Err(e.into()),
                 }
             }
-            self.activity
-                .store(self.start.elapsed().as_micros() as u64, Ordering::Relaxed);
+            self.touch();
             total += n as u64;
         }
     }
 
-    fn moved(&self, bytes: &[u8], offset: u64) {
+    /// Notes that bytes just moved, for `--idle-timeout`.
+    fn touch(&self) {
         self.activity
             .store(self.start.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn moved(&self, bytes: &[u8], offset: u64) {
+        self.touch();
         if self.verbose || self.hexdump {
             let mut text = format!(
                 "{} {} bytes (offset {offset})\n",

@@ -107,18 +107,6 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
             let (service, server, shutdown) = (service.clone(), &server, &shutdown);
             running.push(scope.spawn(move || datagram::serve(model, socket, service, server, shutdown)));
         }
-        let mut result = Ok(());
-        for r in running {
-            let r = r
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("a model thread panicked")));
-            if r.is_err() {
-                shutdown.trigger(); // One failed: stop the others too.
-                if result.is_ok() {
-                    result = r;
-                }
-            }
-        }
-        result
+        shutdown.join_all(running, "a model thread")
     })
 }

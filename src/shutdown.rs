@@ -73,6 +73,27 @@ impl Shutdown {
             })?;
         Ok(())
     }
+
+    /// Joins a group of threads that stand or fall together: the first to
+    /// fail triggers the shutdown, so the others wind down too, and its error
+    /// is the result. A panic is a failure, reported as "`what` panicked".
+    pub fn join_all<'scope>(
+        &self,
+        threads: impl IntoIterator<Item = std::thread::ScopedJoinHandle<'scope, anyhow::Result<()>>>,
+        what: &str,
+    ) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        for thread in threads {
+            let r = thread
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("{what} panicked")));
+            if r.is_err() {
+                self.trigger();
+                result = result.and(r);
+            }
+        }
+        result
+    }
 }
 
 impl AsFd for Shutdown {

@@ -11,13 +11,13 @@
 //! retry never applies a change twice.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, UdpSocket};
+use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
 use crate::addr::{Addr, HostPort};
-use crate::net::{would_block, Stream};
+use crate::net::{self, Stream};
 
 #[derive(Debug, Clone)]
 pub struct SendOptions {
@@ -47,7 +47,7 @@ pub fn request(options: &SendOptions) -> anyhow::Result<Vec<u8>> {
     let mut reply = Vec::new();
     match stream.read_to_end(&mut reply) {
         Ok(_) => {}
-        Err(e) if would_block(&e) || e.kind() == std::io::ErrorKind::TimedOut => {
+        Err(e) if net::timed_out(&e) => {
             if reply.is_empty() {
                 bail!("no reply from {} within {:?}", options.addr, options.timeout);
             }
@@ -67,12 +67,9 @@ pub fn request(options: &SendOptions) -> anyhow::Result<Vec<u8>> {
 /// One request over UDP, with an ID, retried on silence.
 fn datagram(hp: &HostPort, options: &SendOptions) -> anyhow::Result<Vec<u8>> {
     let server = hp.resolve().with_context(|| format!("cannot resolve {hp}"))?[0];
-    let local = if server.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
-    let socket = UdpSocket::bind(local)?;
-    let id = request_id();
-    let mut request = format!("#{id} ").into_bytes();
-    request.extend_from_slice(&options.message);
-    let prefix = format!("#{id} ").into_bytes();
+    let socket = net::udp_socket_for(server)?;
+    let prefix = format!("#{} ", request_id()).into_bytes();
+    let request = [&prefix[..], &options.message].concat();
     let mut buf = vec![0u8; 65_536];
     for _ in 0..options.tries.max(1) {
         socket
@@ -91,7 +88,7 @@ fn datagram(hp: &HostPort, options: &SendOptions) -> anyhow::Result<Vec<u8>> {
                     return Ok(buf[prefix.len()..n].to_vec());
                 }
                 Ok((_, from)) => tracing::debug!(%from, "ignoring a datagram that is not our reply"),
-                Err(e) if would_block(&e) || e.kind() == std::io::ErrorKind::TimedOut => break,
+                Err(e) if net::timed_out(&e) => break,
                 // ICMP port unreachable comes back as ECONNREFUSED: just another silence.
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
                 Err(e) => return Err(e).with_context(|| format!("cannot receive from {}", options.addr)),

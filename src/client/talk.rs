@@ -50,7 +50,7 @@ fn talk(stream: Stream) -> anyhow::Result<()> {
         let n = match reader.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if net::interrupted(&e) => continue,
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
             Err(e) => return Err(e).context("receiving from the peer"),
         };
