@@ -366,6 +366,12 @@ pub fn interrupted(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::Interrupted
 }
 
+/// `EMFILE`/`ENFILE`: out of file descriptors, for this process or the
+/// whole system; accepting again only helps once a connection closes.
+pub fn out_of_descriptors(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::event_loop::timeout_ms;
-use crate::net::{interrupted, would_block, Listener, Stream};
+use crate::net::{interrupted, out_of_descriptors, would_block, Listener, Stream};
 use crate::service::{Now, Service, CHUNK_SIZE};
 use crate::shutdown::Shutdown;
 
@@ -68,9 +68,7 @@ impl Acceptor {
                     Err(e) => tracing::warn!("dropping a connection: {e}"),
                 },
                 Err(e) if would_block(&e) || interrupted(&e) => {}
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EMFILE) || e.raw_os_error() == Some(libc::ENFILE) =>
-                {
+                Err(e) if out_of_descriptors(&e) => {
                     // Out of descriptors: the connection waits in the backlog
                     // until one of ours closes. Back off instead of spinning.
                     tracing::warn!("accept: {e}; retrying shortly");

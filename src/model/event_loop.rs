@@ -20,7 +20,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use slab::Slab;
 
 use super::ServerConfig;
-use crate::net::{interrupted, would_block, Listener, Stream};
+use crate::net::{interrupted, out_of_descriptors, would_block, Listener, Stream};
 use crate::service::{Now, Service, Session, CHUNK_SIZE};
 use crate::shutdown::Shutdown;
 
@@ -292,9 +292,7 @@ impl Loop {
                 Ok(stream) => stream,
                 Err(e) if would_block(&e) => return,
                 Err(e) if interrupted(&e) => continue,
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EMFILE) || e.raw_os_error() == Some(libc::ENFILE) =>
-                {
+                Err(e) if out_of_descriptors(&e) => {
                     self.pause_accepting(listener, poller, "out of file descriptors");
                     return;
                 }

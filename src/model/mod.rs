@@ -227,17 +227,7 @@ pub fn on_sibling_listeners(
                     .spawn_scoped(scope, move || run_loop(listener))
             })
             .collect::<Result<_, _>>()?;
-        let mut result = Ok(());
-        for l in loops {
-            let r = l
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("a {name} loop panicked")));
-            if r.is_err() {
-                shutdown.trigger();
-                result = result.and(r);
-            }
-        }
-        result
+        shutdown.join_all(loops, &format!("a {name} loop"))
     })
 }
 

@@ -22,7 +22,7 @@ use tokio::io::Interest;
 
 use super::{new_histogram, ClientReport, ErrorKind, Expect, Load};
 use crate::addr::Addr;
-use crate::net::Stream;
+use crate::net::{self, Stream};
 
 /// Everything a client task needs, shared by all of them.
 pub struct Plan {
@@ -208,10 +208,9 @@ impl Conn {
             }
             Target::Unix(path) => Stream::Unix(tokio::net::UnixStream::connect(path).await?.into_std()?),
             Target::Udp(sa) => {
-                let local: SocketAddr = if sa.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-                    .parse()
-                    .map_err(io::Error::other)?;
-                let s = tokio::net::UdpSocket::bind(local).await?;
+                let s = net::udp_socket_for(*sa)?;
+                s.set_nonblocking(true)?;
+                let s = tokio::net::UdpSocket::from_std(s)?;
                 s.connect(sa).await?;
                 return Ok(Conn::Udp(s));
             }
@@ -239,7 +238,7 @@ impl Conn {
                     let mut guard = fd.writable().await?;
                     guard.clear_ready();
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if net::interrupted(&e) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -275,7 +274,7 @@ impl Conn {
                         return Ok(false);
                     }
                 }
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) if net::interrupted(&e) => {}
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => {}
             }
