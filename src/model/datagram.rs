@@ -17,7 +17,6 @@
 //! retries again and meets the cached reply.
 
 use std::collections::{HashMap, VecDeque};
-use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Arc, Mutex};
@@ -25,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use super::epoll::Epoll;
+use super::event_loop::{Interest, Poller};
 use super::{ModelKind, ServerConfig};
 use crate::net::{interrupted, would_block};
 use crate::service::{Now, Service};
@@ -66,12 +67,9 @@ pub fn serve(
                         .spawn_scoped(scope, move || blocking(socket, answers, shutdown))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            for worker in workers {
-                worker
-                    .join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a UDP worker panicked")))?;
-            }
-            Ok(())
+            // A worker that fails stops the others, or the scope would wait
+            // for them forever.
+            shutdown.join_all(workers, "a UDP worker")
         }),
         ModelKind::Epoll => event_loop(&socket, &answers, shutdown),
         ModelKind::Async => tokio_loop(socket, answers, config, shutdown),
@@ -105,6 +103,11 @@ impl ReplyCache {
             }
         }
     }
+
+    fn forget(&mut self, key: &(SocketAddr, Vec<u8>)) {
+        self.replies.remove(key);
+        self.order.retain(|k| k != key);
+    }
 }
 
 impl Answers {
@@ -118,9 +121,10 @@ impl Answers {
     /// The reply to `datagram` from `peer`, or `None` to send nothing.
     pub fn answer(&self, peer: SocketAddr, datagram: &[u8], now: Now) -> Option<Vec<u8>> {
         let (id, request) = split_id(datagram);
-        if let Some(id) = id {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            match cache.replies.get(&(peer, id.to_vec())) {
+        let key = id.map(|id| (peer, id.to_vec()));
+        if let Some(key) = &key {
+            let mut cache = self.cache();
+            match cache.replies.get(key) {
                 Some(Some(reply)) => {
                     tracing::debug!(%peer, "a retried request: answered from the cache");
                     return Some(reply.clone());
@@ -129,7 +133,7 @@ impl Answers {
                     tracing::debug!(%peer, "a retried request still being answered: dropped");
                     return None;
                 }
-                None => cache.remember((peer, id.to_vec()), None),
+                None => cache.remember(key.clone(), None),
             }
         }
         let body = if request.is_empty() {
@@ -138,10 +142,8 @@ impl Answers {
             self.service.datagram(request, now)
         };
         let Some(body) = body else {
-            if let Some(id) = id {
-                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-                cache.replies.remove(&(peer, id.to_vec()));
-                cache.order.retain(|key| key != &(peer, id.to_vec()));
+            if let Some(key) = &key {
+                self.cache().forget(key);
             }
             return None;
         };
@@ -157,11 +159,14 @@ impl Answers {
             reply.truncate(reply.len() - body.len());
             reply.extend_from_slice(b"ERR reply too large for a datagram");
         }
-        if let Some(id) = id {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache.remember((peer, id.to_vec()), Some(reply.clone()));
+        if let Some(key) = key {
+            self.cache().remember(key, Some(reply.clone()));
         }
         Some(reply)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, ReplyCache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn delay(&self) -> Duration {
@@ -223,44 +228,27 @@ fn blocking(socket: &UdpSocket, answers: &Answers, shutdown: &Shutdown) -> anyho
 
 /// epoll: one loop, a timer queue for delayed replies.
 fn event_loop(socket: &UdpSocket, answers: &Answers, shutdown: &Shutdown) -> anyhow::Result<()> {
+    const SOCKET: usize = 0;
+    const SHUTDOWN: usize = 1;
     socket.set_nonblocking(true)?;
-    // SAFETY: plain system call; the result is checked before use.
-    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if epfd < 0 {
-        return Err(io::Error::last_os_error().into());
-    }
-    // SAFETY: `epfd` is a fresh descriptor nothing else owns.
-    let epfd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(epfd) };
-    for (fd, token) in [(socket.as_raw_fd(), 0u64), (shutdown.as_fd().as_raw_fd(), 1)] {
-        let mut event = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
-        };
-        // SAFETY: `event` outlives the call; the kernel copies it.
-        if unsafe { libc::epoll_ctl(epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } < 0 {
-            return Err(io::Error::last_os_error().into());
-        }
-    }
+    let mut epoll = Epoll::new()?;
+    epoll.register(socket.as_raw_fd(), SOCKET, Interest::READ)?;
+    epoll.register(shutdown.as_fd().as_raw_fd(), SHUTDOWN, Interest::READ)?;
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     // Replies waiting for their delay, in due order (every one waits the same).
     let mut held: VecDeque<(Instant, SocketAddr, Vec<u8>)> = VecDeque::new();
-    let mut ready = [libc::epoll_event { events: 0, u64: 0 }; 2];
+    let mut events = Vec::with_capacity(2);
     loop {
-        let timeout = held.front().map_or(-1, |(due, _, _)| {
-            due.saturating_duration_since(Instant::now())
-                .as_micros()
-                .div_ceil(1000) as libc::c_int
-        });
-        // SAFETY: the buffer and its length are our own array.
-        let n = unsafe { libc::epoll_wait(epfd.as_raw_fd(), ready.as_mut_ptr(), 2, timeout) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if interrupted(&e) {
-                continue;
-            }
-            return Err(e.into());
+        let timeout = held
+            .front()
+            .map(|(due, _, _)| due.saturating_duration_since(Instant::now()));
+        events.clear();
+        match epoll.wait(&mut events, timeout) {
+            Ok(()) => {}
+            Err(e) if interrupted(&e) => continue,
+            Err(e) => return Err(e.into()),
         }
-        if ready[..n as usize].iter().any(|e| e.u64 == 1) {
+        if events.iter().any(|e| e.token == SHUTDOWN) {
             return Ok(()); // Datagrams have no in-flight requests to wait for.
         }
         loop {

@@ -27,14 +27,15 @@ pub fn serve(
     })
 }
 
-struct Epoll {
+/// The epoll poller; the UDP driver (`datagram.rs`) waits with it too.
+pub(super) struct Epoll {
     epfd: OwnedFd,
     /// Where `epoll_wait` writes what is ready; sized for a busy batch.
     ready: Vec<libc::epoll_event>,
 }
 
 impl Epoll {
-    fn new() -> io::Result<Self> {
+    pub(super) fn new() -> io::Result<Self> {
         // SAFETY: plain system call; the result is checked before use.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
