@@ -310,7 +310,7 @@ impl LabArgs {
     pub fn into_options(self) -> LabOptions {
         LabOptions {
             models: if self.models.is_empty() {
-                ModelKind::ALL.to_vec()
+                ModelKind::all().to_vec()
             } else {
                 self.models
             },

@@ -31,7 +31,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Relay(args) => socklab::relay::run(args.into_options()),
         Command::Models => {
             let mut out = std::io::stdout().lock();
-            for model in ModelKind::ALL {
+            for model in ModelKind::all() {
                 writeln!(out, "{:<10} {}", model.name(), model.summary())?;
             }
             Ok(())

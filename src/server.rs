@@ -36,16 +36,11 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         );
     }
     if service.kind.needs_wake() && !model.wakes_sessions() {
-        let able: Vec<&str> = ModelKind::ALL
-            .iter()
-            .filter(|m| m.wakes_sessions())
-            .map(|m| m.name())
-            .collect();
         bail!(
             "the {} service needs a model that serves many connections at once in one process and wakes one when another speaks; {} does not: use {}",
             service.kind,
             model,
-            able.join(", ")
+            ModelKind::names_where(ModelKind::wakes_sessions)
         );
     }
     model.check_available()?;
@@ -71,7 +66,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
                 if !model.serves_datagrams() {
                     bail!(
                         "{model} does not serve UDP ({addr}); use {}",
-                        datagram::models().join(", ")
+                        ModelKind::names_where(ModelKind::serves_datagrams)
                     );
                 }
                 if !service.config().kind.over_datagrams() {

@@ -38,15 +38,6 @@ const CACHE_ENTRIES: usize = 4096;
 /// The longest request ID.
 const MAX_ID: usize = 64;
 
-/// The models that can serve UDP.
-pub fn models() -> Vec<&'static str> {
-    ModelKind::ALL
-        .iter()
-        .filter(|m| m.serves_datagrams())
-        .map(|m| m.name())
-        .collect()
-}
-
 /// Serves `socket` under `model` until shutdown.
 pub fn serve(
     model: ModelKind,
@@ -73,7 +64,10 @@ pub fn serve(
         }),
         ModelKind::Epoll => event_loop(&socket, &answers, shutdown),
         ModelKind::Async => tokio_loop(socket, answers, config, shutdown),
-        other => anyhow::bail!("{other} does not serve UDP; use {}", models().join(", ")),
+        other => anyhow::bail!(
+            "{other} does not serve UDP; use {}",
+            ModelKind::names_where(ModelKind::serves_datagrams)
+        ),
     }
 }
 

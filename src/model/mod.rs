@@ -49,19 +49,21 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
-    pub const ALL: &'static [ModelKind] = &[
-        ModelKind::Iterative,
-        ModelKind::Thread,
-        ModelKind::Pool,
-        ModelKind::Fork,
-        ModelKind::Prefork,
-        ModelKind::Busy,
-        ModelKind::Select,
-        ModelKind::Poll,
-        ModelKind::Epoll,
-        ModelKind::Async,
-        ModelKind::Uring,
-    ];
+    /// Every model, in the order of DESIGN section 4.
+    pub fn all() -> &'static [ModelKind] {
+        <ModelKind as clap::ValueEnum>::value_variants()
+    }
+
+    /// The models that `can` something, for an error that says which to
+    /// use instead: `epoll, async`.
+    pub fn names_where(can: impl Fn(ModelKind) -> bool) -> String {
+        let names: Vec<&str> = Self::all()
+            .iter()
+            .filter(|m| can(**m))
+            .map(|m| m.name())
+            .collect();
+        names.join(", ")
+    }
 
     pub fn name(self) -> &'static str {
         match self {
