@@ -11,6 +11,7 @@
 //! - [`server`]: `socklab serve`: bind, announce, run a model.
 //! - [`client`]: `send`, `connect`/`listen`, and `bench`.
 //! - [`relay`]: the socat-like relay.
+//! - [`ring`]: io_uring plumbing shared by the `uring` model and `bench`.
 //! - [`lab`]: every model side by side, measured, and the report.
 //! - [`store`]: durable storage for `contacts` (SQLite).
 //! - [`shutdown`]: the stop signal every model watches.
@@ -23,6 +24,7 @@ pub mod lab;
 pub mod model;
 pub mod net;
 pub mod relay;
+pub mod ring;
 pub mod server;
 pub mod service;
 pub mod shutdown;

@@ -32,6 +32,7 @@ use slab::Slab;
 
 use super::ServerConfig;
 use crate::net::{Listener, Stream};
+use crate::ring;
 use crate::service::{Now, Service, Session, CHUNK_SIZE};
 use crate::shutdown::Shutdown;
 
@@ -272,21 +273,7 @@ impl Ring {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let result = match deadline {
-            None => self.ring.submit_and_wait(1),
-            Some(d) => {
-                let ts = types::Timespec::from(d.saturating_duration_since(Instant::now()));
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
-            }
-        };
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ETIME) || e.raw_os_error() == Some(libc::EINTR) => {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        ring::submit_and_wait_until(&mut self.ring, deadline)
     }
 
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
@@ -566,15 +553,10 @@ impl Ring {
 
 /// Queues one submission, submitting what is queued if the ring is full.
 fn push(ring: &mut IoUring, entry: squeue::Entry) -> io::Result<()> {
-    loop {
-        // SAFETY: every buffer an entry points to (the provided pool, a
-        // connection's send_buf) stays allocated and untouched until the
-        // entry's completion has been seen; see `Conn` and `Ring::buffers`.
-        if unsafe { ring.submission().push(&entry) }.is_ok() {
-            return Ok(());
-        }
-        ring.submit()?;
-    }
+    // SAFETY: every buffer an entry points to (the provided pool, a
+    // connection's send_buf) stays allocated and untouched until the
+    // entry's completion has been seen; see `Conn` and `Ring::buffers`.
+    unsafe { ring::push(ring, &entry) }
 }
 
 fn poll_readable(fd: RawFd, op: Op) -> squeue::Entry {

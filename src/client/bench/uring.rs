@@ -32,6 +32,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::engine::{check, check_at_close, ClientResult, Failure, Plan, Target, ThreadResult};
 use super::{new_histogram, ErrorKind, Load};
+use crate::ring;
 
 /// How long a client waits before connecting again after a refusal.
 const RETRY: Duration = Duration::from_millis(10);
@@ -217,30 +218,14 @@ impl Engine<'_> {
         .into_iter()
         .flatten()
         .min();
-        let outcome = match next_timer {
-            None => self.ring.submit_and_wait(1),
-            Some(at) => {
-                let left = at.saturating_duration_since(Instant::now());
-                let ts = types::Timespec::from(left);
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
-            }
-        };
-        match outcome {
-            Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => Ok(()),
-            Err(e) => Err(e),
-        }
+        ring::submit_and_wait_until(&mut self.ring, next_timer)
     }
 
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
         // SAFETY: every buffer and address an entry points to (the plan's
         // request, a client's buffer, the peer address) outlives the ring,
         // and a client's buffer is not touched until its receive completes.
-        while unsafe { self.ring.submission().push(&entry) }.is_err() {
-            self.ring.submit()?;
-        }
-        Ok(())
+        unsafe { ring::push(&mut self.ring, &entry) }
     }
 
     /// Starts the client's next request, or finishes the client.
