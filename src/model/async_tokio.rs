@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
 use super::ServerConfig;
-use crate::net::Listener;
+use crate::net::{out_of_descriptors, Listener};
 use crate::service::{Now, Service, CHUNK_SIZE};
 use crate::shutdown::Shutdown;
 
@@ -68,22 +68,18 @@ async fn accept_loop(
             accepted = listener.accept() => accepted,
             _ = shutdown.readable() => break,
         };
-        let (service, done, stop) = (service.clone(), done_tx.clone(), stop_rx.clone());
+        // What the task holds until its connection ends: a --max-conns
+        // slot, and a sender that says it has not ended yet.
+        let (service, stop, held) = (service.clone(), stop_rx.clone(), (permit, done_tx.clone()));
         match accepted {
             Ok(Accepted::Tcp(stream)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(async move {
-                    connection(stream, &service, stop).await;
-                    drop((permit, done));
-                });
+                tokio::spawn(async move { connection(stream, &service, stop, held).await });
             }
             Ok(Accepted::Unix(stream)) => {
-                tokio::spawn(async move {
-                    connection(stream, &service, stop).await;
-                    drop((permit, done));
-                });
+                tokio::spawn(async move { connection(stream, &service, stop, held).await });
             }
-            Err(e) if e.raw_os_error() == Some(libc::EMFILE) || e.raw_os_error() == Some(libc::ENFILE) => {
+            Err(e) if out_of_descriptors(&e) => {
                 tracing::warn!("accept: {e}; retrying shortly");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -99,11 +95,12 @@ async fn accept_loop(
     Ok(())
 }
 
-/// Drives one connection's session to the end.
+/// Drives one connection's session to the end; `_held` is let go then.
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     service: &Service,
     mut stop: watch::Receiver<bool>,
+    _held: impl Send,
 ) {
     let mut session = service.session(Now::system());
     // For chat: other connections wake this task through a Notify.
