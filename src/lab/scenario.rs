@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::probe::Sample;
 use super::{Row, ServerProcess};
 use crate::client::bench::{self, BenchOptions, BenchReport, Load, Payload};
 use crate::model::ModelKind;
@@ -121,15 +122,7 @@ fn delay(model: ModelKind, knobs: &Knobs, row: &mut Row) -> anyhow::Result<()> {
     let workers = model.default_workers();
     let theory = model.theory_makespan(knobs.delay_clients, knobs.delay, workers);
     let delay = format!("{}ms", knobs.delay.as_millis());
-    let mut server = ServerProcess::start(&args(&[
-        "--model",
-        model.name(),
-        "--service",
-        "hello",
-        "--delay",
-        &delay,
-    ]))?;
-    let before = server.sample().context("the server died")?;
+    let (mut server, before) = start(model, "hello", &["--delay", &delay])?;
     // Generous: a model far from its theory still finishes, and shows it.
     let timeout = theory * 2 + STARVED_AFTER;
     let options = bench_options(
@@ -148,8 +141,7 @@ fn delay(model: ModelKind, knobs: &Knobs, row: &mut Row) -> anyhow::Result<()> {
 }
 
 fn throughput(model: ModelKind, knobs: &Knobs, row: &mut Row) -> anyhow::Result<()> {
-    let mut server = ServerProcess::start(&args(&["--model", model.name(), "--service", "echo"]))?;
-    let before = server.sample().context("the server died")?;
+    let (mut server, before) = start(model, "echo", &[])?;
     let options = bench_options(
         &server.addr,
         knobs.clients,
@@ -168,8 +160,7 @@ fn throughput(model: ModelKind, knobs: &Knobs, row: &mut Row) -> anyhow::Result<
 }
 
 fn idle(model: ModelKind, knobs: &Knobs, row: &mut Row) -> anyhow::Result<()> {
-    let mut server = ServerProcess::start(&args(&["--model", model.name(), "--service", "echo"]))?;
-    let before = server.sample().context("the server died")?;
+    let (mut server, before) = start(model, "echo", &[])?;
     let target = server.addr.trim_start_matches("tcp:").to_string();
     let mut held = Vec::with_capacity(knobs.idle_connections);
     for _ in 0..knobs.idle_connections {
@@ -198,7 +189,7 @@ fn idle(model: ModelKind, knobs: &Knobs, row: &mut Row) -> anyhow::Result<()> {
 }
 
 /// What every scenario records: latency, counts, CPU, peaks.
-fn record(row: &mut Row, server: &ServerProcess, before: super::probe::Sample, report: &BenchReport) {
+fn record(row: &mut Row, server: &ServerProcess, before: Sample, report: &BenchReport) {
     row.replies = Some(report.replies);
     row.errors = Some(report.errors);
     if report.replies > 0 {
@@ -214,6 +205,14 @@ fn record(row: &mut Row, server: &ServerProcess, before: super::probe::Sample, r
     row.peak_children = Some(peaks.children);
 }
 
-fn args(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| s.to_string()).collect()
+/// `model` serving `service` (with `extra` flags), and its first sample.
+fn start(model: ModelKind, service: &str, extra: &[&str]) -> anyhow::Result<(ServerProcess, Sample)> {
+    let args: Vec<String> = ["--model", model.name(), "--service", service]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+    let server = ServerProcess::start(&args)?;
+    let before = server.sample().context("the server died")?;
+    Ok((server, before))
 }
