@@ -18,6 +18,19 @@ struct Bar {
     second: Option<(f64, String)>,
 }
 
+impl Bar {
+    /// A plain bar: no theory mark, no second series.
+    fn new(label: &str, value: f64, text: String) -> Bar {
+        Bar {
+            label: label.to_string(),
+            value,
+            marker: None,
+            text,
+            second: None,
+        }
+    }
+}
+
 pub fn render(rows: &[Row]) -> String {
     let mut page = String::new();
     page += "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>socklab lab report</title>\n";
@@ -47,15 +60,16 @@ pub fn render(rows: &[Row]) -> String {
             .iter()
             .filter(ok)
             .map(|r| Bar {
-                label: r.model.clone(),
-                value: r.makespan_s.unwrap_or(0.0),
                 marker: r.theory_s,
-                text: format!(
-                    "{} (theory {})",
-                    r.makespan_s.map_or("-".into(), seconds),
-                    r.theory_s.map_or("-".into(), seconds)
-                ),
-                second: None,
+                ..Bar::new(
+                    &r.model,
+                    r.makespan_s.unwrap_or(0.0),
+                    format!(
+                        "{} (theory {})",
+                        r.makespan_s.map_or("-".into(), seconds),
+                        r.theory_s.map_or("-".into(), seconds)
+                    ),
+                )
             })
             .collect::<Vec<_>>();
         page += &chart(&bars, false);
@@ -68,15 +82,13 @@ pub fn render(rows: &[Row]) -> String {
         let bars: Vec<Bar> = throughput
             .iter()
             .filter(ok)
-            .map(|r| Bar {
-                label: r.model.clone(),
-                value: r.throughput_rps.unwrap_or(0.0),
-                marker: None,
-                text: match r.errors.filter(|e| *e > 0) {
-                    Some(e) => format!("{:.0}/s, {e} requests timed out", r.throughput_rps.unwrap_or(0.0)),
-                    None => format!("{:.0}/s", r.throughput_rps.unwrap_or(0.0)),
-                },
-                second: None,
+            .map(|r| {
+                let rps = r.throughput_rps.unwrap_or(0.0);
+                let text = match r.errors.filter(|e| *e > 0) {
+                    Some(e) => format!("{rps:.0}/s, {e} requests timed out"),
+                    None => format!("{rps:.0}/s"),
+                };
+                Bar::new(&r.model, rps, text)
             })
             .collect();
         page += &chart(&bars, false);
@@ -86,11 +98,12 @@ pub fn render(rows: &[Row]) -> String {
             .filter(ok)
             .filter(|r| r.p50_us.is_some())
             .map(|r| Bar {
-                label: r.model.clone(),
-                value: r.p50_us.unwrap_or(0) as f64,
-                marker: None,
-                text: format!("p50 {}", r.p50_us.map_or("-".into(), micros)),
                 second: r.p99_us.map(|p| (p as f64, format!("p99 {}", micros(p)))),
+                ..Bar::new(
+                    &r.model,
+                    r.p50_us.unwrap_or(0) as f64,
+                    format!("p50 {}", r.p50_us.map_or("-".into(), micros)),
+                )
             })
             .collect();
         page += &chart(&bars, true);
@@ -100,13 +113,7 @@ pub fn render(rows: &[Row]) -> String {
             .filter(ok)
             .filter_map(|r| {
                 let c = r.cpu_per_request_us?;
-                Some(Bar {
-                    label: r.model.clone(),
-                    value: c,
-                    marker: None,
-                    text: format!("{c:.1} µs"),
-                    second: None,
-                })
+                Some(Bar::new(&r.model, c, format!("{c:.1} µs")))
             })
             .collect();
         page += &chart(&bars, false);
@@ -121,13 +128,7 @@ pub fn render(rows: &[Row]) -> String {
             .filter(ok)
             .filter_map(|r| {
                 let b = r.rss_per_conn_bytes?;
-                Some(Bar {
-                    label: r.model.clone(),
-                    value: b.max(1) as f64,
-                    marker: None,
-                    text: bytes(b),
-                    second: None,
-                })
+                Some(Bar::new(&r.model, b.max(1) as f64, bytes(b)))
             })
             .collect();
         page += &chart(&bars, true);
