@@ -250,17 +250,8 @@ pub fn run(
             poller.register(listener.as_raw_fd(), LISTENER, Interest::READ)?;
             state.paused_at = None;
         }
-        if let Some(grace) = grace_deadline {
-            if state.connections.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() >= grace {
-                tracing::warn!(
-                    "grace period over with {} connections still open",
-                    state.connections.len()
-                );
-                return Ok(());
-            }
+        if grace_deadline.is_some_and(|grace| super::wound_down(grace, state.connections.len())) {
+            return Ok(());
         }
     }
 }

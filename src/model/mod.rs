@@ -233,6 +233,19 @@ pub fn on_sibling_listeners(
     })
 }
 
+/// Whether a loop winding down after shutdown may stop: every connection
+/// has closed, or the grace period is over (which the log says).
+pub fn wound_down(grace_deadline: std::time::Instant, open: usize) -> bool {
+    if open == 0 {
+        return true;
+    }
+    if std::time::Instant::now() < grace_deadline {
+        return false;
+    }
+    tracing::warn!("grace period over with {open} connections still open");
+    true
+}
+
 /// What every model is told besides the listener and the service.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

@@ -235,18 +235,11 @@ impl Ring {
             if !self.accepting && grace.is_none() && self.conns.len() < self.max_conns {
                 self.arm_accept()?;
             }
-            if let Some(deadline) = grace {
-                if self.conns.is_empty() {
-                    return Ok(());
-                }
-                if Instant::now() >= deadline {
-                    tracing::warn!(
-                        "grace period over with {} connections still open",
-                        self.conns.len()
-                    );
+            if grace.is_some_and(|deadline| super::wound_down(deadline, self.conns.len())) {
+                if !self.conns.is_empty() {
                     self.abandon_in_flight();
-                    return Ok(());
                 }
+                return Ok(());
             }
         }
     }
