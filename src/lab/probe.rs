@@ -42,13 +42,19 @@ fn stat_fields(pid: i32) -> Option<Vec<u64>> {
     )
 }
 
-/// `/proc/PID/status` value of `key` (e.g. `VmRSS`), in its own unit.
-fn status_value(pid: i32, key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| {
-        let value = l.strip_prefix(key)?.strip_prefix(':')?;
-        value.split_whitespace().next()?.parse().ok()
-    })
+/// `VmRSS` (KiB) and `Threads` from `/proc/PID/status`, read once; 0 for
+/// what is missing.
+fn rss_and_threads(pid: i32) -> (u64, u64) {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return (0, 0);
+    };
+    let value = |key: &str| {
+        status.lines().find_map(|l| {
+            let value = l.strip_prefix(key)?.strip_prefix(':')?;
+            value.split_whitespace().next()?.parse().ok()
+        })
+    };
+    (value("VmRSS").unwrap_or(0), value("Threads").unwrap_or(0))
 }
 
 /// The live children of `parent`: from each of its threads' `children`
@@ -83,15 +89,15 @@ pub fn sample(pid: i32) -> Option<Sample> {
     // From ppid (field 4): utime is field 14, stime 15, cutime 16, cstime 17.
     let field = |f: &[u64], n: usize| f.get(n - 4).copied().unwrap_or(0);
     let mut ticks = field(&own, 14) + field(&own, 15) + field(&own, 16) + field(&own, 17);
-    let mut rss_kb = status_value(pid, "VmRSS").unwrap_or(0);
-    let mut threads = status_value(pid, "Threads").unwrap_or(0);
+    let (mut rss_kb, mut threads) = rss_and_threads(pid);
     let children = children_of(pid);
     for &child in &children {
         if let Some(f) = stat_fields(child) {
             ticks += field(&f, 14) + field(&f, 15);
         }
-        rss_kb += status_value(child, "VmRSS").unwrap_or(0);
-        threads += status_value(child, "Threads").unwrap_or(0);
+        let (rss, n) = rss_and_threads(child);
+        rss_kb += rss;
+        threads += n;
     }
     Some(Sample {
         cpu: Duration::from_secs_f64(ticks as f64 / hz),
