@@ -86,9 +86,19 @@ pub struct ServeArgs {
     /// Stop accepting at this many open connections until one closes
     #[arg(long, value_parser = parse_positive)]
     pub max_conns: Option<usize>,
-    /// Close a connection that has been silent this long
+    /// Close a connection that completes no request (and to which no reply
+    /// makes progress) for this long; a trickle of bytes that never makes a
+    /// request does not keep it open
     #[arg(long, value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
+    /// Drop a connection whose owed replies make no progress for this long
+    /// (a peer that does not read), counted over the whole reply, not per write
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub write_timeout: Duration,
+    /// UDP: most bytes of replies remembered for retried `#ID` requests
+    /// (each forgotten after 60 s)
+    #[arg(long, value_name = "BYTES", default_value_t = crate::model::datagram::DEFAULT_REPLY_CACHE)]
+    pub reply_cache: usize,
     /// Longest line accepted under line framing
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE, value_parser = parse_positive)]
     pub max_line: usize,
@@ -106,6 +116,7 @@ impl ServeArgs {
         service.framing = self.framing.unwrap_or(self.service.default_framing());
         service.delay = self.delay;
         service.idle_timeout = self.idle_timeout;
+        service.write_timeout = self.write_timeout;
         service.max_line = self.max_line;
         service.db = self.db;
         ServeOptions {
@@ -116,6 +127,7 @@ impl ServeArgs {
                 workers: self.workers.unwrap_or(self.model.default_workers()),
                 max_conns: self.max_conns,
                 grace: self.grace,
+                reply_cache: self.reply_cache,
             },
         }
     }

@@ -283,6 +283,19 @@ impl Stream {
         on_socket!(self, s => s.set_write_timeout(t))
     }
 
+    /// Writes what the socket takes now, without blocking even on a
+    /// blocking socket (`MSG_DONTWAIT`): the blocking models wait for
+    /// writability themselves, so that a deadline can interrupt the wait.
+    pub fn send_now(&self, buf: &[u8]) -> io::Result<usize> {
+        use nix::sys::socket::{send, MsgFlags};
+        send(
+            self.as_raw_fd(),
+            buf,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        )
+        .map_err(io::Error::from)
+    }
+
     pub fn try_clone(&self) -> io::Result<Stream> {
         match self {
             Stream::Tcp(s) => s.try_clone().map(Stream::Tcp),
@@ -370,6 +383,31 @@ pub fn interrupted(err: &io::Error) -> bool {
 /// whole system; accepting again only helps once a connection closes.
 pub fn out_of_descriptors(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Accepts failing for want of descriptors, logged once per episode (a
+/// loop that retries would otherwise log every retry) and summed up when
+/// accepting works again.
+#[derive(Debug, Default)]
+pub struct DescriptorShortage {
+    retries: std::sync::atomic::AtomicU64,
+}
+
+impl DescriptorShortage {
+    /// An accept failed with `err` (EMFILE or ENFILE).
+    pub fn hit(&self, err: &io::Error) {
+        if self.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+            tracing::warn!("accept: {err}; not accepting until a connection closes");
+        }
+    }
+
+    /// An accept succeeded: if an episode was on, it is over.
+    pub fn over(&self) {
+        let retries = self.retries.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if retries > 0 {
+            tracing::info!(retries, "descriptors free again: accepting");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,12 +19,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
 use super::ServerConfig;
-use crate::net::{out_of_descriptors, Listener};
+use crate::net::{out_of_descriptors, DescriptorShortage, Listener};
 use crate::service::{Now, Service, CHUNK_SIZE};
 use crate::shutdown::Shutdown;
-
-/// How long a write may wait for a peer that does not read.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn serve(
     listener: Listener,
@@ -54,6 +51,7 @@ async fn accept_loop(
     // Every task holds a sender; when the last one drops, `recv` says so.
     let (done_tx, mut all_done) = mpsc::channel::<()>(1);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let shortage = DescriptorShortage::default();
     // SAFETY: the OwnedFd is moved into the AsyncFd, which is its only
     // owner from here on: it stays open, and the same, until dropped.
     let shutdown = unsafe { AsyncFd::register_with_interest(shutdown_fd, tokio::io::Interest::READABLE) }
@@ -71,6 +69,9 @@ async fn accept_loop(
         // What the task holds until its connection ends: a --max-conns
         // slot, and a sender that says it has not ended yet.
         let (service, stop, held) = (service.clone(), stop_rx.clone(), (permit, done_tx.clone()));
+        if accepted.is_ok() {
+            shortage.over();
+        }
         match accepted {
             Ok(Accepted::Tcp(stream)) => {
                 let _ = stream.set_nodelay(true);
@@ -80,7 +81,7 @@ async fn accept_loop(
                 tokio::spawn(async move { connection(stream, &service, stop, held).await });
             }
             Err(e) if out_of_descriptors(&e) => {
-                tracing::warn!("accept: {e}; retrying shortly");
+                shortage.hit(&e);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => tracing::debug!("accept: {e}"),
@@ -115,11 +116,19 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let pending = session.pending_output();
         if !pending.is_empty() {
-            match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(pending)).await {
-                Ok(Ok(())) => session.consume_output(pending.len()),
-                Ok(Err(e)) => return tracing::debug!("connection ended: {e}"),
-                Err(_) => return tracing::debug!("a peer that does not read: dropped"),
+            // Write what is owed before reading more; the session's
+            // deadlines (its write timeout among them) bound the wait.
+            let deadline = session.poll_timeout();
+            tokio::select! {
+                biased;
+                written = stream.write(pending) => match written {
+                    Ok(0) => return tracing::debug!("connection ended: the peer takes no more"),
+                    Ok(n) => session.consume_output(n, std::time::Instant::now()),
+                    Err(e) => return tracing::debug!("connection ended: {e}"),
+                },
+                _ = sleep_until(deadline), if deadline.is_some() => session.handle_timeout(Now::system()),
             }
+            continue;
         }
         if session.is_finished() {
             break;
@@ -127,7 +136,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         let deadline = session.poll_timeout();
         // Unlike the blocking models, a held reply does not stop the reading.
         let reading = session.wants_read();
-        if !reading && deadline.is_none() && wake.is_none() {
+        if !reading && deadline.is_none() && !session.may_be_woken() {
             break; // Nothing can happen any more.
         }
         tokio::select! {

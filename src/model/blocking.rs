@@ -3,11 +3,15 @@
 //! only in who calls [`Acceptor::accept`] and on which thread or process
 //! [`serve_connection`] runs.
 //!
-//! `poll(2)` appears here only so that shutdown and the idle timeout can
-//! interrupt a wait; the connection itself is blocking, and a `--delay` is a
-//! real sleep of the serving thread, as in the seeds.
+//! `poll(2)` appears here only so that shutdown and the session's deadlines
+//! (idle, write, chat stall) can interrupt a wait; the connection itself is
+//! blocking, and a `--delay` is a real sleep of the serving thread, as in
+//! the seeds. Writes do not block: a blocking `write` with `SO_SNDTIMEO`
+//! restarts its clock on every partial write, so a peer that reads a byte
+//! now and then could hold the thread for ever; the session's write
+//! deadline, waited for in `poll`, counts the whole reply.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -17,13 +21,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::event_loop::timeout_ms;
-use crate::net::{interrupted, out_of_descriptors, would_block, Listener, Stream};
+use crate::net::{interrupted, out_of_descriptors, would_block, DescriptorShortage, Listener, Stream};
 use crate::service::{Now, Service, CHUNK_SIZE};
 use crate::shutdown::Shutdown;
-
-/// How long a blocking write may wait for a peer that does not read before
-/// the connection is dropped (the blocking models' backpressure limit).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts connections for a blocking model: waits for a connection or for
 /// shutdown, and holds back at `--max-conns` until a connection ends.
@@ -32,6 +32,7 @@ pub struct Acceptor {
     listener: Listener,
     shutdown: Shutdown,
     slots: Slots,
+    shortage: DescriptorShortage,
 }
 
 impl Acceptor {
@@ -44,6 +45,7 @@ impl Acceptor {
             listener,
             shutdown,
             slots,
+            shortage: DescriptorShortage::default(),
         })
     }
 
@@ -54,7 +56,13 @@ impl Acceptor {
             if self.shutdown.is_triggered() {
                 return None;
             }
-            match wait(&self.listener, Some(&self.shutdown), None, None) {
+            match wait(
+                &self.listener,
+                PollFlags::POLLIN,
+                Some(&self.shutdown),
+                None,
+                None,
+            ) {
                 Ok(Ready::Shutdown) => return None,
                 Ok(_) => {}
                 Err(e) => {
@@ -63,15 +71,18 @@ impl Acceptor {
                 }
             }
             match self.listener.accept() {
-                Ok(stream) => match stream.set_nonblocking(false) {
-                    Ok(()) => return Some((stream, slot)),
-                    Err(e) => tracing::warn!("dropping a connection: {e}"),
-                },
+                Ok(stream) => {
+                    self.shortage.over();
+                    match stream.set_nonblocking(false) {
+                        Ok(()) => return Some((stream, slot)),
+                        Err(e) => tracing::warn!("dropping a connection: {e}"),
+                    }
+                }
                 Err(e) if would_block(&e) || interrupted(&e) => {}
                 Err(e) if out_of_descriptors(&e) => {
                     // Out of descriptors: the connection waits in the backlog
                     // until one of ours closes. Back off instead of spinning.
-                    tracing::warn!("accept: {e}; retrying shortly");
+                    self.shortage.hit(&e);
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(e) => tracing::debug!("accept: {e}"),
@@ -167,19 +178,28 @@ pub fn serve_connection(mut stream: Stream, service: &Service, shutdown: &Shutdo
 }
 
 fn drive(stream: &mut Stream, service: &Service, shutdown: &Shutdown) -> io::Result<()> {
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let mut session = service.session(Now::system());
     let wake = room_wake(&mut session)?;
     let mut buf = [0u8; CHUNK_SIZE];
     let mut shutdown_seen = false;
     loop {
-        stream.write_all(session.pending_output())?;
-        let written = session.pending_output().len();
-        session.consume_output(written);
+        let pending = session.pending_output();
+        if !pending.is_empty() {
+            match stream.send_now(pending) {
+                Ok(n) => {
+                    session.consume_output(n, Instant::now());
+                    continue;
+                }
+                Err(e) if would_block(&e) => {} // Wait for room below.
+                Err(e) if interrupted(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
         if session.is_finished() {
             return Ok(());
         }
-        if session.has_held_replies() {
+        let writing = !session.pending_output().is_empty();
+        if session.has_held_replies() && !writing {
             // The seeds' `time.sleep()`: this thread does nothing else meanwhile.
             if let Some(due) = session.poll_timeout() {
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
@@ -187,17 +207,30 @@ fn drive(stream: &mut Stream, service: &Service, shutdown: &Shutdown) -> io::Res
             session.handle_timeout(Now::system());
             continue;
         }
-        if !session.wants_read() {
-            return Ok(()); // Nothing owed and nothing more to read.
+        let reading = session.wants_read();
+        if !reading && !writing && session.poll_timeout().is_none() && !session.may_be_woken() {
+            return Ok(()); // Nothing owed and nothing more can happen.
         }
+        let mut interest = PollFlags::empty();
+        interest.set(PollFlags::POLLIN, reading);
+        interest.set(PollFlags::POLLOUT, writing);
         let watch = (!shutdown_seen).then_some(shutdown);
-        match wait(stream, watch, wake.as_deref(), session.poll_timeout())? {
-            Ready::Io => match stream.read(&mut buf) {
-                Ok(0) => session.handle_eof(Now::system()),
-                Ok(n) => session.handle_read(&buf[..n], Now::system()),
-                Err(e) if interrupted(&e) || would_block(&e) => {}
-                Err(e) => return Err(e),
-            },
+        match wait(stream, interest, watch, wake.as_deref(), session.poll_timeout())? {
+            Ready::Io(flags)
+                if reading
+                    && flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) =>
+            {
+                match stream.read(&mut buf) {
+                    Ok(0) => session.handle_eof(Now::system()),
+                    Ok(n) => session.handle_read(&buf[..n], Now::system()),
+                    Err(e) if interrupted(&e) || would_block(&e) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ready::Io(flags) if !writing && flags.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) => {
+                return Ok(()); // Gone, while we were not even reading.
+            }
+            Ready::Io(_) => {} // Writable: the loop writes.
             Ready::Timeout => session.handle_timeout(Now::system()),
             Ready::Wake => {
                 if let Some(event) = &wake {
@@ -236,16 +269,19 @@ fn room_wake(session: &mut crate::service::Session) -> io::Result<Option<Arc<Eve
 }
 
 enum Ready {
-    Io,
+    /// The descriptor's `revents`.
+    Io(PollFlags),
     Timeout,
     Wake,
     Shutdown,
 }
 
-/// Blocks until `fd` is readable, another connection wakes us, shutdown (if
-/// watched) is triggered, or `deadline`; in that order of precedence.
+/// Blocks until `fd` has one of `events` (or a hang-up), another
+/// connection wakes us, shutdown (if watched) is triggered, or `deadline`;
+/// in that order of precedence.
 fn wait(
     fd: &impl AsFd,
+    events: PollFlags,
     shutdown: Option<&Shutdown>,
     wake: Option<&EventFd>,
     deadline: Option<Instant>,
@@ -256,7 +292,7 @@ fn wait(
         let timeout = PollTimeout::try_from(timeout_ms(left)).unwrap_or(PollTimeout::NONE);
         // At most three descriptors: a fixed array, no allocation per wait.
         let unused = PollFd::new(fd.as_fd(), PollFlags::empty());
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN), unused, unused];
+        let mut fds = [PollFd::new(fd.as_fd(), events), unused, unused];
         let mut n = 1;
         let mut wake_at = None;
         for (extra, is_wake) in [(wake.map(AsFd::as_fd), true), (shutdown.map(AsFd::as_fd), false)] {
@@ -272,7 +308,7 @@ fn wait(
             Ok(_) => {
                 let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
                 return Ok(if ready(0) {
-                    Ready::Io
+                    Ready::Io(fds[0].revents().unwrap_or(PollFlags::POLLERR))
                 } else if wake_at.is_some_and(ready) {
                     Ready::Wake
                 } else {

@@ -15,10 +15,18 @@
 //! contact book stays one `ADD`). A retry that arrives while its first copy
 //! is still being answered (on another pool worker) is dropped: the client
 //! retries again and meets the cached reply.
+//!
+//! Nothing a sender does grows the server without bound: the reply cache is
+//! bounded in bytes ([`ServerConfig::reply_cache`]) and forgets a reply after
+//! [`CACHE_TTL`] (a retry comes within seconds); replies held for `--delay`
+//! are bounded like a socket's buffer ([`DELAY_QUEUE_BYTES`]), and past it a
+//! request is dropped and counted, as the kernel drops a datagram that
+//! finds the receive buffer full.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,8 +41,15 @@ use crate::shutdown::Shutdown;
 
 /// The largest UDP payload over IPv4.
 pub const MAX_DATAGRAM: usize = 65_507;
-/// Replies remembered for retried request IDs, oldest forgotten first.
-const CACHE_ENTRIES: usize = 4096;
+/// How long a reply is remembered for a retry of its request.
+pub const CACHE_TTL: Duration = Duration::from_secs(60);
+/// `--reply-cache` unless the user says otherwise.
+pub const DEFAULT_REPLY_CACHE: usize = 4 * 1024 * 1024;
+/// Most bytes of replies waiting for `--delay` at once.
+pub const DELAY_QUEUE_BYTES: usize = 8 * 1024 * 1024;
+/// What one cache entry costs besides its ID and reply: the key's address,
+/// the map's and the queue's slots.
+const ENTRY_OVERHEAD: usize = 128;
 /// The longest request ID.
 const MAX_ID: usize = 64;
 
@@ -46,7 +61,7 @@ pub fn serve(
     config: &ServerConfig,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    let answers = Answers::new(service);
+    let answers = Answers::new(service, config.reply_cache);
     match model {
         ModelKind::Iterative => blocking(&socket, &answers, shutdown),
         ModelKind::Pool => std::thread::scope(|scope| {
@@ -75,40 +90,104 @@ pub fn serve(
 pub struct Answers {
     service: Arc<Service>,
     cache: Mutex<ReplyCache>,
+    /// Bytes of replies now held for `--delay`, against DELAY_QUEUE_BYTES.
+    delayed: AtomicUsize,
+    /// Requests dropped because the delay queue was full, not yet logged.
+    dropped: AtomicU64,
 }
 
-#[derive(Default)]
+type Key = (SocketAddr, Vec<u8>);
+
 struct ReplyCache {
     /// (peer, ID) to its reply; `None` while the first copy is still being
     /// answered, so a retry racing it on another pool worker is not applied.
-    replies: HashMap<(SocketAddr, Vec<u8>), Option<Vec<u8>>>,
-    /// Keys oldest first, to forget the oldest beyond `CACHE_ENTRIES`.
-    order: VecDeque<(SocketAddr, Vec<u8>)>,
+    replies: HashMap<Key, Option<Vec<u8>>>,
+    /// Keys oldest first with when they came, to forget the oldest beyond
+    /// `max_bytes` and any older than CACHE_TTL.
+    order: VecDeque<(Key, Instant)>,
+    /// What the entries cost, against `max_bytes`.
+    bytes: usize,
+    max_bytes: usize,
+}
+
+fn cost(key: &Key, reply: &Option<Vec<u8>>) -> usize {
+    ENTRY_OVERHEAD + key.1.len() + reply.as_ref().map_or(0, Vec::len)
 }
 
 impl ReplyCache {
-    fn remember(&mut self, key: (SocketAddr, Vec<u8>), reply: Option<Vec<u8>>) {
-        if self.replies.insert(key.clone(), reply).is_none() {
-            self.order.push_back(key);
-        }
-        while self.order.len() > CACHE_ENTRIES {
-            if let Some(old) = self.order.pop_front() {
-                self.replies.remove(&old);
-            }
+    fn new(max_bytes: usize) -> Self {
+        ReplyCache {
+            replies: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
         }
     }
 
-    fn forget(&mut self, key: &(SocketAddr, Vec<u8>)) {
-        self.replies.remove(key);
-        self.order.retain(|k| k != key);
+    fn remember(&mut self, key: Key, reply: Option<Vec<u8>>, now: Instant) {
+        self.bytes += cost(&key, &reply);
+        match self.replies.insert(key.clone(), reply) {
+            Some(old) => self.bytes -= cost(&key, &old),
+            None => self.order.push_back((key, now)),
+        }
+        self.expire(now);
+    }
+
+    /// Forgets the oldest entries while over the budget or past their time.
+    fn expire(&mut self, now: Instant) {
+        while let Some((key, at)) = self.order.front() {
+            let old = now.saturating_duration_since(*at) > CACHE_TTL;
+            if !old && self.bytes <= self.max_bytes {
+                break;
+            }
+            if let Some(reply) = self.replies.remove(key) {
+                self.bytes -= cost(key, &reply);
+            }
+            self.order.pop_front();
+        }
+    }
+
+    fn forget(&mut self, key: &Key) {
+        if let Some(reply) = self.replies.remove(key) {
+            self.bytes -= cost(key, &reply);
+        }
+        self.order.retain(|(k, _)| k != key);
     }
 }
 
 impl Answers {
-    pub fn new(service: Arc<Service>) -> Self {
+    /// Answers for `service`, remembering at most `reply_cache` bytes of
+    /// replies for retried IDs.
+    pub fn new(service: Arc<Service>, reply_cache: usize) -> Self {
         Answers {
             service,
-            cache: Mutex::default(),
+            cache: Mutex::new(ReplyCache::new(reply_cache)),
+            delayed: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes `n` bytes of the delay queue for a held reply; `false` (and
+    /// counted) when it is full, and the request is dropped.
+    fn hold(&self, n: usize) -> bool {
+        let held = self.delayed.fetch_add(n, Ordering::AcqRel);
+        if held + n > DELAY_QUEUE_BYTES {
+            self.delayed.fetch_sub(n, Ordering::AcqRel);
+            if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!("the --delay queue is full ({DELAY_QUEUE_BYTES} bytes): dropping requests");
+            }
+            return false;
+        }
+        true
+    }
+
+    /// A held reply of `n` bytes went out.
+    fn unhold(&self, n: usize) {
+        if self.delayed.fetch_sub(n, Ordering::AcqRel) == n {
+            let dropped = self.dropped.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                tracing::warn!(dropped, "the --delay queue drained; requests dropped meanwhile");
+            }
         }
     }
 
@@ -118,6 +197,7 @@ impl Answers {
         let key = id.map(|id| (peer, id.to_vec()));
         if let Some(key) = &key {
             let mut cache = self.cache();
+            cache.expire(now.instant);
             match cache.replies.get(key) {
                 Some(Some(reply)) => {
                     tracing::debug!(%peer, "a retried request: answered from the cache");
@@ -127,7 +207,7 @@ impl Answers {
                     tracing::debug!(%peer, "a retried request still being answered: dropped");
                     return None;
                 }
-                None => cache.remember(key.clone(), None),
+                None => cache.remember(key.clone(), None, now.instant),
             }
         }
         let body = if request.is_empty() {
@@ -154,7 +234,7 @@ impl Answers {
             reply.extend_from_slice(b"ERR reply too large for a datagram");
         }
         if let Some(key) = key {
-            self.cache().remember(key, Some(reply.clone()));
+            self.cache().remember(key, Some(reply.clone()), now.instant);
         }
         Some(reply)
     }
@@ -259,7 +339,7 @@ fn event_loop(socket: &UdpSocket, answers: &Answers, shutdown: &Shutdown) -> any
             if let Some(bytes) = answers.answer(peer, &buf[..len], now) {
                 if answers.delay().is_zero() {
                     reply(socket, peer, &bytes);
-                } else {
+                } else if answers.hold(bytes.len()) {
                     held.push_back((now.instant + answers.delay(), peer, bytes));
                 }
             }
@@ -268,6 +348,7 @@ fn event_loop(socket: &UdpSocket, answers: &Answers, shutdown: &Shutdown) -> any
         while held.front().is_some_and(|(due, _, _)| *due <= now) {
             if let Some((_, peer, bytes)) = held.pop_front() {
                 reply(socket, peer, &bytes);
+                answers.unhold(bytes.len());
             }
         }
     }
@@ -285,6 +366,7 @@ fn tokio_loop(
         .enable_all()
         .build()?;
     let shutdown_fd = shutdown.as_fd().try_clone_to_owned()?;
+    let answers = Arc::new(answers);
     runtime.block_on(async move {
         socket.set_nonblocking(true)?;
         let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
@@ -311,11 +393,12 @@ fn tokio_loop(
             let delay = answers.delay();
             if delay.is_zero() {
                 let _ = socket.send_to(&bytes, peer).await;
-            } else {
-                let socket = socket.clone();
+            } else if answers.hold(bytes.len()) {
+                let (socket, answers) = (socket.clone(), answers.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     let _ = socket.send_to(&bytes, peer).await;
+                    answers.unhold(bytes.len());
                 });
             }
         }
@@ -328,7 +411,10 @@ mod tests {
     use crate::service::{ServiceConfig, ServiceKind};
 
     fn answers(kind: ServiceKind) -> Answers {
-        Answers::new(Arc::new(Service::new(ServiceConfig::new(kind))))
+        Answers::new(
+            Arc::new(Service::new(ServiceConfig::new(kind))),
+            DEFAULT_REPLY_CACHE,
+        )
     }
 
     #[test]
@@ -363,12 +449,13 @@ mod tests {
         let a = answers(ServiceKind::Greet);
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
         // What a second pool worker sees while the first is still answering `#7`.
-        a.cache.lock().unwrap().remember((peer, b"7".to_vec()), None);
+        let now = Instant::now();
+        a.cache.lock().unwrap().remember((peer, b"7".to_vec()), None, now);
         assert_eq!(a.answer(peer, b"#7 bob", Now::system()), None);
         a.cache
             .lock()
             .unwrap()
-            .remember((peer, b"7".to_vec()), Some(b"#7 Hello, bob!".to_vec()));
+            .remember((peer, b"7".to_vec()), Some(b"#7 Hello, bob!".to_vec()), now);
         assert_eq!(
             a.answer(peer, b"#7 bob", Now::system()),
             Some(b"#7 Hello, bob!".to_vec())
@@ -393,5 +480,39 @@ mod tests {
         );
         let echo = answers(ServiceKind::Echo);
         assert_eq!(echo.answer(peer, &big, now).map(|r| r.len()), Some(MAX_DATAGRAM));
+    }
+
+    #[test]
+    fn the_cache_is_bounded_in_bytes_and_forgets_old_replies() {
+        let a = Answers::new(
+            Arc::new(Service::new(ServiceConfig::new(ServiceKind::Echo))),
+            1 << 20,
+        );
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let now = Now::system();
+        let body = vec![b'x'; 60_000];
+        for id in 0..100 {
+            let datagram = [format!("#{id} ").into_bytes(), body.clone()].concat();
+            assert!(a.answer(peer, &datagram, now).is_some());
+        }
+        let bytes = a.cache.lock().unwrap().bytes;
+        assert!(bytes <= 1 << 20, "{bytes} bytes cached");
+        assert!(a.cache.lock().unwrap().replies.len() < 20);
+        // A recent one is still answered from the cache...
+        assert_eq!(a.answer(peer, b"#99 other", now).map(|r| r.len()), Some(60_004));
+        // ...but not after CACHE_TTL.
+        let later = now.advanced(CACHE_TTL + Duration::from_secs(1));
+        assert_eq!(a.answer(peer, b"#99 other", later), Some(b"#99 other".to_vec()));
+        assert_eq!(a.cache.lock().unwrap().replies.len(), 1);
+    }
+
+    #[test]
+    fn the_delay_queue_is_bounded() {
+        let a = answers(ServiceKind::Echo);
+        let n = DELAY_QUEUE_BYTES / 60_000;
+        assert!((0..n).all(|_| a.hold(60_000)));
+        assert!(!a.hold(60_000), "past the bound the request is dropped");
+        a.unhold(60_000);
+        assert!(a.hold(60_000));
     }
 }

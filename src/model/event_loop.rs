@@ -412,7 +412,7 @@ impl Loop {
         };
         while !conn.session.pending_output().is_empty() {
             match conn.stream.write(conn.session.pending_output()) {
-                Ok(n) => conn.session.consume_output(n),
+                Ok(n) => conn.session.consume_output(n, Instant::now()),
                 Err(e) if would_block(&e) => break,
                 Err(e) if interrupted(&e) => continue,
                 Err(e) => return self.close(token, poller, Some(e)),
@@ -441,7 +441,7 @@ impl Loop {
             Some(_) => {}
             None => conn.timer = None,
         }
-        if wanted == Interest::default() && conn.timer.is_none() {
+        if wanted == Interest::default() && conn.timer.is_none() && !conn.session.may_be_woken() {
             // Waiting for nothing at all: nothing will ever happen again.
             self.close(token, poller, None);
         }

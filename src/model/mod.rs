@@ -256,6 +256,8 @@ pub struct ServerConfig {
     pub max_conns: Option<usize>,
     /// How long in-flight connections may take to finish after shutdown.
     pub grace: Duration,
+    /// `--reply-cache`: most bytes of UDP replies remembered for retries.
+    pub reply_cache: usize,
 }
 
 impl Default for ServerConfig {
@@ -264,6 +266,7 @@ impl Default for ServerConfig {
             workers: 1,
             max_conns: None,
             grace: Duration::from_secs(5),
+            reply_cache: datagram::DEFAULT_REPLY_CACHE,
         }
     }
 }

@@ -10,7 +10,9 @@
 //! - Receives take their buffer from a pool provided to the kernel, so an
 //!   idle connection with a receive armed holds no buffer of its own.
 //! - A send owns a copy of the session's output until it completes: the
-//!   kernel reads from that memory after we hand it over.
+//!   kernel reads from that memory after we hand it over. The session
+//!   counts the bytes as written only when the completion says so, so its
+//!   write deadline sees a send stuck on a peer that does not read.
 //! - Session deadlines (`--delay`, `--idle-timeout`) bound the wait for
 //!   completions (`io_uring_enter` with a timeout).
 //! - `--workers N` rings, each on its own `SO_REUSEPORT` listener.
@@ -31,7 +33,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use slab::Slab;
 
 use super::ServerConfig;
-use crate::net::{Listener, Stream};
+use crate::net::{out_of_descriptors, DescriptorShortage, Listener, Stream};
 use crate::ring;
 use crate::service::{Now, Service, Session, CHUNK_SIZE};
 use crate::shutdown::Shutdown;
@@ -106,10 +108,10 @@ struct Conn {
     session: Session,
     /// A receive is submitted and has not completed.
     receiving: bool,
-    /// A send is in flight; the kernel reads from `send_buf` until it ends.
+    /// A send is in flight; the kernel reads from `send_buf` (a copy of the
+    /// session's pending output) until it ends.
     sending: bool,
     send_buf: Vec<u8>,
-    send_pos: usize,
     /// We are done and sent FIN; waiting for the peer's close (or LINGER).
     closing: Option<Instant>,
     /// The deadline the timer queue holds for this connection.
@@ -138,6 +140,11 @@ struct Ring {
     /// kernel turns them down.
     multishot: bool,
     accepting: bool,
+    /// Set while accepting is paused for want of descriptors: the number of
+    /// connections then. Accepting resumes once fewer are open, as in the
+    /// event loop: only a close can free a descriptor.
+    paused_at: Option<usize>,
+    shortage: DescriptorShortage,
     waker: Arc<Waker>,
     /// Completions taken off the ring, handled one by one.
     completions: Vec<cqueue::Entry>,
@@ -175,6 +182,8 @@ impl Ring {
             // time, armed only while a slot is free.
             multishot: config.max_conns.is_none(),
             accepting: false,
+            paused_at: None,
+            shortage: DescriptorShortage::default(),
             waker: Arc::new(Waker {
                 event: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
                 pending: Mutex::new(Vec::new()),
@@ -232,7 +241,14 @@ impl Ring {
             for token in std::mem::take(&mut self.starved) {
                 self.settle(token)?;
             }
-            if !self.accepting && grace.is_none() && self.conns.len() < self.max_conns {
+            if self.paused_at.is_some_and(|n| self.conns.len() < n) {
+                self.paused_at = None;
+            }
+            if !self.accepting
+                && grace.is_none()
+                && self.paused_at.is_none()
+                && self.conns.len() < self.max_conns
+            {
                 self.arm_accept()?;
             }
             if grace.is_some_and(|deadline| super::wound_down(deadline, self.conns.len())) {
@@ -294,7 +310,15 @@ impl Ring {
         let fd = cqe.result();
         if fd < 0 {
             let err = io::Error::from_raw_os_error(-fd);
-            if self.multishot && fd == -libc::EINVAL {
+            if out_of_descriptors(&err) {
+                // Re-arming now would fail again at once, for ever: wait
+                // for a connection to close.
+                self.shortage.hit(&err);
+                self.paused_at = Some(self.conns.len());
+                if more {
+                    self.push(opcode::AsyncCancel::new(user_data(Op::Accept, 0)).build())?;
+                }
+            } else if self.multishot && fd == -libc::EINVAL {
                 tracing::debug!("no multishot accept on this kernel: accepting one at a time");
                 self.multishot = false;
             } else if err.raw_os_error() != Some(libc::ECANCELED) {
@@ -302,6 +326,7 @@ impl Ring {
             }
             return Ok(());
         }
+        self.shortage.over();
         let stream = self.adopt(fd);
         let mut session = service.session(now);
         let entry = self.conns.vacant_entry();
@@ -323,7 +348,6 @@ impl Ring {
             receiving: false,
             sending: false,
             send_buf: Vec::new(),
-            send_pos: 0,
             closing: None,
             timer: None,
         });
@@ -398,7 +422,7 @@ impl Ring {
         };
         conn.sending = false;
         match cqe.result() {
-            n if n >= 0 => conn.send_pos += n as usize,
+            n if n >= 0 => conn.session.consume_output(n as usize, Instant::now()),
             e => {
                 tracing::debug!("send: {}", io::Error::from_raw_os_error(-e));
                 return self.release(token);
@@ -467,19 +491,18 @@ impl Ring {
             return Ok(());
         };
         let fd = types::Fd(conn.stream.as_raw_fd());
+        if conn.sending && conn.session.is_finished() {
+            // The session gave up on output still being sent (a peer that
+            // does not read): end the send, which completes with an error.
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        }
         if !conn.sending {
-            if conn.send_pos == conn.send_buf.len() {
-                conn.send_buf.clear();
-                conn.send_pos = 0;
-                let pending = conn.session.pending_output();
-                if !pending.is_empty() {
-                    conn.send_buf.extend_from_slice(pending);
-                    let n = pending.len();
-                    conn.session.consume_output(n);
-                }
-            }
-            if conn.send_pos < conn.send_buf.len() {
-                let rest = &conn.send_buf[conn.send_pos..];
+            // What the last send did not take is still the session's
+            // pending output: copy it afresh.
+            conn.send_buf.clear();
+            conn.send_buf.extend_from_slice(conn.session.pending_output());
+            if !conn.send_buf.is_empty() {
+                let rest = &conn.send_buf;
                 let send = opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32)
                     .flags(libc::MSG_NOSIGNAL)
                     .build()
@@ -521,7 +544,12 @@ impl Ring {
                 None => conn.timer = None,
             }
         }
-        if !conn.receiving && !conn.sending && conn.timer.is_none() && conn.closing.is_none() {
+        if !conn.receiving
+            && !conn.sending
+            && conn.timer.is_none()
+            && conn.closing.is_none()
+            && !conn.session.may_be_woken()
+        {
             // Nothing in flight and nothing to wait for: it is over.
             return self.release(token);
         }

@@ -53,6 +53,10 @@ impl Protocol for Chat {
     fn inbox(&self) -> Option<&Arc<Inbox>> {
         Some(&self.inbox)
     }
+
+    fn accepts_input(&self) -> bool {
+        !self.inbox.is_held_back()
+    }
 }
 
 impl Drop for Chat {
@@ -67,9 +71,9 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    use crate::service::room::INBOX_LIMIT;
+    use crate::service::room::{INBOX_LIMIT, ROOM_STALL};
     use crate::service::tests::Harness;
-    use crate::service::{Now, Service, ServiceConfig, ServiceKind};
+    use crate::service::{Now, Service, ServiceConfig, ServiceKind, CONNECTION_BUDGET};
 
     fn member(service: &Service) -> Harness {
         Harness::with_session(service.session(Now::system()))
@@ -113,20 +117,60 @@ mod tests {
         assert_eq!(wakes.load(Ordering::SeqCst), 2);
     }
 
+    /// A speaker's lines until the room holds it back.
+    fn talk_until_held_back(speaker: &mut Harness) -> usize {
+        let line = [vec![b'x'; 1000], b"\n".to_vec()].concat();
+        let mut said = 0;
+        while speaker.session.wants_read() {
+            speaker.session.handle_read(&line, speaker.now);
+            said += 1;
+            assert!(said < 10_000, "the speaker is never held back");
+        }
+        said
+    }
+
     #[test]
-    fn a_member_that_never_reads_is_cut_off() {
+    fn a_fast_talker_is_held_back_until_the_room_catches_up() {
+        let service = Service::new(ServiceConfig::new(ServiceKind::Chat));
+        let mut reader = member(&service);
+        let mut speaker = member(&service);
+        reader.take();
+        speaker.take();
+        let said = talk_until_held_back(&mut speaker);
+        let line = "<guest2> ".len() + 1000 + 1;
+        assert!(said * line >= INBOX_LIMIT, "held back at {said} lines");
+        // The reader takes lines as its output drains, never past its budget.
+        reader.session.handle_wake(reader.now);
+        assert!(reader.session.cost() <= CONNECTION_BUDGET);
+        let got = reader.take();
+        assert!(
+            speaker.session.wants_read(),
+            "the room caught up: the speaker goes on"
+        );
+        assert_eq!(got.matches("<guest2> ").count(), said, "every line arrives");
+        assert!(!reader.session.is_finished());
+    }
+
+    #[test]
+    fn a_member_that_never_reads_is_dropped_after_the_stall() {
         let service = Service::new(ServiceConfig::new(ServiceKind::Chat));
         let mut deaf = member(&service);
         let mut speaker = member(&service);
-        let line = vec![b'x'; 1000];
-        for _ in 0..(INBOX_LIMIT / 1000 + 2) {
-            speaker.session.handle_read(&line, speaker.now);
-            speaker.session.handle_read(b"\n", speaker.now);
+        // The deaf member's driver is woken, takes what fits in its budget
+        // (which lets the speaker go on) and writes nothing; the second time
+        // its inbox fills, nothing fits.
+        for _ in 0..2 {
+            talk_until_held_back(&mut speaker);
+            deaf.session.handle_wake(deaf.now);
         }
-        deaf.wake();
-        assert!(
-            deaf.session.is_finished(),
-            "a member {INBOX_LIMIT} bytes behind is disconnected"
-        );
+        assert!(deaf.session.cost() <= CONNECTION_BUDGET);
+        assert!(!speaker.session.wants_read());
+        assert!(!deaf.session.is_finished());
+        deaf.now = deaf.now.advanced(ROOM_STALL);
+        deaf.session.handle_timeout(deaf.now);
+        assert!(deaf.session.is_finished(), "dropped after {ROOM_STALL:?}");
+        assert!(deaf.session.pending_output().is_empty(), "nothing more is owed");
+        drop(deaf);
+        assert!(speaker.session.wants_read(), "the room goes on without it");
     }
 }

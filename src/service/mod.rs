@@ -7,9 +7,10 @@
 //!   through [`Replies`]. One file per service.
 //! - A [`Session`] wraps a protocol with everything every connection needs:
 //!   framing, `--delay` (replies held until their due instant), the idle
-//!   timeout, the output buffer and its high-water mark, and the closing
-//!   handshake. Drivers (the models) feed it bytes and instants and ask it
-//!   what to write, when to wake it, and whether it is finished.
+//!   and write timeouts, the output buffer, the connection's memory budget,
+//!   and the closing handshake. Drivers (the models) feed it bytes and
+//!   instants and ask it what to write, when to wake it, and whether it is
+//!   finished.
 //!
 //! Nothing here reads a clock or touches a socket: time comes in as [`Now`],
 //! so tests drive sessions in memory with a hand-advanced clock.
@@ -139,6 +140,9 @@ impl fmt::Display for ServiceKind {
     }
 }
 
+/// `--write-timeout` unless the user says otherwise.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where `contacts` keeps its book unless `--db` says otherwise.
 pub const DEFAULT_DB: &str = "socklab-contacts.db";
 
@@ -149,8 +153,12 @@ pub struct ServiceConfig {
     pub framing: Framing,
     /// `--delay`: every reply is held this long (for `hello`, from accept).
     pub delay: Duration,
-    /// `--idle-timeout`: a connection silent this long is closed.
+    /// `--idle-timeout`: a connection that completes no request (and to
+    /// which no reply makes progress) for this long is closed.
     pub idle_timeout: Option<Duration>,
+    /// `--write-timeout`: a connection whose owed output makes no progress
+    /// for this long (in total, not per write) is dropped.
+    pub write_timeout: Duration,
     /// `--max-line`: the longest line `line` framing accepts.
     pub max_line: usize,
     /// The model's name, which `hello` puts in its greeting.
@@ -166,6 +174,7 @@ impl ServiceConfig {
             framing: kind.default_framing(),
             delay: Duration::ZERO,
             idle_timeout: None,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
             max_line: DEFAULT_MAX_LINE,
             model_name: "socklab".into(),
             db: PathBuf::from(DEFAULT_DB),
@@ -265,6 +274,13 @@ pub trait Protocol: Send {
     fn inbox(&self) -> Option<&Arc<Inbox>> {
         None
     }
+
+    /// Whether the protocol can take more input now. A chat member that
+    /// spoke while the room is behind is held back until it catches up; its
+    /// wake says when.
+    fn accepts_input(&self) -> bool {
+        true
+    }
 }
 
 /// Where a protocol puts its answers: reply messages (framed on the way in)
@@ -331,9 +347,12 @@ impl Replies {
     }
 }
 
-/// Above this many unsent bytes a session stops asking for input, so a peer
-/// that does not read cannot make the server buffer without bound.
-pub const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+/// The memory budget of one connection: everything the server holds for it
+/// (output not yet written, replies held for `--delay`, chat lines taken
+/// from its inbox). At the budget the session stops asking for input, so a
+/// peer that does not read, or pipelines requests under a delay, cannot make
+/// the server buffer without bound.
+pub const CONNECTION_BUDGET: usize = 256 * 1024;
 
 /// A batch of replies waiting for its `--delay` to pass.
 #[derive(Debug)]
@@ -341,6 +360,14 @@ struct Held {
     due: Instant,
     bytes: Vec<u8>,
     close: bool,
+}
+
+impl Held {
+    /// What the batch costs the budget: its bytes and its bookkeeping, so
+    /// that a flood of empty-reply requests is bounded too.
+    fn cost(&self) -> usize {
+        self.bytes.capacity() + std::mem::size_of::<Held>() + 16
+    }
 }
 
 /// A connection's protocol state, framing and output, driven by a model.
@@ -360,17 +387,24 @@ pub struct Session {
     framing: Framing,
     delay: Duration,
     idle_timeout: Option<Duration>,
+    write_timeout: Duration,
     /// Bytes ready to be written now; `out_pos` of them already were.
     out: Vec<u8>,
     out_pos: usize,
-    /// Replies held by `--delay`, in due order (every batch waits the same).
+    /// Replies held by `--delay`, in due order (every batch waits the same),
+    /// and what they cost the budget.
     held: VecDeque<Held>,
+    held_cost: usize,
     /// Set once the protocol asked to close and every reply before it is out.
     closing: bool,
     /// The peer sent EOF; nothing more will be read.
     peer_finished: bool,
-    /// When the connection is closed for silence.
+    /// When the connection is closed for want of a complete request.
     idle_deadline: Option<Instant>,
+    /// When owed output that has made no progress since is given up on.
+    write_deadline: Option<Instant>,
+    /// When a chat member whose full inbox holds the room back is dropped.
+    stall_deadline: Option<Instant>,
 }
 
 impl fmt::Debug for Session {
@@ -394,13 +428,18 @@ impl Session {
             framing: config.framing,
             delay: config.delay,
             idle_timeout: config.idle_timeout,
+            write_timeout: config.write_timeout,
             out: Vec::new(),
             out_pos: 0,
             held: VecDeque::new(),
+            held_cost: 0,
             closing: false,
             peer_finished: false,
-            idle_deadline: config.idle_timeout.map(|t| now.instant + t),
+            idle_deadline: None,
+            write_deadline: None,
+            stall_deadline: None,
         };
+        session.active(now.instant);
         session.take(greeting, now);
         session
     }
@@ -410,14 +449,13 @@ impl Session {
         if self.closing || self.peer_finished {
             return; // Late input after we decided to close is discarded.
         }
-        if let Some(t) = self.idle_timeout {
-            self.idle_deadline = Some(now.instant + t);
-        }
         let mut replies = self.replies();
         let protocol = &mut self.protocol;
         let mut too_long = false;
+        let mut complete = false;
         self.decoder.decode(data, |frame| match frame {
             Frame::Message(msg) => {
+                complete = true;
                 protocol.message(msg, now, &mut replies);
                 !replies.close
             }
@@ -429,6 +467,11 @@ impl Session {
         if too_long {
             replies.error("line too long");
             replies.close();
+        }
+        if complete {
+            // Only a whole request counts: a trickle of bytes that never
+            // makes one does not keep the connection.
+            self.active(now.instant);
         }
         self.take(replies, now);
     }
@@ -456,14 +499,54 @@ impl Session {
     pub fn handle_timeout(&mut self, now: Now) {
         while self.held.front().is_some_and(|h| h.due <= now.instant) {
             if let Some(held) = self.held.pop_front() {
-                self.release(held.bytes, held.close);
+                self.held_cost -= held.cost();
+                self.release(held.bytes, held.close, now.instant);
             }
         }
-        if self.idle_deadline.is_some_and(|d| d <= now.instant) && !self.closing {
+        let due = |deadline: Option<Instant>| deadline.is_some_and(|d| d <= now.instant);
+        if due(self.write_deadline) {
+            tracing::info!(
+                timeout = ?self.write_timeout,
+                unsent = self.pending_output().len(),
+                "dropping a connection whose peer does not read"
+            );
+            self.drop_everything();
+        } else if due(self.stall_deadline) {
+            if self.protocol.inbox().is_some_and(|inbox| inbox.is_full()) {
+                tracing::info!(
+                    stall = ?room::ROOM_STALL,
+                    "dropping a chat member that kept the room waiting"
+                );
+                self.drop_everything();
+            } else {
+                self.stall_deadline = None;
+            }
+        } else if due(self.idle_deadline) && !self.closing {
             tracing::debug!("closing an idle connection");
             self.idle_deadline = None;
             self.held.clear();
+            self.held_cost = 0;
             self.closing = true;
+        }
+    }
+
+    /// Gives up on the connection: nothing owed will be sent.
+    fn drop_everything(&mut self) {
+        self.held.clear();
+        self.held_cost = 0;
+        self.out = Vec::new();
+        self.out_pos = 0;
+        self.write_deadline = None;
+        self.stall_deadline = None;
+        self.idle_deadline = None;
+        self.closing = true;
+    }
+
+    /// A request completed, or a reply made progress: the idle clock
+    /// starts again.
+    fn active(&mut self, now: Instant) {
+        if !self.peer_finished {
+            self.idle_deadline = self.idle_timeout.map(|t| now + t);
         }
     }
 
@@ -472,6 +555,9 @@ impl Session {
     pub fn handle_shutdown(&mut self) {
         self.peer_finished = true;
         self.idle_deadline = None;
+        if let Some(inbox) = self.protocol.inbox() {
+            inbox.take_into(&mut Vec::new(), usize::MAX); // Room news is not owed.
+        }
         match self.held.back_mut() {
             Some(last) => last.close = true,
             None => self.closing = true,
@@ -493,32 +579,54 @@ impl Session {
         }
     }
 
-    /// Takes what other connections left (chat lines) into the output. A
-    /// member too far behind is disconnected.
-    pub fn handle_wake(&mut self, _now: Now) {
+    /// Takes what other connections left (chat lines) into the output, as
+    /// much as the budget allows; the rest waits in the inbox and is taken
+    /// as the output drains. Also called when a held-back speaker may go on.
+    pub fn handle_wake(&mut self, now: Now) {
+        self.take_inbox(now.instant);
+    }
+
+    fn take_inbox(&mut self, now: Instant) {
         let Some(inbox) = self.protocol.inbox() else {
             return;
         };
-        let delivery = inbox.take();
-        if delivery.overflowed {
-            tracing::info!("disconnecting a member too slow to read the room");
-            self.held.clear();
-            self.out.clear();
-            self.out_pos = 0;
-            self.closing = true;
-        } else if !self.closing {
-            self.out.extend_from_slice(&delivery.bytes);
+        if self.closing || self.peer_finished {
+            return;
+        }
+        let was_empty = self.out_pos == self.out.len();
+        let room = CONNECTION_BUDGET.saturating_sub(self.cost());
+        inbox.take_into(&mut self.out, room);
+        if inbox.is_full() {
+            // This member's reading holds the room back: the clock runs.
+            self.stall_deadline.get_or_insert(now + room::ROOM_STALL);
+        } else {
+            self.stall_deadline = None;
+        }
+        if was_empty && self.out_pos < self.out.len() {
+            self.write_deadline = Some(now + self.write_timeout);
         }
     }
 
     /// The next instant at which [`handle_timeout`](Session::handle_timeout)
     /// has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let held = self.held.front().map(|h| h.due);
-        match (held, self.idle_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.held.front().map(|h| h.due),
+            self.idle_deadline,
+            self.write_deadline,
+            self.stall_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// What the server holds for this connection now, against
+    /// [`CONNECTION_BUDGET`]: output not yet written and replies held for
+    /// `--delay` (chat lines count once taken from the inbox, which is
+    /// bounded by the room).
+    pub fn cost(&self) -> usize {
+        (self.out.len() - self.out_pos) + self.held_cost
     }
 
     /// Whether a reply is waiting for its `--delay` (blocking models sleep
@@ -532,8 +640,12 @@ impl Session {
         &self.out[self.out_pos..]
     }
 
-    /// `n` bytes of [`pending_output`](Session::pending_output) were written.
-    pub fn consume_output(&mut self, n: usize) {
+    /// `n` bytes of [`pending_output`](Session::pending_output) were
+    /// written at `now`: progress, which restarts the write and idle clocks.
+    pub fn consume_output(&mut self, n: usize, now: Instant) {
+        if n == 0 {
+            return;
+        }
         self.out_pos = (self.out_pos + n).min(self.out.len());
         if self.out_pos == self.out.len() {
             self.out.clear();
@@ -542,13 +654,29 @@ impl Session {
                 // Give back what a burst needed; an idle connection holds nothing.
                 self.out = Vec::new();
             }
+            self.write_deadline = None;
+        } else {
+            self.write_deadline = Some(now + self.write_timeout);
         }
+        self.active(now);
+        self.take_inbox(now);
     }
 
     /// Whether the driver should read: the peer may still send, we have not
-    /// decided to close, and the peer is keeping up with our output.
+    /// decided to close, what we hold for the peer is within its budget, and
+    /// the protocol takes input (a held-back chat speaker does not).
     pub fn wants_read(&self) -> bool {
-        !self.peer_finished && !self.closing && self.out.len() - self.out_pos < OUTPUT_HIGH_WATER
+        !self.peer_finished
+            && !self.closing
+            && self.cost() < CONNECTION_BUDGET
+            && self.protocol.accepts_input()
+    }
+
+    /// Whether something other than the peer can still give this session
+    /// work (another connection, through its wake): a driver must not
+    /// conclude that a session that wants nothing now is over.
+    pub fn may_be_woken(&self) -> bool {
+        !self.closing && self.protocol.inbox().is_some()
     }
 
     /// Everything owed has been written and the connection should close.
@@ -573,8 +701,10 @@ impl Session {
         let immediate = (self.delay.is_zero() || undelayed) && self.held.is_empty();
         if immediate && !self.closing {
             // Already in place behind the earlier output.
+            let was_empty = self.out_pos == base;
             self.out = out;
             self.closing = close;
+            self.output_added(was_empty, now.instant);
             return;
         }
         let new = out.split_off(base);
@@ -582,23 +712,34 @@ impl Session {
         if immediate || (new.is_empty() && !close) {
             return; // After our close nothing more goes out.
         }
-        self.held.push_back(Held {
+        let held = Held {
             due: now.instant + self.delay,
             bytes: new,
             close,
-        });
+        };
+        self.held_cost += held.cost();
+        self.held.push_back(held);
     }
 
-    fn release(&mut self, bytes: Vec<u8>, close: bool) {
+    fn release(&mut self, bytes: Vec<u8>, close: bool, now: Instant) {
         if self.closing {
             return;
         }
+        let was_empty = self.out_pos == self.out.len();
         if self.out.is_empty() {
             self.out = bytes;
         } else {
             self.out.extend_from_slice(&bytes);
         }
         self.closing = close;
+        self.output_added(was_empty, now);
+    }
+
+    /// Output was appended: if there was none before, the write clock starts.
+    fn output_added(&mut self, was_empty: bool, now: Instant) {
+        if was_empty && self.out_pos < self.out.len() {
+            self.write_deadline = Some(now + self.write_timeout);
+        }
     }
 }
 
@@ -646,10 +787,14 @@ pub(crate) mod tests {
             Self::new(ServiceConfig::new(kind))
         }
 
+        /// Writes everything owed, as a peer that reads everything would
+        /// let a driver do (the output may refill from a chat inbox).
         pub fn drain(&mut self) {
-            let n = self.session.pending_output().len();
-            self.written.extend_from_slice(self.session.pending_output());
-            self.session.consume_output(n);
+            while !self.session.pending_output().is_empty() {
+                let n = self.session.pending_output().len();
+                self.written.extend_from_slice(self.session.pending_output());
+                self.session.consume_output(n, self.now.instant);
+            }
         }
 
         pub fn send(&mut self, data: &[u8]) -> String {
@@ -699,6 +844,58 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_trickle_that_never_completes_a_request_does_not_reset_the_idle_clock() {
+        let mut config = ServiceConfig::new(ServiceKind::Calc);
+        config.idle_timeout = Some(Duration::from_secs(2));
+        let mut h = Harness::new(config);
+        for byte in b"1 + 1" {
+            h.advance(Duration::from_millis(500));
+            assert_eq!(h.send(&[*byte]), "");
+        }
+        assert!(h.session.is_finished(), "2 s without a whole request");
+    }
+
+    #[test]
+    fn output_that_makes_no_progress_is_given_up_after_the_write_timeout() {
+        let mut config = ServiceConfig::new(ServiceKind::Echo);
+        config.write_timeout = Duration::from_secs(30);
+        let mut h = Harness::new(config);
+        let now = h.now;
+        h.session.handle_read(&[b'x'; 1000], now);
+        // A peer that takes a little, then nothing.
+        h.session
+            .consume_output(100, now.instant + Duration::from_secs(10));
+        assert_eq!(
+            h.session.poll_timeout(),
+            Some(now.instant + Duration::from_secs(40)),
+            "progress restarts the clock; the whole reply is not given a new one per write"
+        );
+        h.now = now.advanced(Duration::from_secs(40));
+        h.session.handle_timeout(h.now);
+        assert!(h.session.is_finished());
+        assert!(h.session.pending_output().is_empty());
+    }
+
+    #[test]
+    fn replies_held_for_delay_count_against_the_budget() {
+        let mut config = ServiceConfig::new(ServiceKind::Echo);
+        config.delay = Duration::from_secs(5);
+        let mut h = Harness::new(config);
+        let mut requests = 0;
+        while h.session.wants_read() {
+            h.session.handle_read(b"x", h.now);
+            requests += 1;
+        }
+        assert!(h.session.cost() >= CONNECTION_BUDGET);
+        assert!(
+            requests < CONNECTION_BUDGET / 64,
+            "{requests} one-byte requests held"
+        );
+        h.advance(Duration::from_secs(5));
+        assert!(h.session.wants_read(), "the replies went out: reading again");
+    }
+
+    #[test]
     fn overlong_line_gets_err_and_close() {
         let mut config = ServiceConfig::new(ServiceKind::Echo);
         config.framing = Framing::Line;
@@ -717,7 +914,7 @@ pub(crate) mod tests {
         while h.session.wants_read() {
             h.session.handle_read(&chunk, h.now);
         }
-        assert!(h.session.pending_output().len() >= OUTPUT_HIGH_WATER);
+        assert!(h.session.pending_output().len() >= CONNECTION_BUDGET);
         h.drain();
         assert!(h.session.wants_read());
     }
