@@ -127,6 +127,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     Err(e) => return tracing::debug!("connection ended: {e}"),
                 },
                 _ = sleep_until(deadline), if deadline.is_some() => session.handle_timeout(Now::system()),
+                // A chat member stuck writing still hears the room, which
+                // is how it learns that its inbox holds the room back.
+                _ = notified(&wake), if wake.is_some() => session.handle_wake(Now::system()),
             }
             continue;
         }

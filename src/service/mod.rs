@@ -712,6 +712,11 @@ impl Session {
         if immediate || (new.is_empty() && !close) {
             return; // After our close nothing more goes out.
         }
+        if new.is_empty() && self.held.is_empty() {
+            // A close with nothing owed before it: no reply to delay.
+            self.closing = true;
+            return;
+        }
         let held = Held {
             due: now.instant + self.delay,
             bytes: new,
