@@ -10,16 +10,19 @@
 //! With `--fork`, A must listen: every accepted peer gets its own B and its
 //! own pair of copying threads, and the relay keeps listening. (socat forks
 //! a process; a thread does the same job here with less ceremony, and the
-//! flag keeps socat's name.) TCP to TCP moves data with splice(2) through a
-//! pipe, never through user space, unless `--verbose` or `--hexdump` need
-//! to see the bytes.
+//! flag keeps socat's name.) `--max-children` bounds the pairs relayed at
+//! once (socat's `max-children`): past it, peers wait in the listen backlog.
+//! Out of descriptors, the relay stops accepting until a pair closes, rather
+//! than exiting and dropping every pair it carries. TCP to TCP moves data
+//! with splice(2) through a pipe, never through user space, unless
+//! `--verbose` or `--hexdump` need to see the bytes.
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -40,6 +43,8 @@ pub struct RelayOptions {
     pub timeout: Duration,
     /// Close a pair when neither direction has moved a byte for this long.
     pub idle_timeout: Option<Duration>,
+    /// With `fork`: pairs relayed at once.
+    pub max_children: usize,
     /// Log every transfer (direction and size) on stderr.
     pub verbose: bool,
     /// Show every transfer's bytes on stderr, as `hexdump -C` does.
@@ -54,27 +59,149 @@ enum Side {
     Stdio,
 }
 
+/// socat users' usual bound on `fork` children; `--max-children` changes it.
+pub const DEFAULT_MAX_CHILDREN: usize = 256;
+
 pub fn run(options: RelayOptions) -> anyhow::Result<()> {
     if options.fork {
         let Endpoint::Listen(addr) = &options.a else {
             bail!("--fork needs a listening first address, such as tcp-listen:PORT");
         };
         let listener = listen_stream(addr)?;
-        let options = Arc::new(options);
-        loop {
-            let peer = listener.accept().context("accept failed")?;
-            let options = options.clone();
-            std::thread::Builder::new().name("relay".into()).spawn(move || {
-                let result = open(&options.b).and_then(|b| relay_pair(Side::Stream(peer), b, &options));
-                if let Err(e) = result {
-                    tracing::warn!("relay: {e:#}");
-                }
-            })?;
-        }
+        return relay_every_peer(&listener, Arc::new(options));
     }
     let a = open(&options.a)?;
     let b = open(&options.b)?;
     relay_pair(a, b, &options)
+}
+
+/// `--fork`: accept forever, each peer relayed on its own thread, at most
+/// `--max-children` at once.
+fn relay_every_peer(listener: &Listener, options: Arc<RelayOptions>) -> anyhow::Result<()> {
+    let pairs = Pairs::new(options.max_children);
+    // Failed accepts in the current out-of-descriptors episode, if one is on.
+    let mut starved: Option<u64> = None;
+    loop {
+        pairs.wait_below_max();
+        let peer = match listener.accept() {
+            Ok(peer) => peer,
+            Err(e) if net::out_of_descriptors(&e) || out_of_memory(&e) => {
+                // The peer waits in the backlog; a closing pair frees what
+                // accepting needs. Log the episode once, not every retry.
+                let tries = starved.get_or_insert(0);
+                if *tries == 0 {
+                    tracing::warn!(
+                        "accept: {e}; not accepting until a pair closes ({} relayed)",
+                        pairs.live()
+                    );
+                }
+                *tries += 1;
+                pairs.wait_for_a_close(Duration::from_millis(250));
+                continue;
+            }
+            Err(e) if listener_is_broken(&e) => return Err(e).context("accept failed"),
+            Err(e) => {
+                // The peer went away before we took it, or the like.
+                tracing::debug!("accept: {e}");
+                continue;
+            }
+        };
+        if let Some(tries) = starved.take() {
+            tracing::info!("accepting again, after {tries} tries out of descriptors");
+        }
+        let pair = pairs.start();
+        let options = options.clone();
+        let spawned = std::thread::Builder::new().name("relay".into()).spawn(move || {
+            let _pair = pair;
+            let result = open(&options.b).and_then(|b| relay_pair(Side::Stream(peer), b, &options));
+            if let Err(e) = result {
+                tracing::warn!("relay: {e:#}");
+            }
+        });
+        if let Err(e) = spawned {
+            // Out of threads: this peer is dropped, the others go on.
+            tracing::warn!("cannot start a thread for a peer, closing it: {e}");
+        }
+    }
+}
+
+fn out_of_memory(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// Errors that say the listening socket itself is unusable, so that retrying
+/// would spin; anything else (a peer that reset before accept) is passing.
+fn listener_is_broken(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EBADF | libc::ENOTSOCK | libc::EINVAL | libc::EOPNOTSUPP | libc::EFAULT)
+    )
+}
+
+/// The pairs being relayed, counted against `--max-children`.
+#[derive(Clone)]
+struct Pairs {
+    live: Arc<(Mutex<usize>, Condvar)>,
+    max: usize,
+}
+
+/// One pair being relayed; dropping it frees its place.
+struct Pair(Arc<(Mutex<usize>, Condvar)>);
+
+impl Pairs {
+    fn new(max: usize) -> Self {
+        Pairs {
+            live: Arc::default(),
+            max: max.max(1),
+        }
+    }
+
+    fn live(&self) -> usize {
+        *self.live.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Blocks while `max` pairs are relayed; logs once each time it does.
+    fn wait_below_max(&self) {
+        let (count, changed) = &*self.live;
+        let live = count.lock().unwrap_or_else(|e| e.into_inner());
+        if *live >= self.max {
+            tracing::info!(
+                max = self.max,
+                "at --max-children: not accepting until a pair closes"
+            );
+        }
+        drop(
+            changed
+                .wait_while(live, |live| *live >= self.max)
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+    }
+
+    /// Waits until a pair closes, or `at_most` (descriptors may free up
+    /// elsewhere too).
+    fn wait_for_a_close(&self, at_most: Duration) {
+        let (count, changed) = &*self.live;
+        let live = count.lock().unwrap_or_else(|e| e.into_inner());
+        let before = *live;
+        drop(
+            changed
+                .wait_timeout_while(live, at_most, |live| *live >= before)
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+    }
+
+    fn start(&self) -> Pair {
+        *self.live.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        Pair(self.live.clone())
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let (count, changed) = &*self.0;
+        *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        changed.notify_all();
+    }
 }
 
 fn open(endpoint: &Endpoint) -> anyhow::Result<Side> {
