@@ -83,8 +83,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("'{s}' is not a duration like 250ms, 5s or 1m: {e}"))?;
     if d > MAX_DURATION {
         return Err(format!(
-            "'{s}' is longer than the longest duration accepted, {}",
-            humantime::format_duration(MAX_DURATION)
+            "'{s}' is longer than the longest duration accepted, {}h",
+            MAX_DURATION.as_secs() / 3600
         ));
     }
     Ok(d)
@@ -418,5 +418,38 @@ impl LabArgs {
             markdown: self.markdown,
             html: Some(self.html),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_bounded_by_a_day() {
+        assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
+        assert!(parse_duration("24h 1s")
+            .unwrap_err()
+            .contains("longest duration accepted, 24h"));
+        assert!(parse_duration("300000000000years").is_err());
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_positive_duration("0s").is_err());
+    }
+
+    #[test]
+    fn counts_rates_and_modes() {
+        assert_eq!(parse_count("3", 3), Ok(3));
+        assert!(parse_count("4", 3).unwrap_err().contains("most accepted, 3"));
+        assert!(parse_count("0", 3).is_err());
+        assert!(parse_count("-1", 3).is_err());
+        for bad in ["inf", "NaN", "0", "-1", "1e300", "0.0001"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        assert_eq!(parse_mode("600"), Ok(0o600));
+        assert_eq!(parse_mode("0o660"), Ok(0o660));
+        assert_eq!(parse_mode("0777"), Ok(0o777));
+        assert!(parse_mode("1000").is_err());
+        assert!(parse_mode("8").is_err());
     }
 }
