@@ -72,7 +72,7 @@ pub fn run(options: RelayOptions) -> anyhow::Result<()> {
     }
     let a = open(&options.a)?;
     let b = open(&options.b)?;
-    relay_pair(a, b, &options)
+    relay_pair(a, b, &options, None)
 }
 
 /// `--fork`: accept forever, each peer relayed on its own thread, at most
@@ -81,10 +81,19 @@ fn relay_every_peer(listener: &Listener, options: Arc<RelayOptions>) -> anyhow::
     let pairs = Pairs::new(options.max_children);
     // Failed accepts in the current out-of-descriptors episode, if one is on.
     let mut starved: Option<u64> = None;
+    // Wait for a peer in poll(2), then accept: a blocking accept(2) takes
+    // its descriptor before it sleeps, so the peer that finally comes could
+    // find none left for its other side.
+    listener.set_nonblocking(true)?;
     loop {
         pairs.wait_below_max();
-        let peer = match listener.accept() {
+        wait_for_a_peer(listener)?;
+        let peer = match listener
+            .accept()
+            .and_then(|p| p.set_nonblocking(false).map(|()| p))
+        {
             Ok(peer) => peer,
+            Err(e) if net::would_block(&e) || net::interrupted(&e) => continue,
             Err(e) if net::out_of_descriptors(&e) || out_of_memory(&e) => {
                 // The peer waits in the backlog; a closing pair frees what
                 // accepting needs. Log the episode once, not every retry.
@@ -109,11 +118,11 @@ fn relay_every_peer(listener: &Listener, options: Arc<RelayOptions>) -> anyhow::
         if let Some(tries) = starved.take() {
             tracing::info!("accepting again, after {tries} tries out of descriptors");
         }
-        let pair = pairs.start();
+        let pair = Arc::new(pairs.start());
         let options = options.clone();
         let spawned = std::thread::Builder::new().name("relay".into()).spawn(move || {
-            let _pair = pair;
-            let result = open(&options.b).and_then(|b| relay_pair(Side::Stream(peer), b, &options));
+            let result =
+                open(&options.b).and_then(|b| relay_pair(Side::Stream(peer), b, &options, Some(pair)));
             if let Err(e) = result {
                 tracing::warn!("relay: {e:#}");
             }
@@ -121,6 +130,19 @@ fn relay_every_peer(listener: &Listener, options: Arc<RelayOptions>) -> anyhow::
         if let Err(e) = spawned {
             // Out of threads: this peer is dropped, the others go on.
             tracing::warn!("cannot start a thread for a peer, closing it: {e}");
+        }
+    }
+}
+
+/// Blocks until the listener has a peer waiting.
+fn wait_for_a_peer(listener: &Listener) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -266,8 +288,11 @@ impl Direction {
     }
 }
 
-/// Copies between two opened sides until both directions end.
-fn relay_pair(a: Side, b: Side, options: &RelayOptions) -> anyhow::Result<()> {
+/// Copies between two opened sides until both directions end. `place`, the
+/// pair's place under `--max-children`, is held until every copying thread
+/// that can be stopped has closed its sockets, so that a freed place comes
+/// with the descriptors the next pair needs.
+fn relay_pair(a: Side, b: Side, options: &RelayOptions, place: Option<Arc<Pair>>) -> anyhow::Result<()> {
     let (a_read, a_write) = a.split()?;
     let (b_read, b_write) = b.split()?;
     let activity = Arc::new(AtomicU64::new(0));
@@ -280,7 +305,11 @@ fn relay_pair(a: Side, b: Side, options: &RelayOptions) -> anyhow::Result<()> {
     }
     let mut stoppers = Vec::new();
     for (direction, from, to) in directions {
-        stoppers.push(from.stopper());
+        let stopper = from.stopper();
+        // A thread blocked on a datagram socket or stdin cannot be stopped:
+        // it must not hold the place forever.
+        let place = stopper.as_ref().and(place.clone());
+        stoppers.push(stopper);
         let (done, activity) = (done.clone(), activity.clone());
         let copy = Copy {
             direction,
@@ -291,6 +320,7 @@ fn relay_pair(a: Side, b: Side, options: &RelayOptions) -> anyhow::Result<()> {
         };
         std::thread::Builder::new().name("copy".into()).spawn(move || {
             let result = copy.run(from, to);
+            drop(place); // After `run` has closed its two halves.
             let _ = done.send((direction, result));
         })?;
     }
