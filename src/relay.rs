@@ -72,7 +72,7 @@ pub fn run(options: RelayOptions) -> anyhow::Result<()> {
     }
     let a = open(&options.a)?;
     let b = open(&options.b)?;
-    relay_pair(a, b, &options, None)
+    relay_pair(a, b, &options, None, None)
 }
 
 /// `--fork`: accept forever, each peer relayed on its own thread, at most
@@ -115,23 +115,68 @@ fn relay_every_peer(listener: &Listener, options: Arc<RelayOptions>) -> anyhow::
                 continue;
             }
         };
-        if let Some(tries) = starved.take() {
-            tracing::info!("accepting again, after {tries} tries out of descriptors");
-        }
         let pair = Arc::new(pairs.start());
         let options = options.clone();
+        let (set_up, setup) = mpsc::sync_channel(1);
         let spawned = std::thread::Builder::new().name("relay".into()).spawn(move || {
-            let result =
-                open(&options.b).and_then(|b| relay_pair(Side::Stream(peer), b, &options, Some(pair)));
+            let result = open(&options.b)
+                .and_then(|b| relay_pair(Side::Stream(peer), b, &options, Some(pair), Some(&set_up)));
             if let Err(e) = result {
                 tracing::warn!("relay: {e:#}");
+                let mut io_errors = e.chain().filter_map(|c| c.downcast_ref::<io::Error>());
+                let _ = set_up.try_send(Setup::Failed {
+                    out_of_descriptors: io_errors.any(net::out_of_descriptors),
+                });
             }
         });
-        if let Err(e) = spawned {
-            // Out of threads: this peer is dropped, the others go on.
-            tracing::warn!("cannot start a thread for a peer, closing it: {e}");
+        // One pair's sockets at a time: a pair that finds no descriptors
+        // for its other side ends this round of accepting before the next
+        // peer is taken only to be dropped too. A slow connect to B does
+        // not hold up the others for long.
+        let outcome = match spawned {
+            Ok(_) => setup.recv_timeout(SETUP_WAIT).unwrap_or(Setup::Ready),
+            Err(e) => {
+                // Out of threads: this peer is dropped, the others go on.
+                tracing::warn!("cannot start a thread for a peer, closing it: {e}");
+                Setup::Failed {
+                    out_of_descriptors: false,
+                }
+            }
+        };
+        match outcome {
+            Setup::Failed {
+                out_of_descriptors: true,
+            } => {
+                let tries = starved.get_or_insert(0);
+                if *tries == 0 {
+                    tracing::warn!(
+                        "out of descriptors for a pair; not accepting until a pair closes ({} relayed)",
+                        pairs.live()
+                    );
+                }
+                *tries += 1;
+                pairs.wait_for_a_close(Duration::from_secs(1));
+            }
+            Setup::Ready => {
+                if let Some(tries) = starved.take() {
+                    tracing::info!("accepting again, after {tries} tries out of descriptors");
+                }
+            }
+            Setup::Failed { .. } => {}
         }
     }
+}
+
+/// How long the accept loop waits for a new pair to open its other side.
+const SETUP_WAIT: Duration = Duration::from_secs(1);
+
+/// How a new pair's opening went, for the accept loop.
+enum Setup {
+    /// Both sides open, copying.
+    Ready,
+    Failed {
+        out_of_descriptors: bool,
+    },
 }
 
 /// Blocks until the listener has a peer waiting.
@@ -168,7 +213,9 @@ struct Pairs {
 }
 
 /// One pair being relayed; dropping it frees its place.
-struct Pair(Arc<(Mutex<usize>, Condvar)>);
+struct Pair {
+    live: Arc<(Mutex<usize>, Condvar)>,
+}
 
 impl Pairs {
     fn new(max: usize) -> Self {
@@ -214,13 +261,15 @@ impl Pairs {
 
     fn start(&self) -> Pair {
         *self.live.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        Pair(self.live.clone())
+        Pair {
+            live: self.live.clone(),
+        }
     }
 }
 
 impl Drop for Pair {
     fn drop(&mut self) {
-        let (count, changed) = &*self.0;
+        let (count, changed) = &*self.live;
         *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
         changed.notify_all();
     }
@@ -292,7 +341,13 @@ impl Direction {
 /// pair's place under `--max-children`, is held until every copying thread
 /// that can be stopped has closed its sockets, so that a freed place comes
 /// with the descriptors the next pair needs.
-fn relay_pair(a: Side, b: Side, options: &RelayOptions, place: Option<Arc<Pair>>) -> anyhow::Result<()> {
+fn relay_pair(
+    a: Side,
+    b: Side,
+    options: &RelayOptions,
+    place: Option<Arc<Pair>>,
+    set_up: Option<&mpsc::SyncSender<Setup>>,
+) -> anyhow::Result<()> {
     let (a_read, a_write) = a.split()?;
     let (b_read, b_write) = b.split()?;
     let activity = Arc::new(AtomicU64::new(0));
@@ -325,6 +380,9 @@ fn relay_pair(a: Side, b: Side, options: &RelayOptions, place: Option<Arc<Pair>>
         })?;
     }
     drop(done);
+    if let Some(set_up) = set_up {
+        let _ = set_up.try_send(Setup::Ready);
+    }
 
     // Wait for the first direction to end, watching for silence.
     let total = stoppers.len();
@@ -449,13 +507,21 @@ struct Copy {
 
 impl Copy {
     fn run(&self, mut from: Reader, mut to: Writer) -> io::Result<u64> {
-        let result = match (&from, &to) {
+        let spliced = match (&from, &to) {
             (Reader::Stream(src @ Stream::Tcp(_)), Writer::Stream(dst @ Stream::Tcp(_)))
                 if !self.verbose && !self.hexdump =>
             {
-                self.splice(src, dst)
+                // The pipe costs two descriptors: without them, copy
+                // through user space rather than fail the pair.
+                nix::unistd::pipe2(OFlag::O_CLOEXEC)
+                    .ok()
+                    .map(|pipe| self.splice(src, dst, pipe))
             }
-            _ => self.copy(&mut from, &mut to),
+            _ => None,
+        };
+        let result = match spliced {
+            Some(result) => result,
+            None => self.copy(&mut from, &mut to),
         };
         to.finish();
         result
@@ -478,8 +544,7 @@ impl Copy {
     }
 
     /// socket -> pipe -> socket, in the kernel.
-    fn splice(&self, from: &Stream, to: &Stream) -> io::Result<u64> {
-        let (pipe_r, pipe_w): (OwnedFd, OwnedFd) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    fn splice(&self, from: &Stream, to: &Stream, (pipe_r, pipe_w): (OwnedFd, OwnedFd)) -> io::Result<u64> {
         let flags = SpliceFFlags::SPLICE_F_MOVE;
         let mut total = 0u64;
         loop {
