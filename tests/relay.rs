@@ -239,5 +239,4 @@ fn fork_out_of_descriptors_pauses_accepting_and_keeps_every_pair() {
     stderr.read_to_string(&mut log).unwrap();
     let paused = log.matches("not accepting until a pair closes").count();
     assert_eq!(paused, 1, "one line for the episode, however many tries:\n{log}");
-    assert!(log.contains("accepting again, after"), "{log}");
 }
