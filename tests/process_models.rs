@@ -243,7 +243,19 @@ fn kill_9_takes_every_child_down_and_frees_the_port() {
 /// `socklab serve` whose stderr the test reads, to know when the first
 /// signal has been taken.
 fn logged(model: &str, listen: &str) -> (Server, BufReader<std::process::ChildStderr>) {
-    let args = ["--model", model, "--workers", "3", "--service", "echo"];
+    // Replies held long past the signals: the first signal must wait for them.
+    let args = [
+        "--model",
+        model,
+        "--workers",
+        "3",
+        "--service",
+        "welcome",
+        "--delay",
+        "60s",
+        "--grace",
+        "60s",
+    ];
     let configure = |c: &mut std::process::Command| {
         c.stderr(std::process::Stdio::piped());
     };
@@ -277,12 +289,12 @@ fn a_second_signal_exits_at_once_and_takes_every_child_down() {
         let what = format!("{model}, SIG{sig} twice, {listen}");
         let (mut server, mut log) = logged(model, listen);
         let pid = server.pid();
-        // Connections held open: the first signal waits out the grace period for them.
+        // Each connection is owed a reply: the first signal waits for them.
         let conns: Vec<Conn> = (0..3)
-            .map(|i| {
+            .map(|_| {
                 let mut c = server.connect();
-                c.send(format!("{i}").as_bytes());
-                assert_eq!(c.recv_some(), format!("{i}"), "{what}");
+                assert_eq!(c.recv_some(), "Welcome!", "{what}");
+                c.send(b"x");
                 c
             })
             .collect();
