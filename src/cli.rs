@@ -51,15 +51,93 @@ pub enum Command {
     Models,
 }
 
-/// A duration as `250ms`, `5s` or `1m`.
+// Bounds on what the command line accepts, checked while parsing, so that a
+// value past them is a usage error (exit 2) before anything runs, never a
+// panic or an 8 GB allocation later. Each is far beyond any experiment.
+
+/// The longest duration any flag takes (`--delay`, `--idle-timeout`,
+/// `--grace`, `--timeout`, `--duration`, `--write-timeout`): a day. Every
+/// duration flag parses with [`parse_duration`], which enforces it.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// `serve --workers`, `bench --threads`: processes or threads to start.
+pub const MAX_WORKERS: usize = 1024;
+/// `serve --max-conns`.
+pub const MAX_CONNS: usize = 10_000_000;
+/// `bench --clients`, and the lab's client and connection counts.
+pub const MAX_CLIENTS: usize = 100_000;
+/// `bench --requests` (per client).
+pub const MAX_REQUESTS: usize = 1_000_000_000;
+/// `bench --size`, `serve --max-line`: bytes of one request or line.
+pub const MAX_SIZE: usize = 64 << 20;
+/// `bench --rate`: requests per second in total, from one every 1000 s
+/// (the slowest schedule that fits in [`MAX_DURATION`] with room to spare)
+/// to ten million, more than one machine's loopback carries.
+pub const MIN_RATE: f64 = 0.001;
+pub const MAX_RATE: f64 = 10_000_000.0;
+/// `send --retries`.
+pub const MAX_RETRIES: u32 = 1000;
+
+/// A duration as `250ms`, `5s` or `1m`, at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 250ms, 5s or 1m: {e}"))
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration like 250ms, 5s or 1m: {e}"))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "'{s}' is longer than the longest duration accepted, {}h",
+            MAX_DURATION.as_secs() / 3600
+        ));
+    }
+    Ok(d)
 }
 
-fn parse_positive(s: &str) -> Result<usize, String> {
+/// A duration above zero (a timeout of nothing would fail everything at once).
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(format!("'{s}' is not a duration above 0")),
+        d => Ok(d),
+    }
+}
+
+/// A whole number from 1 to `max`.
+fn parse_count(s: &str, max: usize) -> Result<usize, String> {
     match s.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("'{s}' is not a whole number above 0")),
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        Ok(0) => Err(format!("'{s}' is not a whole number above 0")),
+        Ok(_) => Err(format!("'{s}' is more than the most accepted, {max}")),
+        Err(_) => Err(format!("'{s}' is not a whole number above 0")),
+    }
+}
+
+fn parse_workers(s: &str) -> Result<usize, String> {
+    parse_count(s, MAX_WORKERS)
+}
+
+fn parse_clients(s: &str) -> Result<usize, String> {
+    parse_count(s, MAX_CLIENTS)
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    parse_count(s, MAX_SIZE)
+}
+
+/// Requests per second: a finite number from [`MIN_RATE`] to [`MAX_RATE`].
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (MIN_RATE..=MAX_RATE).contains(&r) => Ok(r),
+        Ok(_) => Err(format!(
+            "'{s}' is not a rate from {MIN_RATE} to {MAX_RATE} requests per second"
+        )),
+        Err(_) => Err(format!("'{s}' is not a number of requests per second")),
+    }
+}
+
+/// File permissions in octal, as chmod takes them: `600`, `0660`.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!(
+            "'{s}' is not a file mode in octal from 0 to 777, like 600 or 660"
+        )),
     }
 }
 
@@ -75,39 +153,44 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", default_value = "tcp:127.0.0.1:50000")]
     pub listen: Vec<Addr>,
     /// Threads or processes for pool and prefork (default 3), loops for epoll
-    #[arg(long, value_parser = parse_positive)]
+    /// (at most 1024)
+    #[arg(long, value_parser = parse_workers)]
     pub workers: Option<usize>,
-    /// Hold every reply this long (for hello: counted from accept)
+    /// Hold every reply this long (for hello: counted from accept; at most 1 day)
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     pub delay: Duration,
     /// How requests are cut out of the stream [default: the service's own]
     #[arg(long)]
     pub framing: Option<Framing>,
     /// Stop accepting at this many open connections until one closes
-    #[arg(long, value_parser = parse_positive)]
+    #[arg(long, value_parser = |s: &str| parse_count(s, MAX_CONNS))]
     pub max_conns: Option<usize>,
     /// Close a connection that completes no request (and to which no reply
     /// makes progress) for this long; a trickle of bytes that never makes a
-    /// request does not keep it open
-    #[arg(long, value_parser = parse_duration)]
+    /// request does not keep it open (at most 1 day)
+    #[arg(long, value_parser = parse_positive_duration)]
     pub idle_timeout: Option<Duration>,
     /// Drop a connection whose owed replies make no progress for this long
-    /// (a peer that does not read), counted over the whole reply, not per write
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    /// (a peer that does not read), counted over the whole reply, not per
+    /// write (at most 1 day)
+    #[arg(long, value_parser = parse_positive_duration, default_value = "30s")]
     pub write_timeout: Duration,
     /// UDP: most bytes of replies remembered for retried `#ID` requests
-    /// (each forgotten after 60 s)
-    #[arg(long, value_name = "BYTES", default_value_t = crate::model::datagram::DEFAULT_REPLY_CACHE)]
+    /// (each forgotten after 60 s; at most 64 MiB)
+    #[arg(long, value_name = "BYTES", default_value_t = crate::model::datagram::DEFAULT_REPLY_CACHE, value_parser = parse_size)]
     pub reply_cache: usize,
-    /// Longest line accepted under line framing
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE, value_parser = parse_positive)]
+    /// Longest line accepted under line framing (at most 64 MiB)
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE, value_parser = parse_size)]
     pub max_line: usize,
     /// Where `contacts` keeps its book (SQLite)
     #[arg(long, value_name = "PATH", default_value = crate::service::DEFAULT_DB)]
     pub db: std::path::PathBuf,
-    /// After SIGINT/SIGTERM, how long in-flight requests may take
+    /// After SIGINT/SIGTERM, how long in-flight requests may take (at most 1 day)
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub grace: Duration,
+    /// Permissions of Unix socket files, in octal [default: 600, owner-only]
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    pub mode: Option<u32>,
 }
 
 impl ServeArgs {
@@ -129,6 +212,7 @@ impl ServeArgs {
                 grace: self.grace,
                 reply_cache: self.reply_cache,
             },
+            unix_mode: self.mode,
         }
     }
 }
@@ -140,10 +224,10 @@ pub struct SendArgs {
     /// The request; several words are joined by spaces (none: send nothing)
     pub message: Vec<String>,
     /// Give up when no reply has come for this long [default: 5s; over UDP 1s a try]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_positive_duration)]
     pub timeout: Option<Duration>,
-    /// UDP: how many times to send the request before giving up
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    /// UDP: how many times to send the request before giving up (at most 1000)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=MAX_RETRIES as i64))]
     pub retries: u32,
 }
 
@@ -164,26 +248,26 @@ impl SendArgs {
 pub struct BenchArgs {
     /// Server to drive: tcp:HOST:PORT, HOST:PORT, :PORT, unix:PATH
     pub addr: Addr,
-    /// Concurrent clients
-    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
+    /// Concurrent clients (at most 100000)
+    #[arg(long, default_value_t = 1, value_parser = parse_clients)]
     pub clients: usize,
-    /// Requests per client
-    #[arg(long, value_parser = parse_positive, conflicts_with = "duration")]
+    /// Requests per client (at most 1000000000)
+    #[arg(long, value_parser = |s: &str| parse_count(s, MAX_REQUESTS), conflicts_with = "duration")]
     pub requests: Option<usize>,
-    /// Run for this long instead of a number of requests
-    #[arg(long, value_parser = parse_duration)]
+    /// Run for this long instead of a number of requests (at most 1 day)
+    #[arg(long, value_parser = parse_positive_duration)]
     pub duration: Option<Duration>,
     /// The request's text
     #[arg(long, conflicts_with = "size")]
     pub message: Option<String>,
-    /// A request of this many bytes
-    #[arg(long, value_name = "BYTES", value_parser = parse_positive)]
+    /// A request of this many bytes (at most 64 MiB)
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub size: Option<usize>,
     /// Connect anew for every request, as the seeds' clients do
     #[arg(long)]
     pub new_connection: bool,
-    /// Give up on a reply after this long (counted as an error)
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    /// Give up on a reply after this long (counted as an error; at most 1 day)
+    #[arg(long, value_parser = parse_positive_duration, default_value = "10s")]
     pub timeout: Duration,
     /// Print the summary as one JSON document
     #[arg(long)]
@@ -191,12 +275,12 @@ pub struct BenchArgs {
     /// A line per client, in the seeds' style
     #[arg(long, short)]
     pub verbose: bool,
-    /// Event-loop threads driving the clients
-    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
+    /// Event-loop threads driving the clients (at most 1024)
+    #[arg(long, default_value_t = 1, value_parser = parse_workers)]
     pub threads: usize,
-    /// Open loop: this many requests per second in total, latency measured
-    /// from each request's intended start
-    #[arg(long, value_name = "R")]
+    /// Open loop: this many requests per second in total (0.001 to
+    /// 10000000), latency measured from each request's intended start
+    #[arg(long, value_name = "R", value_parser = parse_rate)]
     pub rate: Option<f64>,
     /// When a reply is whole: auto, echo (and check the bytes), line, close, bytes:N
     #[arg(long, value_name = "RULE", default_value = "auto")]
@@ -232,7 +316,7 @@ impl BenchArgs {
             verbose: self.verbose,
             quiet: self.quiet,
             threads: self.threads,
-            rate: self.rate.filter(|r| *r > 0.0),
+            rate: self.rate,
             expect: self.expect,
             engine: self.engine,
         }
@@ -252,12 +336,15 @@ pub struct RelayArgs {
     /// Copy from the first address to the second only
     #[arg(long, short = 'u')]
     pub unidirectional: bool,
-    /// After one direction ends, how long the other may go on
+    /// After one direction ends, how long the other may go on (at most 1 day)
     #[arg(long, value_parser = parse_duration, default_value = "500ms")]
     pub timeout: Duration,
-    /// Close a pair silent this long
-    #[arg(long, value_parser = parse_duration)]
+    /// Close a pair silent this long (at most 1 day)
+    #[arg(long, value_parser = parse_positive_duration)]
     pub idle_timeout: Option<Duration>,
+    /// With --fork: pairs relayed at once; further peers wait in the backlog
+    #[arg(long, value_name = "N", default_value_t = crate::relay::DEFAULT_MAX_CHILDREN, value_parser = |s: &str| parse_count(s, MAX_CONNS))]
+    pub max_children: usize,
     /// Log every transfer on stderr
     #[arg(long, short)]
     pub verbose: bool,
@@ -275,6 +362,7 @@ impl RelayArgs {
             unidirectional: self.unidirectional,
             timeout: self.timeout,
             idle_timeout: self.idle_timeout,
+            max_children: self.max_children,
             verbose: self.verbose,
             hexdump: self.hexdump,
         }
@@ -298,23 +386,23 @@ pub struct LabArgs {
     /// Write the report as one self-contained HTML page
     #[arg(long, value_name = "FILE", default_value = "socklab-report.html")]
     pub html: std::path::PathBuf,
-    /// delay: clients at once
-    #[arg(long, default_value_t = 5, value_parser = parse_positive)]
+    /// delay: clients at once (at most 100000)
+    #[arg(long, default_value_t = 5, value_parser = parse_clients)]
     pub delay_clients: usize,
-    /// delay: how long the server holds each reply
+    /// delay: how long the server holds each reply (at most 1 day)
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub delay: Duration,
-    /// throughput: concurrent connections
-    #[arg(long, default_value_t = 50, value_parser = parse_positive)]
+    /// throughput: concurrent connections (at most 100000)
+    #[arg(long, default_value_t = 50, value_parser = parse_clients)]
     pub clients: usize,
-    /// throughput: how long to drive each model
-    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    /// throughput: how long to drive each model (at most 1 day)
+    #[arg(long, value_parser = parse_positive_duration, default_value = "3s")]
     pub duration: Duration,
-    /// throughput: message size
-    #[arg(long, value_name = "BYTES", default_value_t = 512, value_parser = parse_positive)]
+    /// throughput: message size (at most 64 MiB)
+    #[arg(long, value_name = "BYTES", default_value_t = 512, value_parser = parse_size)]
     pub size: usize,
-    /// idle: connections held open
-    #[arg(long, default_value_t = 1000, value_parser = parse_positive)]
+    /// idle: connections held open (at most 100000)
+    #[arg(long, default_value_t = 1000, value_parser = parse_clients)]
     pub idle_connections: usize,
 }
 
@@ -343,5 +431,38 @@ impl LabArgs {
             markdown: self.markdown,
             html: Some(self.html),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_bounded_by_a_day() {
+        assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
+        assert!(parse_duration("24h 1s")
+            .unwrap_err()
+            .contains("longest duration accepted, 24h"));
+        assert!(parse_duration("300000000000years").is_err());
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_positive_duration("0s").is_err());
+    }
+
+    #[test]
+    fn counts_rates_and_modes() {
+        assert_eq!(parse_count("3", 3), Ok(3));
+        assert!(parse_count("4", 3).unwrap_err().contains("most accepted, 3"));
+        assert!(parse_count("0", 3).is_err());
+        assert!(parse_count("-1", 3).is_err());
+        for bad in ["inf", "NaN", "0", "-1", "1e300", "0.0001"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        assert_eq!(parse_mode("600"), Ok(0o600));
+        assert_eq!(parse_mode("0o660"), Ok(0o660));
+        assert_eq!(parse_mode("0777"), Ok(0o777));
+        assert!(parse_mode("1000").is_err());
+        assert!(parse_mode("8").is_err());
     }
 }

@@ -48,13 +48,23 @@ pub enum Stream {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BindOptions {
     pub reuse_port: bool,
+    /// A Unix socket file's permissions (`serve --mode`); `None` is
+    /// [`UNIX_SOCKET_MODE`], owner-only.
+    pub unix_mode: Option<u32>,
 }
+
+/// A Unix socket file is the server's door: only its owner may connect,
+/// unless `--mode` opens it wider.
+pub const UNIX_SOCKET_MODE: u32 = 0o600;
 
 /// Binds `addr` (`tcp:`, `unix:` or `udp:`) and starts listening.
 pub fn bind(addr: &Addr, options: BindOptions) -> anyhow::Result<Bound> {
     match addr {
         Addr::Tcp(hp) => Ok(Bound::Stream(Listener::Tcp(bind_tcp(hp, options)?))),
-        Addr::Unix(path) => Ok(Bound::Stream(bind_unix(path)?)),
+        Addr::Unix(path) => Ok(Bound::Stream(bind_unix(
+            path,
+            options.unix_mode.unwrap_or(UNIX_SOCKET_MODE),
+        )?)),
         Addr::Udp(hp) => Ok(Bound::Datagram(bind_udp(hp, options)?)),
     }
 }
@@ -95,11 +105,23 @@ pub fn udp_socket_for(target: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::bind(local)
 }
 
-fn bind_unix(path: &Path) -> anyhow::Result<Listener> {
+/// Binds a Unix socket whose file has exactly `mode`. The file is made
+/// owner-only (the umask is narrowed for the bind) and only then opened up to
+/// `mode`, so that it is never, even for a moment, wider than asked.
+fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<Listener> {
+    use nix::sys::stat::{umask, Mode};
+    use std::os::unix::fs::PermissionsExt;
     remove_stale_socket(path)?;
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("cannot listen on unix:{}", path.display()))?;
-    Ok(Listener::Unix(listener, UnlinkOnDrop::new(path)))
+    // The umask is process-wide: a file another thread made meanwhile would
+    // only come out narrower. Servers bind before starting any thread.
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    umask(old);
+    let listener = bound.with_context(|| format!("cannot listen on unix:{}", path.display()))?;
+    let unlink = UnlinkOnDrop::new(path);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    Ok(Listener::Unix(listener, unlink))
 }
 
 /// A socket file left by a server that died is removed; one that a live
@@ -126,7 +148,9 @@ fn first_addr(hp: &HostPort) -> anyhow::Result<SocketAddr> {
 }
 
 /// Removes a Unix socket's file when the listener that made it goes away, but
-/// only in the process that made it: a forked child must not unlink it.
+/// only in the process that made it: a forked child must not unlink it. A
+/// sudden exit runs no destructor, so the path is also on the list that
+/// [`crate::shutdown::exit_now`] cleans up.
 #[derive(Debug)]
 pub struct UnlinkOnDrop {
     path: PathBuf,
@@ -135,6 +159,7 @@ pub struct UnlinkOnDrop {
 
 impl UnlinkOnDrop {
     fn new(path: &Path) -> Self {
+        crate::shutdown::track_socket_file(path);
         UnlinkOnDrop {
             path: path.to_path_buf(),
             owner: std::process::id(),
@@ -146,6 +171,7 @@ impl Drop for UnlinkOnDrop {
     fn drop(&mut self) {
         if std::process::id() == self.owner {
             let _ = std::fs::remove_file(&self.path);
+            crate::shutdown::untrack_socket_file(&self.path);
         }
     }
 }
@@ -180,7 +206,13 @@ impl Listener {
         match self {
             Listener::Tcp(l) => {
                 let hp = HostPort::from(l.local_addr()?);
-                Ok(Listener::Tcp(bind_tcp(&hp, BindOptions { reuse_port: true })?))
+                Ok(Listener::Tcp(bind_tcp(
+                    &hp,
+                    BindOptions {
+                        reuse_port: true,
+                        ..BindOptions::default()
+                    },
+                )?))
             }
             Listener::Unix(..) => Ok(self.try_clone()?),
         }
@@ -416,11 +448,16 @@ mod tests {
 
     #[test]
     fn reuse_port_siblings_share_a_port() {
-        let bind_loopback =
-            |reuse_port| match bind(&"tcp:127.0.0.1:0".parse().unwrap(), BindOptions { reuse_port }) {
-                Ok(Bound::Stream(l)) => l,
-                other => panic!("{other:?}"),
-            };
+        let bind_loopback = |reuse_port| match bind(
+            &"tcp:127.0.0.1:0".parse().unwrap(),
+            BindOptions {
+                reuse_port,
+                ..BindOptions::default()
+            },
+        ) {
+            Ok(Bound::Stream(l)) => l,
+            other => panic!("{other:?}"),
+        };
         let first = bind_loopback(true);
         let second = first.reuse_port_sibling().unwrap();
         assert_eq!(first.local_addr().unwrap(), second.local_addr().unwrap());

@@ -10,16 +10,19 @@
 //! With `--fork`, A must listen: every accepted peer gets its own B and its
 //! own pair of copying threads, and the relay keeps listening. (socat forks
 //! a process; a thread does the same job here with less ceremony, and the
-//! flag keeps socat's name.) TCP to TCP moves data with splice(2) through a
-//! pipe, never through user space, unless `--verbose` or `--hexdump` need
-//! to see the bytes.
+//! flag keeps socat's name.) `--max-children` bounds the pairs relayed at
+//! once (socat's `max-children`): past it, peers wait in the listen backlog.
+//! Out of descriptors, the relay stops accepting until a pair closes, rather
+//! than exiting and dropping every pair it carries. TCP to TCP moves data
+//! with splice(2) through a pipe, never through user space, unless
+//! `--verbose` or `--hexdump` need to see the bytes.
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -40,6 +43,8 @@ pub struct RelayOptions {
     pub timeout: Duration,
     /// Close a pair when neither direction has moved a byte for this long.
     pub idle_timeout: Option<Duration>,
+    /// With `fork`: pairs relayed at once.
+    pub max_children: usize,
     /// Log every transfer (direction and size) on stderr.
     pub verbose: bool,
     /// Show every transfer's bytes on stderr, as `hexdump -C` does.
@@ -54,27 +59,220 @@ enum Side {
     Stdio,
 }
 
+/// socat users' usual bound on `fork` children; `--max-children` changes it.
+pub const DEFAULT_MAX_CHILDREN: usize = 256;
+
 pub fn run(options: RelayOptions) -> anyhow::Result<()> {
     if options.fork {
         let Endpoint::Listen(addr) = &options.a else {
             bail!("--fork needs a listening first address, such as tcp-listen:PORT");
         };
         let listener = listen_stream(addr)?;
-        let options = Arc::new(options);
-        loop {
-            let peer = listener.accept().context("accept failed")?;
-            let options = options.clone();
-            std::thread::Builder::new().name("relay".into()).spawn(move || {
-                let result = open(&options.b).and_then(|b| relay_pair(Side::Stream(peer), b, &options));
-                if let Err(e) = result {
-                    tracing::warn!("relay: {e:#}");
-                }
-            })?;
-        }
+        return relay_every_peer(&listener, Arc::new(options));
     }
     let a = open(&options.a)?;
     let b = open(&options.b)?;
-    relay_pair(a, b, &options)
+    relay_pair(a, b, &options, None, None)
+}
+
+/// `--fork`: accept forever, each peer relayed on its own thread, at most
+/// `--max-children` at once.
+fn relay_every_peer(listener: &Listener, options: Arc<RelayOptions>) -> anyhow::Result<()> {
+    let pairs = Pairs::new(options.max_children);
+    // Failed accepts in the current out-of-descriptors episode, if one is on.
+    let mut starved: Option<u64> = None;
+    // Wait for a peer in poll(2), then accept: a blocking accept(2) takes
+    // its descriptor before it sleeps, so the peer that finally comes could
+    // find none left for its other side.
+    listener.set_nonblocking(true)?;
+    loop {
+        pairs.wait_below_max();
+        wait_for_a_peer(listener)?;
+        let peer = match listener
+            .accept()
+            .and_then(|p| p.set_nonblocking(false).map(|()| p))
+        {
+            Ok(peer) => peer,
+            Err(e) if net::would_block(&e) || net::interrupted(&e) => continue,
+            Err(e) if net::out_of_descriptors(&e) || out_of_memory(&e) => {
+                // The peer waits in the backlog; a closing pair frees what
+                // accepting needs. Log the episode once, not every retry.
+                let tries = starved.get_or_insert(0);
+                if *tries == 0 {
+                    tracing::warn!(
+                        "accept: {e}; not accepting until a pair closes ({} relayed)",
+                        pairs.live()
+                    );
+                }
+                *tries += 1;
+                pairs.wait_for_a_close(Duration::from_millis(250));
+                continue;
+            }
+            Err(e) if listener_is_broken(&e) => return Err(e).context("accept failed"),
+            Err(e) => {
+                // The peer went away before we took it, or the like.
+                tracing::debug!("accept: {e}");
+                continue;
+            }
+        };
+        let pair = Arc::new(pairs.start());
+        let options = options.clone();
+        let (set_up, setup) = mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new().name("relay".into()).spawn(move || {
+            let result = open(&options.b)
+                .and_then(|b| relay_pair(Side::Stream(peer), b, &options, Some(pair), Some(&set_up)));
+            if let Err(e) = result {
+                tracing::warn!("relay: {e:#}");
+                let mut io_errors = e.chain().filter_map(|c| c.downcast_ref::<io::Error>());
+                let _ = set_up.try_send(Setup::Failed {
+                    out_of_descriptors: io_errors.any(net::out_of_descriptors),
+                });
+            }
+        });
+        // One pair's sockets at a time: a pair that finds no descriptors
+        // for its other side ends this round of accepting before the next
+        // peer is taken only to be dropped too. A slow connect to B does
+        // not hold up the others for long.
+        let outcome = match spawned {
+            Ok(_) => setup.recv_timeout(SETUP_WAIT).unwrap_or(Setup::Ready),
+            Err(e) => {
+                // Out of threads: this peer is dropped, the others go on.
+                tracing::warn!("cannot start a thread for a peer, closing it: {e}");
+                Setup::Failed {
+                    out_of_descriptors: false,
+                }
+            }
+        };
+        match outcome {
+            Setup::Failed {
+                out_of_descriptors: true,
+            } => {
+                let tries = starved.get_or_insert(0);
+                if *tries == 0 {
+                    tracing::warn!(
+                        "out of descriptors for a pair; not accepting until a pair closes ({} relayed)",
+                        pairs.live()
+                    );
+                }
+                *tries += 1;
+                pairs.wait_for_a_close(Duration::from_secs(1));
+            }
+            Setup::Ready => {
+                if let Some(tries) = starved.take() {
+                    tracing::info!("accepting again, after {tries} tries out of descriptors");
+                }
+            }
+            Setup::Failed { .. } => {}
+        }
+    }
+}
+
+/// How long the accept loop waits for a new pair to open its other side.
+const SETUP_WAIT: Duration = Duration::from_secs(1);
+
+/// How a new pair's opening went, for the accept loop.
+enum Setup {
+    /// Both sides open, copying.
+    Ready,
+    Failed {
+        out_of_descriptors: bool,
+    },
+}
+
+/// Blocks until the listener has a peer waiting.
+fn wait_for_a_peer(listener: &Listener) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn out_of_memory(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// Errors that say the listening socket itself is unusable, so that retrying
+/// would spin; anything else (a peer that reset before accept) is passing.
+fn listener_is_broken(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EBADF | libc::ENOTSOCK | libc::EINVAL | libc::EOPNOTSUPP | libc::EFAULT)
+    )
+}
+
+/// The pairs being relayed, counted against `--max-children`.
+#[derive(Clone)]
+struct Pairs {
+    live: Arc<(Mutex<usize>, Condvar)>,
+    max: usize,
+}
+
+/// One pair being relayed; dropping it frees its place.
+struct Pair {
+    live: Arc<(Mutex<usize>, Condvar)>,
+}
+
+impl Pairs {
+    fn new(max: usize) -> Self {
+        Pairs {
+            live: Arc::default(),
+            max: max.max(1),
+        }
+    }
+
+    fn live(&self) -> usize {
+        *self.live.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Blocks while `max` pairs are relayed; logs once each time it does.
+    fn wait_below_max(&self) {
+        let (count, changed) = &*self.live;
+        let live = count.lock().unwrap_or_else(|e| e.into_inner());
+        if *live >= self.max {
+            tracing::info!(
+                max = self.max,
+                "at --max-children: not accepting until a pair closes"
+            );
+        }
+        drop(
+            changed
+                .wait_while(live, |live| *live >= self.max)
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+    }
+
+    /// Waits until a pair closes, or `at_most` (descriptors may free up
+    /// elsewhere too).
+    fn wait_for_a_close(&self, at_most: Duration) {
+        let (count, changed) = &*self.live;
+        let live = count.lock().unwrap_or_else(|e| e.into_inner());
+        let before = *live;
+        drop(
+            changed
+                .wait_timeout_while(live, at_most, |live| *live >= before)
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+    }
+
+    fn start(&self) -> Pair {
+        *self.live.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        Pair {
+            live: self.live.clone(),
+        }
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let (count, changed) = &*self.live;
+        *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        changed.notify_all();
+    }
 }
 
 fn open(endpoint: &Endpoint) -> anyhow::Result<Side> {
@@ -139,8 +337,17 @@ impl Direction {
     }
 }
 
-/// Copies between two opened sides until both directions end.
-fn relay_pair(a: Side, b: Side, options: &RelayOptions) -> anyhow::Result<()> {
+/// Copies between two opened sides until both directions end. `place`, the
+/// pair's place under `--max-children`, is held until every copying thread
+/// that can be stopped has closed its sockets, so that a freed place comes
+/// with the descriptors the next pair needs.
+fn relay_pair(
+    a: Side,
+    b: Side,
+    options: &RelayOptions,
+    place: Option<Arc<Pair>>,
+    set_up: Option<&mpsc::SyncSender<Setup>>,
+) -> anyhow::Result<()> {
     let (a_read, a_write) = a.split()?;
     let (b_read, b_write) = b.split()?;
     let activity = Arc::new(AtomicU64::new(0));
@@ -153,7 +360,11 @@ fn relay_pair(a: Side, b: Side, options: &RelayOptions) -> anyhow::Result<()> {
     }
     let mut stoppers = Vec::new();
     for (direction, from, to) in directions {
-        stoppers.push(from.stopper());
+        let stopper = from.stopper();
+        // A thread blocked on a datagram socket or stdin cannot be stopped:
+        // it must not hold the place forever.
+        let place = stopper.as_ref().and(place.clone());
+        stoppers.push(stopper);
         let (done, activity) = (done.clone(), activity.clone());
         let copy = Copy {
             direction,
@@ -164,10 +375,14 @@ fn relay_pair(a: Side, b: Side, options: &RelayOptions) -> anyhow::Result<()> {
         };
         std::thread::Builder::new().name("copy".into()).spawn(move || {
             let result = copy.run(from, to);
+            drop(place); // After `run` has closed its two halves.
             let _ = done.send((direction, result));
         })?;
     }
     drop(done);
+    if let Some(set_up) = set_up {
+        let _ = set_up.try_send(Setup::Ready);
+    }
 
     // Wait for the first direction to end, watching for silence.
     let total = stoppers.len();
@@ -292,13 +507,21 @@ struct Copy {
 
 impl Copy {
     fn run(&self, mut from: Reader, mut to: Writer) -> io::Result<u64> {
-        let result = match (&from, &to) {
+        let spliced = match (&from, &to) {
             (Reader::Stream(src @ Stream::Tcp(_)), Writer::Stream(dst @ Stream::Tcp(_)))
                 if !self.verbose && !self.hexdump =>
             {
-                self.splice(src, dst)
+                // The pipe costs two descriptors: without them, copy
+                // through user space rather than fail the pair.
+                nix::unistd::pipe2(OFlag::O_CLOEXEC)
+                    .ok()
+                    .map(|pipe| self.splice(src, dst, pipe))
             }
-            _ => self.copy(&mut from, &mut to),
+            _ => None,
+        };
+        let result = match spliced {
+            Some(result) => result,
+            None => self.copy(&mut from, &mut to),
         };
         to.finish();
         result
@@ -321,8 +544,7 @@ impl Copy {
     }
 
     /// socket -> pipe -> socket, in the kernel.
-    fn splice(&self, from: &Stream, to: &Stream) -> io::Result<u64> {
-        let (pipe_r, pipe_w): (OwnedFd, OwnedFd) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    fn splice(&self, from: &Stream, to: &Stream, (pipe_r, pipe_w): (OwnedFd, OwnedFd)) -> io::Result<u64> {
         let flags = SpliceFFlags::SPLICE_F_MOVE;
         let mut total = 0u64;
         loop {

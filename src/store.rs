@@ -95,7 +95,19 @@ impl Store {
     }
 }
 
+/// The book is private: a new database file is made owner-only (0600), and
+/// SQLite gives its `-wal` and `-shm` files the database file's mode. An
+/// existing file keeps the mode its owner gave it.
+const DB_MODE: u32 = 0o600;
+
 fn open(path: &Path) -> anyhow::Result<Connection> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // `create_new` fails if the file exists, which is fine: it is used as is.
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(DB_MODE)
+        .open(path);
     let conn =
         Connection::open(path).with_context(|| format!("cannot open the database {}", path.display()))?;
     // Several processes (fork, prefork) may write at once: wait for the lock.
@@ -125,6 +137,23 @@ mod tests {
         drop(store);
         let again = Store::new(&path);
         assert_eq!(again.list().unwrap(), [("alice".to_string(), "789".to_string())]);
+    }
+
+    #[test]
+    fn a_new_database_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let store = Store::new(&path);
+        store.add("alice", "1").unwrap();
+        // Checked while open: the -wal and -shm files go with the last close.
+        for file in ["c.db", "c.db-wal", "c.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
+        }
     }
 
     #[test]

@@ -146,3 +146,156 @@ fn models_lists_one_line_each() {
         assert!(text.lines().any(|l| l.starts_with(model)), "{text}");
     }
 }
+
+/// Runs `socklab ARGS` to completion, killing it if it has not ended within
+/// `limit`: a hang fails the test instead of stalling it.
+fn bounded(args: &[&str], limit: std::time::Duration) -> std::process::Output {
+    let child = std::process::Command::new(common::BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run socklab");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for socklab"),
+        Err(_) => {
+            // SAFETY: a plain system call on integers; the child is not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("socklab {args:?} still running after {limit:?}");
+        }
+    }
+}
+
+#[test]
+fn no_argument_crashes_or_hangs() {
+    let refused = format!(":{}", closed_port());
+    let bench = |extra: &[&'static str]| {
+        let mut args = vec!["bench".to_string(), refused.clone()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let owned = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    let table: Vec<Vec<String>> = vec![
+        // Durations past the bound (a day), and zeros where zero means nothing.
+        owned(&["serve", "--model", "epoll", "--delay", "300000000000years"]),
+        owned(&["serve", "--delay", "25h"]),
+        owned(&["serve", "--idle-timeout", "2days"]),
+        owned(&["serve", "--idle-timeout", "0s"]),
+        owned(&["serve", "--grace", "1000000h"]),
+        owned(&["send", ":1", "x", "--timeout", "100years"]),
+        owned(&["send", ":1", "x", "--timeout", "0s"]),
+        owned(&["relay", "tcp-listen:0", ":1", "--timeout", "10years"]),
+        owned(&["relay", "tcp-listen:0", ":1", "--idle-timeout", "0s"]),
+        bench(&["--duration", "1000days"]),
+        bench(&["--duration", "0s"]),
+        bench(&["--timeout", "0s"]),
+        owned(&["lab", "--delay", "2days"]),
+        owned(&["lab", "--duration", "0s"]),
+        // Huge counts and sizes.
+        owned(&["serve", "--workers", "1000000"]),
+        owned(&["serve", "--max-conns", "18446744073709551615"]),
+        owned(&["serve", "--max-line", "100000000000"]),
+        owned(&["send", ":1", "x", "--retries", "4000000000"]),
+        owned(&["relay", "tcp-listen:0", ":1", "--fork", "--max-children", "0"]),
+        bench(&["--clients", "1000000000"]),
+        bench(&["--clients", "0"]),
+        bench(&["--size", "100000000000"]),
+        bench(&["--requests", "100000000000"]),
+        bench(&["--threads", "100000"]),
+        bench(&["--clients", "100000", "--size", "60000000"]),
+        owned(&["lab", "--clients", "1000000"]),
+        owned(&["lab", "--size", "1000000000000"]),
+        owned(&["lab", "--idle-connections", "10000000"]),
+        // Rates that are not a rate.
+        bench(&["--rate", "inf"]),
+        bench(&["--rate", "NaN"]),
+        bench(&["--rate", "0"]),
+        bench(&["--rate", "-5"]),
+        bench(&["--rate", "1e300"]),
+        // Modes that are not a mode.
+        owned(&["serve", "--mode", "999"]),
+        owned(&["serve", "--mode", "rwx"]),
+    ];
+    for args in &table {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = bounded(&args, std::time::Duration::from_secs(10));
+        let err = stderr(&out);
+        match out.status.code() {
+            Some(2) => {}
+            Some(1) => assert!(err.starts_with("error: "), "{args:?}: {err}"),
+            other => panic!("{args:?}: exit {other:?} (a signal means a crash): {err}"),
+        }
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn the_bounds_themselves_are_accepted() {
+    // A day exactly and the fastest rate: parsed, then refused only for the
+    // closed port (exit 1), not as a usage error.
+    let refused = format!(":{}", closed_port());
+    let out = socklab(&["bench", &refused, "--timeout", "24h", "--rate", "10000000"]);
+    let err = fails_with(1, out);
+    assert!(err.starts_with("error: no request succeeded"), "{err}");
+}
+
+#[test]
+fn unix_socket_files_are_owner_only_unless_mode_says_otherwise() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // umask 000 in the server: whatever it creates shows its own choice.
+    let no_umask = |c: &mut std::process::Command| {
+        // SAFETY: umask is async-signal-safe and touches no memory.
+        unsafe {
+            c.pre_exec(|| {
+                libc::umask(0);
+                Ok(())
+            });
+        }
+    };
+    for (mode_args, expected) in [(vec![], 0o600), (vec!["--mode", "660"], 0o660)] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let addr = format!("unix:{}", path.display());
+        let server = Server::start_with(&mode_args, &[&addr], None, no_umask);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, expected, "{mode_args:?}: {mode:o}");
+        assert_eq!(stdout(&socklab(&["send", &server.addr, "x"])), "x\n");
+    }
+}
+
+#[test]
+fn the_contacts_database_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("book.db");
+    let no_umask = |c: &mut std::process::Command| {
+        // SAFETY: umask is async-signal-safe and touches no memory.
+        unsafe {
+            c.pre_exec(|| {
+                libc::umask(0);
+                Ok(())
+            });
+        }
+    };
+    let server = Server::start_with(
+        &["--service", "contacts", "--db", db.to_str().unwrap()],
+        &["tcp:127.0.0.1:0"],
+        None,
+        no_umask,
+    );
+    assert_eq!(stdout(&socklab(&["send", &server.addr, "ADD ann 1\n"])), "OK\n");
+    for file in ["book.db", "book.db-wal", "book.db-shm"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{file}: {mode:o}");
+    }
+}

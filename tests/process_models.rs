@@ -3,30 +3,14 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader, Read};
 use std::time::{Duration, Instant};
 
 use common::{fails_with, makespan, socklab, stdout, Conn, Server};
 
 /// The pids of `parent`'s children, with their state letter (`Z` = zombie).
 fn children(parent: i32) -> Vec<(i32, char)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(parent) {
-            found.push((pid, fields[0].chars().next().unwrap_or('?')));
-        }
-    }
-    found
+    common::children_of(parent)
 }
 
 /// Waits (bounded) until `parent` has exactly `n` children, none a zombie.
@@ -166,6 +150,11 @@ fn a_killed_prefork_worker_is_replaced() {
         .args(["-KILL", &victim.to_string()])
         .status()
         .unwrap();
+    // Until it has exited, the victim still counts as one of the two.
+    assert!(
+        common::wait_gone(victim, Duration::from_secs(10)),
+        "{victim} survived SIGKILL"
+    );
     let after = settle(pid, 2);
     assert!(after.iter().all(|(p, _)| *p != victim), "{after:?}");
     for i in 0..4 {
@@ -196,5 +185,172 @@ fn a_room_cannot_be_shared_between_processes() {
             ]),
         );
         assert!(err.contains("cannot share between its processes"), "{err}");
+    }
+}
+
+/// Whether a fresh listener can take `port` (std sets SO_REUSEADDR, as a
+/// restarted server does).
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Starts `model` serving echo with three connections open, each held by a
+/// child process; returns the server and the connections.
+fn serving_three(model: &str, listen: &str) -> (Server, Vec<Conn>) {
+    let args = ["--model", model, "--workers", "3", "--service", "echo"];
+    let server = if listen == "unix" {
+        Server::unix(&args)
+    } else {
+        Server::tcp(&args)
+    };
+    let conns: Vec<Conn> = (0..3)
+        .map(|i| {
+            let mut c = server.connect();
+            c.send(format!("{i}").as_bytes());
+            assert_eq!(c.recv_some(), format!("{i}"), "{model}");
+            c
+        })
+        .collect();
+    (server, conns)
+}
+
+/// Waits for each of `pids` to exit; fails naming the first that does not.
+fn all_gone(pids: &[(i32, char)], what: &str) {
+    for (pid, _) in pids {
+        assert!(
+            common::wait_gone(*pid, Duration::from_secs(10)),
+            "{what}: child {pid} outlived its parent"
+        );
+    }
+}
+
+#[test]
+fn kill_9_takes_every_child_down_and_frees_the_port() {
+    for model in ["fork", "prefork"] {
+        let (mut server, conns) = serving_three(model, "tcp");
+        let pid = server.pid();
+        let port = server.port();
+        let kids = settle(pid, 3);
+        // The server alone, not its group: the children must follow by themselves.
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        all_gone(&kids, model);
+        assert!(port_is_free(port), "{model}: port {port} still taken");
+        drop(conns);
+    }
+}
+
+/// `socklab serve` whose stderr the test reads, to know when the first
+/// signal has been taken.
+fn logged(model: &str, listen: &str) -> (Server, BufReader<std::process::ChildStderr>) {
+    // Replies held long past the signals: the first signal must wait for them.
+    let args = [
+        "--model",
+        model,
+        "--workers",
+        "3",
+        "--service",
+        "welcome",
+        "--delay",
+        "60s",
+        "--grace",
+        "60s",
+    ];
+    let configure = |c: &mut std::process::Command| {
+        c.stderr(std::process::Stdio::piped());
+    };
+    let mut server = if listen == "unix" {
+        let dir = tempfile::tempdir().unwrap();
+        let path = format!("unix:{}", dir.path().join("s.sock").display());
+        Server::start_with(&args, &[&path], Some(dir), configure)
+    } else {
+        Server::start_with(&args, &["tcp:127.0.0.1:0"], None, configure)
+    };
+    let log = BufReader::new(server.child.stderr.take().unwrap());
+    (server, log)
+}
+
+fn signal(pid: i32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_second_signal_exits_at_once_and_takes_every_child_down() {
+    for (model, sig, listen) in [
+        ("fork", "TERM", "tcp"),
+        ("prefork", "TERM", "unix"),
+        ("fork", "INT", "unix"),
+        ("prefork", "INT", "tcp"),
+    ] {
+        let what = format!("{model}, SIG{sig} twice, {listen}");
+        let (mut server, mut log) = logged(model, listen);
+        let pid = server.pid();
+        // Each connection is owed a reply: the first signal waits for them.
+        let conns: Vec<Conn> = (0..3)
+            .map(|_| {
+                let mut c = server.connect();
+                assert_eq!(c.recv_some(), "Welcome!", "{what}");
+                c.send(b"x");
+                c
+            })
+            .collect();
+        let kids = settle(pid, 3);
+        signal(pid, sig);
+        let mut line = String::new();
+        while !line.contains("shutting down") {
+            line.clear();
+            assert!(
+                log.read_line(&mut line).unwrap() > 0,
+                "{what}: no shutdown logged"
+            );
+        }
+        signal(pid, sig);
+        let status = server.child.wait().unwrap();
+        assert_eq!(status.code(), Some(1), "{what}");
+        all_gone(&kids, &what);
+        match server.addr.strip_prefix("unix:") {
+            Some(path) => assert!(!std::path::Path::new(path).exists(), "{what}: {path} left behind"),
+            None => assert!(port_is_free(server.port()), "{what}: port still taken"),
+        }
+        drop(conns);
+    }
+}
+
+#[test]
+fn after_sigterm_no_queued_client_is_taken() {
+    // fork at --max-conns 1 and prefork of one worker: one client is served,
+    // the others wait in the backlog when SIGTERM comes.
+    for args in [
+        ["--model", "fork", "--max-conns", "1"],
+        ["--model", "prefork", "--workers", "1"],
+    ] {
+        let mut all = vec!["--service", "welcome", "--delay", "300ms"];
+        all.extend_from_slice(&args);
+        let server = Server::tcp(&all);
+        let mut held = server.connect();
+        assert_eq!(held.recv_some(), "Welcome!");
+        held.send(b"x");
+        let queued: Vec<Conn> = (0..3).map(|_| server.connect()).collect();
+        let status = server.terminate();
+        assert!(status.success(), "{args:?}: {status}");
+        assert_eq!(
+            held.recv_to_end(),
+            "Received x;",
+            "{args:?}: the one held finishes"
+        );
+        for mut c in queued {
+            let mut got = Vec::new();
+            // A reset or an empty close: either way, never served.
+            let _ = c.read_to_end(&mut got);
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                "",
+                "{args:?}: a queued client was served"
+            );
+        }
     }
 }

@@ -133,3 +133,110 @@ fn stdio_to_a_udp_server_and_back() {
     drop(stdin);
     assert!(wait_exit(child).success());
 }
+
+/// A relayed round trip: `text` out through the relay to echo, and back.
+fn echoes(conn: &mut Conn, text: &str) {
+    conn.send(text.as_bytes());
+    assert_eq!(conn.recv_some(), text);
+}
+
+/// Whether nothing arrives on `conn` within `wait` (the connection stays
+/// usable). Only ever true by waiting; it cannot fail spuriously when the
+/// machine is slow, only miss a bug then.
+fn silent_for(conn: &Conn, wait: Duration) -> bool {
+    let Conn::Tcp(s) = conn else {
+        panic!("a TCP connection")
+    };
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 16];
+    let silent = matches!((&*s).read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    silent
+}
+
+#[test]
+fn fork_relays_at_most_max_children_pairs_at_once() {
+    let echo = Server::tcp(&["--service", "echo"]);
+    let (mut child, addr) = relay(&["tcp-listen:0", &echo.addr, "--fork", "--max-children", "2"]);
+    let mut first = Conn::to(&addr);
+    let mut second = Conn::to(&addr);
+    echoes(&mut first, "one");
+    echoes(&mut second, "two");
+    // The third waits in the backlog while two pairs are relayed...
+    let mut third = Conn::to(&addr);
+    third.send(b"three");
+    assert!(
+        silent_for(&third, Duration::from_millis(300)),
+        "a third pair was relayed"
+    );
+    // ...and is relayed once one of them closes.
+    drop(first);
+    assert_eq!(third.recv_some(), "three");
+    echoes(&mut second, "still two");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// The lowest descriptor number `pid` does not use: with its limit lowered
+/// to it, the process can open nothing more.
+fn lowest_free_fd(pid: u32) -> u64 {
+    let used: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !used.contains(n)).unwrap()
+}
+
+fn set_fd_limit(pid: u32, soft: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reads and writes the one rlimit passed, for our own child.
+    unsafe {
+        assert_eq!(
+            libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit),
+            0
+        );
+        limit.rlim_cur = soft;
+        assert_eq!(
+            libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()),
+            0
+        );
+    }
+}
+
+#[test]
+fn fork_out_of_descriptors_pauses_accepting_and_keeps_every_pair() {
+    let echo = Server::tcp(&["--service", "echo"]);
+    let (mut child, addr, mut stderr) = spawn_listening(&["relay", "tcp-listen:0", &echo.addr, "--fork"]);
+    let mut first = Conn::to(&addr);
+    let mut second = Conn::to(&addr);
+    echoes(&mut first, "one");
+    echoes(&mut second, "two");
+    // Not one descriptor more: the next accept fails with EMFILE.
+    set_fd_limit(child.id(), lowest_free_fd(child.id()));
+    let mut third = Conn::to(&addr);
+    third.send(b"three");
+    assert!(
+        silent_for(&third, Duration::from_millis(300)),
+        "accepted past the limit?"
+    );
+    assert_eq!(
+        child.try_wait().unwrap(),
+        None,
+        "the relay exited out of descriptors"
+    );
+    echoes(&mut first, "one still");
+    // Closing pairs frees descriptors: the waiting peer is relayed.
+    drop(first);
+    drop(second);
+    assert_eq!(third.recv_some(), "three");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+    let paused = log.matches("not accepting until a pair closes").count();
+    assert_eq!(paused, 1, "one line for the episode, however many tries:\n{log}");
+}

@@ -19,7 +19,7 @@ pub fn serve(
     config: &ServerConfig,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    let children = Children::new()?;
+    let children = Children::new(shutdown)?;
     let acceptor = Acceptor::new(listener, shutdown.clone(), Slots::new(None))?;
     let listening_fd = acceptor.listener().as_raw_fd();
     while children.wait_below(config.max_conns.unwrap_or(usize::MAX), shutdown) {

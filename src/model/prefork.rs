@@ -19,7 +19,7 @@ pub fn serve(
     config: &ServerConfig,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    let children = Children::new()?;
+    let children = Children::new(shutdown)?;
     let acceptor = Acceptor::new(listener, shutdown.clone(), Slots::new(config.max_conns))?;
     let worker = || {
         while let Some((stream, _slot)) = acceptor.accept() {

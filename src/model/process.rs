@@ -6,6 +6,12 @@
 //! child is reaped as soon as it exits, without signal handlers; each exit
 //! is reported on a channel for the parent that wants to react (prefork
 //! restarts a worker).
+//!
+//! Children never outlive the server: each asks the kernel for SIGKILL when
+//! its parent dies (`PR_SET_PDEATHSIG`), whatever kills the parent, `kill -9`
+//! included. The kernel sends it when the *thread* that forked ends, so
+//! children are forked only from the model's own thread, which outlives them
+//! (it returns only after [`Children::wind_down`]).
 
 use std::collections::HashSet;
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -14,20 +20,22 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::{self, SigHandler, Signal};
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, getpid, getppid, ForkResult, Pid};
 
-use crate::shutdown::Shutdown;
+use crate::shutdown::{self, Shutdown};
 
 /// The children of this process, as the reaper sees them.
 pub struct Children {
     live: Arc<(Mutex<HashSet<Pid>>, Condvar)>,
     exits: Receiver<Pid>,
+    /// Shared with the children: each watches it for the parent's shutdown.
+    shutdown: Shutdown,
 }
 
 impl Children {
     /// Starts the reaper thread.
-    pub fn new() -> std::io::Result<Self> {
+    pub fn new(shutdown: &Shutdown) -> std::io::Result<Self> {
         let live: Arc<(Mutex<HashSet<Pid>>, Condvar)> = Arc::default();
         // Bounded: a parent that never asks (fork) must not make it grow.
         let (tx, exits) = mpsc::sync_channel(1024);
@@ -35,7 +43,11 @@ impl Children {
         std::thread::Builder::new()
             .name("reaper".into())
             .spawn(move || reap_forever(&reaper_live, &tx))?;
-        Ok(Children { live, exits })
+        Ok(Children {
+            live,
+            exits,
+            shutdown: shutdown.clone(),
+        })
     }
 
     /// Forks; the child runs `child` and exits with `_exit(0)`, never
@@ -49,6 +61,7 @@ impl Children {
         // before it is recorded as live.
         let (set, changed) = &*self.live;
         let mut live = set.lock().unwrap_or_else(|e| e.into_inner());
+        let parent = getpid();
         // SAFETY: fork in a multi-threaded process is sound as long as the
         // child only uses what is fork-safe. Ours runs one connection loop:
         // glibc's malloc and stdio locks are reset across fork by its atfork
@@ -62,7 +75,8 @@ impl Children {
             }
             Ok(ForkResult::Child) => {
                 drop(live);
-                as_a_child();
+                as_a_child(parent);
+                self.shutdown.in_a_forked_child();
                 child();
                 // SAFETY: `_exit` ends the process at once; nothing of ours
                 // needs to run after the child's work.
@@ -73,6 +87,7 @@ impl Children {
                 // the parent's copy closes now.
                 drop(child);
                 live.insert(pid);
+                shutdown::track_child(pid.as_raw());
                 changed.notify_all();
                 Ok(pid)
             }
@@ -131,12 +146,24 @@ impl Children {
     }
 }
 
-/// In a new child: leave signal handling to the parent. SIGTERM ends the
-/// child at once if someone sends it one (the parent's handler would only
-/// wake the parent's signal thread, which the child does not have); SIGINT,
-/// which a Ctrl-C sends to the whole process group, is ignored so that the
-/// parent can wind the children down gracefully.
-fn as_a_child() {
+/// In a new child: die with the parent, and leave signal handling to it.
+///
+/// `PR_SET_PDEATHSIG` makes the parent's death (its forking thread's, to be
+/// exact) a SIGKILL for the child. A parent that died between `fork` and the
+/// `prctl` would not send it, so the child then checks that its parent is
+/// still the one that forked it (else it was reparented) and leaves.
+///
+/// SIGTERM ends the child at once if someone sends it one (the parent's
+/// handler would only wake the parent's signal thread, which the child does
+/// not have); SIGINT, which a Ctrl-C sends to the whole process group, is
+/// ignored so that the parent can wind the children down gracefully.
+fn as_a_child(parent: Pid) {
+    // SAFETY: prctl with an integer argument touches no memory of ours.
+    let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    if set != 0 || getppid() != parent {
+        // SAFETY: `_exit` ends the process at once; the child has done nothing yet.
+        unsafe { libc::_exit(1) }
+    }
     // SAFETY: setting a signal's disposition to default or ignore installs
     // no handler code, so nothing can run in a signal context.
     unsafe {
@@ -157,22 +184,31 @@ fn reap_forever(live: &(Mutex<HashSet<Pid>>, Condvar), exits: &SyncSender<Pid>) 
                     .unwrap_or_else(|e| e.into_inner()),
             );
         }
-        let pid = match waitpid(None, None) {
+        // Look without reaping first: the pid stays ours (no new process can
+        // take it) until it is off the lists a second signal would kill from.
+        let exited = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+        let pid = match waitid(Id::All, exited) {
             Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) => pid,
             Ok(_) | Err(Errno::EINTR) => continue,
             Err(Errno::ECHILD) => {
                 // Nobody left after all (an exit raced the bookkeeping).
-                set.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                let mut l = set.lock().unwrap_or_else(|e| e.into_inner());
+                for pid in l.drain() {
+                    shutdown::untrack_child(pid.as_raw());
+                }
                 changed.notify_all();
                 continue;
             }
             Err(e) => {
-                tracing::error!("waitpid: {e}");
+                tracing::error!("waitid: {e}");
                 return;
             }
         };
         let mut l = set.lock().unwrap_or_else(|e| e.into_inner());
         l.remove(&pid);
+        shutdown::untrack_child(pid.as_raw());
+        // Now reap it.
+        let _ = waitpid(pid, None);
         changed.notify_all();
         drop(l);
         let _ = exits.try_send(pid);

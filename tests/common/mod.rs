@@ -1,6 +1,11 @@
 //! Shared by the integration tests: start `socklab serve` as a user would,
 //! on port 0 (or a Unix socket in a temp dir), and read back the address it
 //! announces on stdout. The server is killed when the handle drops.
+//!
+//! Nothing a test starts outlives it: a server runs in its own process group,
+//! killed whole (children included) when its handle drops, panics included;
+//! and every `socklab` a test starts gets SIGKILL if the test's thread ends
+//! first (`PR_SET_PDEATHSIG`), even when the test binary itself is killed.
 
 #![allow(dead_code)] // Each test file uses its own subset.
 
@@ -42,16 +47,30 @@ impl Server {
 
     /// `socklab serve ARGS` with the given `--listen` addresses.
     pub fn start(args: &[&str], listen: &[&str], dir: Option<tempfile::TempDir>) -> Server {
+        Self::start_with(args, listen, dir, |_| {})
+    }
+
+    /// As [`Server::start`], with `configure` applied to the command last
+    /// (e.g. `stderr(Stdio::piped())`, then take `server.child.stderr`).
+    pub fn start_with(
+        args: &[&str],
+        listen: &[&str],
+        dir: Option<tempfile::TempDir>,
+        configure: impl FnOnce(&mut Command),
+    ) -> Server {
         let mut cmd = Command::new(BIN);
         cmd.arg("serve").args(args);
         for l in listen {
             cmd.args(["--listen", l]);
         }
-        let mut child = cmd
+        // Its own group, so that Drop can kill the server with its children.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        dies_with_the_test(&mut cmd);
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn socklab serve");
+            .stderr(Stdio::null());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn socklab serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let mut addrs = Vec::new();
@@ -106,9 +125,80 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // The whole group: the server and every child it forked. Its pid is
+        // the group's id and cannot be reused before the wait below.
+        kill_group(self.pid());
         let _ = self.child.wait();
     }
+}
+
+/// SIGKILL to every process of the group `pgid` (one the test made).
+pub fn kill_group(pgid: i32) {
+    // SAFETY: a plain system call on integers.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+/// The child will get SIGKILL when the thread that starts it (the test's)
+/// ends, so that not even a test binary killed mid-run leaves it behind.
+pub fn dies_with_the_test(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs between fork and exec and makes one prctl call;
+    // it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Waits until process `pid` has exited (a zombie counts), through a pidfd
+/// that becomes readable then; `false` if it has not within `timeout`.
+pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    // SAFETY: pidfd_open takes two integers and returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        // ESRCH: it is gone already.
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd that lives across the call; fd is ours to close.
+    let ready = unsafe {
+        let n = libc::poll(&mut pfd, 1, timeout.as_millis() as i32);
+        libc::close(fd);
+        n
+    };
+    ready == 1
+}
+
+/// The pids of `parent`'s children, with their state letter (`Z` = zombie).
+pub fn children_of(parent: i32) -> Vec<(i32, char)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(parent) {
+            found.push((pid, fields[0].chars().next().unwrap_or('?')));
+        }
+    }
+    found
 }
 
 /// A client connection over TCP or a Unix socket, with a read timeout so a
@@ -293,6 +383,7 @@ pub fn spawn_listening(args: &[&str]) -> (Child, String, BufReader<ChildStderr>)
 fn piped(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped());
+    dies_with_the_test(&mut cmd);
     cmd
 }
 

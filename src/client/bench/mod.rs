@@ -237,6 +237,14 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// How many bytes a request carries.
+    pub fn size(&self) -> usize {
+        match self {
+            Payload::Text(text) => text.len(),
+            Payload::Size(n) => *n,
+        }
+    }
+
     pub fn bytes(&self) -> Vec<u8> {
         match self {
             Payload::Text(text) => text.clone(),
@@ -302,8 +310,38 @@ pub struct ClientReport {
     pub last_error: Option<String>,
 }
 
+/// The most bench holds for its clients at once: each keeps a reply as
+/// long as its request, and a 4 KiB read buffer. Past it, bench refuses to
+/// start instead of aborting on a failed allocation.
+pub const MAX_HELD_BYTES: usize = 1 << 30;
+
+impl BenchOptions {
+    /// Checks the options together, before anything is allocated or
+    /// connected (each flag alone was bounded while parsing).
+    pub fn check(&self) -> anyhow::Result<()> {
+        let per_client = self.payload.size().saturating_add(4096);
+        let held = per_client.saturating_mul(self.clients);
+        if held > MAX_HELD_BYTES {
+            bail!(
+                "{} clients with {}-byte requests would hold {} MiB of replies at once, more than the {} MiB bench allows; use fewer clients or smaller requests",
+                self.clients,
+                self.payload.size(),
+                held >> 20,
+                MAX_HELD_BYTES >> 20
+            );
+        }
+        if let Some(rate) = self.rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                bail!("--rate must be a number of requests per second above 0, not {rate}");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs the benchmark and returns the merged report.
 pub fn measure(options: &BenchOptions) -> anyhow::Result<BenchReport> {
+    options.check()?;
     let plan = Arc::new(engine::Plan {
         target: engine::Target::resolve(&options.addr)?,
         request: options.payload.bytes(),
