@@ -521,12 +521,21 @@ impl Session {
             } else {
                 self.stall_deadline = None;
             }
-        } else if due(self.idle_deadline) && !self.closing {
-            tracing::debug!("closing an idle connection");
-            self.idle_deadline = None;
-            self.held.clear();
-            self.held_cost = 0;
-            self.closing = true;
+        } else if due(self.idle_deadline) && !self.closing && self.held.is_empty() {
+            // (A reply held for --delay is the server's wait, not the peer's.)
+            if self.pending_output().is_empty() {
+                tracing::debug!("closing an idle connection");
+                self.idle_deadline = None;
+                self.held.clear();
+                self.held_cost = 0;
+                self.closing = true;
+            } else {
+                // Idle with output owed: no write progress for as long, so
+                // waiting on for the write timeout would hold a peer that
+                // does not read past what --idle-timeout promises.
+                tracing::info!("dropping an idle connection whose peer does not read");
+                self.drop_everything();
+            }
         }
     }
 
@@ -738,6 +747,7 @@ impl Session {
         }
         self.closing = close;
         self.output_added(was_empty, now);
+        self.active(now); // The clock starts when the reply can go out.
     }
 
     /// Output was appended: if there was none before, the write clock starts.
@@ -898,6 +908,17 @@ pub(crate) mod tests {
         );
         h.advance(Duration::from_secs(5));
         assert!(h.session.wants_read(), "the replies went out: reading again");
+    }
+
+    #[test]
+    fn a_reply_held_for_delay_is_not_idleness() {
+        let mut config = ServiceConfig::new(ServiceKind::Greet);
+        config.delay = Duration::from_secs(1);
+        config.idle_timeout = Some(Duration::from_secs(1));
+        let mut h = Harness::new(config);
+        h.send(b"x");
+        assert_eq!(h.advance(Duration::from_secs(1)), "Hello, x!");
+        assert!(!h.session.is_finished());
     }
 
     #[test]
