@@ -84,3 +84,33 @@ fn models_that_cannot_host_a_room_refuse_at_start() {
         "{err}"
     );
 }
+
+#[test]
+fn a_member_cannot_reach_the_others_terminals_or_pass_for_another() {
+    for model in ["epoll", "async"] {
+        let server = Server::tcp(&["--service", "chat", "--model", model]);
+        let mut alice = Member::join(&server);
+        let mut mallory = Member::join(&server);
+        assert!(alice.line().ends_with(" joined\n"));
+        mallory.say("\x1b[2J\x07\0x\r<alice> hi");
+        assert_eq!(
+            alice.line(),
+            "<guest2> \\033[2J\\007\\000x\\015<alice> hi\n",
+            "{model}"
+        );
+        mallory.say("/nick \x1b[31mred");
+        assert!(
+            mallory.line().starts_with("ERR a nickname is printable"),
+            "{model}"
+        );
+        mallory.say("/nick");
+        assert_eq!(mallory.line(), "ERR usage: /nick NAME\n");
+        mallory.say("/quit");
+        assert_eq!(mallory.line(), "* bye\n");
+        assert_eq!(
+            alice.line(),
+            "* guest2 left\n",
+            "{model}: no command is broadcast"
+        );
+    }
+}

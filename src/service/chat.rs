@@ -4,15 +4,19 @@
 //! ```text
 //! /nick NAME   -> * you are NAME            (others see `* guest1 is now NAME`)
 //! /who         -> * in the room: alice bob
+//! /quit        -> * bye, and the connection closes
 //! anything     -> nothing to you; `<alice> anything` to every other member
 //! ```
 //!
 //! Joins and leaves are announced as `* NAME joined` and `* NAME left`.
+//! Control characters in what members say are escaped (`\033`), so no
+//! member can clear the others' screens or forge a line; nicknames are
+//! printable; commands, known or not, are answered and never broadcast.
 
 use std::sync::Arc;
 
 use super::room::{Inbox, Room};
-use super::{Now, Protocol, Replies};
+use super::{escape_controls, Now, Protocol, Replies};
 
 pub struct Chat {
     room: Arc<Room>,
@@ -38,15 +42,30 @@ impl Protocol for Chat {
 
     fn message(&mut self, msg: &[u8], _now: Now, out: &mut Replies) {
         let text = String::from_utf8_lossy(msg);
-        if let Some(nick) = text.strip_prefix("/nick ") {
-            match self.room.rename(self.id, nick) {
+        let Some(command) = text.strip_prefix('/') else {
+            if !text.is_empty() {
+                // Whatever a member types reaches the others' terminals as text.
+                self.room.say(self.id, &escape_controls(&text));
+            }
+            return;
+        };
+        // A command is answered to its sender and never broadcast.
+        let (name, arg) = command.split_once(' ').unwrap_or((command, ""));
+        match (name.trim_end(), arg.trim()) {
+            ("nick", "") => out.error("usage: /nick NAME"),
+            ("nick", nick) => match self.room.rename(self.id, nick) {
                 Ok(nick) => out.send_fmt(format_args!("* you are {nick}")),
                 Err(e) => out.error(e),
+            },
+            ("who", _) => out.send_fmt(format_args!("* in the room: {}", self.room.nicks().join(" "))),
+            ("quit", _) => {
+                out.send(b"* bye");
+                out.close();
             }
-        } else if text.trim_end() == "/who" {
-            out.send_fmt(format_args!("* in the room: {}", self.room.nicks().join(" ")));
-        } else if !text.is_empty() {
-            self.room.say(self.id, &text);
+            (other, _) => out.error(format_args!(
+                "unknown command: /{}; try /nick NAME, /who, /quit",
+                escape_controls(other)
+            )),
         }
     }
 
@@ -115,6 +134,31 @@ mod tests {
         assert!(listener.wake().ends_with("<guest2> one\n<guest2> two\n"));
         speaker.send(b"three\n");
         assert_eq!(wakes.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_commands_never_broadcast() {
+        let service = Service::new(ServiceConfig::new(ServiceKind::Chat));
+        let mut alice = member(&service);
+        let mut mallory = member(&service);
+        alice.take();
+        alice.wake();
+        mallory.take();
+        assert_eq!(mallory.send(b"\x1b[2J\x07\x00x\r<alice> hi\n"), "");
+        assert_eq!(alice.wake(), "<guest2> \\033[2J\\007\\000x\\015<alice> hi\n");
+        assert!(mallory
+            .send(b"/nick \x1b[31mred\n")
+            .starts_with("ERR a nickname is printable"));
+        assert!(mallory.send(b"/nick <alice>\n").starts_with("ERR"));
+        assert_eq!(mallory.send(b"/nick\n"), "ERR usage: /nick NAME\n");
+        assert!(mallory
+            .send(b"/foo\x1b\n")
+            .starts_with("ERR unknown command: /foo\\033;"));
+        assert_eq!(mallory.send(b"/quit\n"), "* bye\n");
+        assert!(mallory.session.is_finished());
+        assert_eq!(alice.wake(), "", "no command was broadcast");
+        drop(mallory);
+        assert_eq!(alice.wake(), "* guest2 left\n");
     }
 
     /// A speaker's lines until the room holds it back.

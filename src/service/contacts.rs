@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use super::{Now, Protocol, Replies};
+use super::{escape_controls, Now, Protocol, Replies};
 use crate::store::Store;
 
 /// Longest name and phone number accepted.
@@ -64,7 +64,11 @@ impl Contacts {
 
     fn find(&self, name: &str, out: &mut Replies) -> Result<(), String> {
         let phone = storage(self.store.find(name))?.ok_or_else(|| format!("not found: {name}"))?;
-        out.send_fmt(format_args!("OK {name} {phone}"));
+        out.send_fmt(format_args!(
+            "OK {} {}",
+            escape_controls(name),
+            escape_controls(&phone)
+        ));
         Ok(())
     }
 
@@ -80,7 +84,12 @@ impl Contacts {
         let all = storage(self.store.list())?;
         out.send_fmt(format_args!("OK {}", all.len()));
         for (name, phone) in all {
-            out.send_fmt(format_args!("{name} {phone}"));
+            // Refused at ADD; escaped here for a book written before that.
+            out.send_fmt(format_args!(
+                "{} {}",
+                escape_controls(&name),
+                escape_controls(&phone)
+            ));
         }
         Ok(())
     }
@@ -89,6 +98,9 @@ impl Contacts {
 fn valid(word: &str, max: usize, what: &str) -> Result<(), String> {
     if word.chars().count() > max {
         return Err(format!("{what} longer than {max} characters"));
+    }
+    if word.chars().any(char::is_control) {
+        return Err(format!("a {what} is printable text, without control characters"));
     }
     Ok(())
 }
@@ -127,6 +139,10 @@ mod tests {
         assert_eq!(h.send(b"FIND \xff\n"), "ERR invalid UTF-8\n");
         let long = format!("ADD {} 1\n", "n".repeat(65));
         assert_eq!(h.send(long.as_bytes()), "ERR name longer than 64 characters\n");
+        assert_eq!(
+            h.send(b"ADD \x1b[2Jeve 1\n"),
+            "ERR a name is printable text, without control characters\n"
+        );
         assert!(!h.session.is_finished());
     }
 }

@@ -140,6 +140,30 @@ impl fmt::Display for ServiceKind {
     }
 }
 
+/// Text a peer gave, made safe to show another peer's terminal: every
+/// control character but tab (escape sequences, BEL, NUL, a bare CR that
+/// would let a line overwrite its own prefix) is written as `\NNN` in
+/// octal, as ncat's `--chat` does.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            let code = c as u32;
+            if code < 0o400 {
+                out.push_str(&format!("\\{code:03o}"));
+            } else {
+                out.push_str(&format!("\\u{{{code:x}}}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// `--write-timeout` unless the user says otherwise.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 

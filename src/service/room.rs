@@ -223,6 +223,11 @@ impl Room {
         if nick.is_empty() || nick.chars().count() > MAX_NICK || nick.contains(char::is_whitespace) {
             return Err(format!("a nickname is one word of at most {MAX_NICK} characters"));
         }
+        if nick.contains(|c: char| c.is_control() || c == '<' || c == '>') {
+            // Escape sequences would reach every terminal in the room, and
+            // angle brackets would let one member pass for another.
+            return Err("a nickname is printable, without control characters or < >".into());
+        }
         let mut members = lock(&self.members);
         if members.iter().any(|(other, m)| *other != id && m.nick == nick) {
             return Err(format!("{nick} is taken"));
