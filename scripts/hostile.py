@@ -198,6 +198,7 @@ def timeouts(model, idle="2s"):
 
         threading.Thread(target=trickle, daemon=True).start()
         result["closed"] = closed_within(trickler, 20 if idle else 3)
+        trickler.close()  # Without --idle-timeout it would hold iterative for ever.
         never = server.connect(rcvbuf=4096)
         never.setblocking(False)
         start_never = time.time()

@@ -419,25 +419,34 @@ pub fn out_of_descriptors(err: &io::Error) -> bool {
 
 /// Accepts failing for want of descriptors, logged once per episode (a
 /// loop that retries would otherwise log every retry) and summed up when
-/// accepting works again.
+/// accepting works again. While a backlog drains at the limit, every close
+/// lets one accept through before the next fails: an episode ends only
+/// after a second without a failure.
 #[derive(Debug, Default)]
 pub struct DescriptorShortage {
-    retries: std::sync::atomic::AtomicU64,
+    /// Failures in this episode, and when the last one was.
+    episode: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
 }
 
 impl DescriptorShortage {
+    const QUIET: Duration = Duration::from_secs(1);
+
     /// An accept failed with `err` (EMFILE or ENFILE).
     pub fn hit(&self, err: &io::Error) {
-        if self.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+        let mut episode = self.episode.lock().unwrap_or_else(|e| e.into_inner());
+        if episode.0 == 0 {
             tracing::warn!("accept: {err}; not accepting until a connection closes");
         }
+        episode.0 += 1;
+        episode.1 = Some(std::time::Instant::now());
     }
 
-    /// An accept succeeded: if an episode was on, it is over.
+    /// An accept succeeded: if an episode was on and has been quiet, it is over.
     pub fn over(&self) {
-        let retries = self.retries.swap(0, std::sync::atomic::Ordering::Relaxed);
-        if retries > 0 {
-            tracing::info!(retries, "descriptors free again: accepting");
+        let mut episode = self.episode.lock().unwrap_or_else(|e| e.into_inner());
+        if episode.1.is_some_and(|last| last.elapsed() >= Self::QUIET) {
+            tracing::info!(failures = episode.0, "descriptors free again: accepting");
+            *episode = (0, None);
         }
     }
 }

@@ -326,7 +326,11 @@ impl Ring {
             }
             return Ok(());
         }
-        self.shortage.over();
+        if self.paused_at.is_none() {
+            // (An accept still in flight when the pause began is not the
+            // end of the episode.)
+            self.shortage.over();
+        }
         let stream = self.adopt(fd);
         let mut session = service.session(now);
         let entry = self.conns.vacant_entry();
