@@ -180,6 +180,23 @@ def udp(model):
         server.stop()
 
 
+def udp_delay(model):
+    server = Server("--model", model, "--delay", "5s", listen="udp:127.0.0.1:0")
+    try:
+        before = peak = rss_kb(server.proc.pid)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        n = 20_000 if QUICK else 200_000
+        for i in range(n):
+            s.sendto(b"x" * 500, (server.host, server.port))
+            if i % 2000 == 0:
+                peak = max(peak, rss_kb(server.proc.pid))
+        time.sleep(0.5)
+        peak = max(peak, rss_kb(server.proc.pid))
+        print(f"udp      {model:9} --delay 5s, {n:,} datagrams of 500 B, RSS growth {(peak - before) / 1024:6.1f} MiB")
+    finally:
+        server.stop()
+
+
 def timeouts(model, idle="2s"):
     limits = ["--idle-timeout", idle] if idle else []
     server = Server("--model", model, "--framing", "line", *limits)
@@ -233,6 +250,8 @@ if __name__ == "__main__":
         delay_flood(m)
     for m in ["iterative", "pool", "epoll", "async"]:
         udp(m)
+    for m in ["epoll", "async"]:
+        udp_delay(m)
     for m in ["iterative", "pool", "prefork", "epoll", "uring"]:
         timeouts(m)
     timeouts("iterative", idle=None)  # Only --write-timeout (30 s) lets go.
