@@ -43,11 +43,16 @@ pub enum Stream {
     Unix(UnixStream),
 }
 
-/// Options for binding: `SO_REUSEPORT` lets several loops (epoll, uring
-/// workers) each own a listener on the same port.
+/// Options for binding.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BindOptions {
+    /// `SO_REUSEPORT` lets several loops (epoll, uring workers) each own a
+    /// listener on the same port.
     pub reuse_port: bool,
+    /// A listener on an IPv6 address takes IPv6 peers only. Off by default:
+    /// `[::]` then accepts IPv4 too (as `::ffff:127.0.0.1`), as nc, ncat
+    /// and socat listeners do, whatever the system's `bindv6only` says.
+    pub ipv6_only: bool,
 }
 
 /// Binds `addr` (`tcp:`, `unix:` or `udp:`) and starts listening.
@@ -68,7 +73,7 @@ fn bind_tcp(hp: &HostPort, options: BindOptions) -> anyhow::Result<TcpListener> 
         socket.set_reuse_port(true)?;
     }
     if sa.is_ipv6() {
-        socket.set_only_v6(true)?;
+        socket.set_only_v6(options.ipv6_only)?;
     }
     socket
         .bind(&sa.into())
@@ -82,6 +87,9 @@ fn bind_udp(hp: &HostPort, options: BindOptions) -> anyhow::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(sa), Type::DGRAM, Some(Protocol::UDP))?;
     if options.reuse_port {
         socket.set_reuse_port(true)?;
+    }
+    if sa.is_ipv6() {
+        socket.set_only_v6(options.ipv6_only)?;
     }
     socket
         .bind(&sa.into())
@@ -179,8 +187,12 @@ impl Listener {
     pub fn reuse_port_sibling(&self) -> anyhow::Result<Listener> {
         match self {
             Listener::Tcp(l) => {
-                let hp = HostPort::from(l.local_addr()?);
-                Ok(Listener::Tcp(bind_tcp(&hp, BindOptions { reuse_port: true })?))
+                let local = l.local_addr()?;
+                let options = BindOptions {
+                    reuse_port: true,
+                    ipv6_only: local.is_ipv6() && socket2::SockRef::from(l).only_v6()?,
+                };
+                Ok(Listener::Tcp(bind_tcp(&HostPort::from(local), options)?))
             }
             Listener::Unix(..) => Ok(self.try_clone()?),
         }
@@ -378,11 +390,16 @@ mod tests {
 
     #[test]
     fn reuse_port_siblings_share_a_port() {
-        let bind_loopback =
-            |reuse_port| match bind(&"tcp:127.0.0.1:0".parse().unwrap(), BindOptions { reuse_port }) {
+        let bind_loopback = |reuse_port| {
+            let options = BindOptions {
+                reuse_port,
+                ..BindOptions::default()
+            };
+            match bind(&"tcp:127.0.0.1:0".parse().unwrap(), options) {
                 Ok(Bound::Stream(l)) => l,
                 other => panic!("{other:?}"),
-            };
+            }
+        };
         let first = bind_loopback(true);
         let second = first.reuse_port_sibling().unwrap();
         assert_eq!(first.local_addr().unwrap(), second.local_addr().unwrap());

@@ -19,6 +19,8 @@ pub struct ServeOptions {
     pub service: ServiceConfig,
     pub listen: Vec<Addr>,
     pub server: ServerConfig,
+    /// `--ipv6-only`: a listener on `[::]` refuses IPv4 peers.
+    pub ipv6_only: bool,
 }
 
 pub fn run(options: ServeOptions) -> anyhow::Result<()> {
@@ -27,6 +29,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         mut service,
         listen,
         server,
+        ipv6_only,
     } = options;
     if service.kind.shares_state_across_connections() && model.runs_in_processes() {
         bail!(
@@ -56,6 +59,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
     for addr in &listen {
         let options = BindOptions {
             reuse_port: model.uses_reuse_port(server.workers),
+            ipv6_only,
         };
         match net::bind(addr, options)? {
             Bound::Stream(listener) => {
