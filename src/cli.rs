@@ -280,6 +280,13 @@ pub struct BenchArgs {
     /// No progress output
     #[arg(long, short)]
     pub quiet: bool,
+    /// Drive the server this long first; nothing of it counts in the figures
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub warmup: Option<Duration>,
+    /// Also append the summary to this CSV file, one row per run (a header
+    /// first when the file is new)
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<std::path::PathBuf>,
 }
 
 impl BenchArgs {
@@ -307,6 +314,8 @@ impl BenchArgs {
             rate: self.rate.filter(|r| *r > 0.0),
             expect: self.expect,
             engine: self.engine,
+            warmup: self.warmup,
+            csv: self.csv,
         }
     }
 }

@@ -128,6 +128,23 @@ fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
     std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))
 }
 
+/// The first of `hp`'s addresses that accepts a TCP connection, in
+/// resolver order (the probe is closed at once). A name with one address
+/// gets it untried, and so does a name none of whose addresses answer:
+/// the caller's own connect then reports the failure.
+pub fn first_accepting(hp: &HostPort, timeout: Duration) -> anyhow::Result<SocketAddr> {
+    let addrs = hp.resolve().with_context(|| format!("cannot resolve {hp}"))?;
+    if addrs.len() > 1 {
+        if let Some(sa) = addrs
+            .iter()
+            .find(|sa| TcpStream::connect_timeout(sa, timeout).is_ok())
+        {
+            return Ok(*sa);
+        }
+    }
+    Ok(addrs[0])
+}
+
 fn first_addr(hp: &HostPort) -> anyhow::Result<SocketAddr> {
     let addrs = hp.resolve().with_context(|| format!("cannot resolve {hp}"))?;
     Ok(addrs[0])

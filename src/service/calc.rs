@@ -340,9 +340,8 @@ fn int_power(x: &BigInt, y: &BigInt) -> Result<BigInt, CalcError> {
     // 0, 1 and -1 stay small whatever the exponent.
     if magnitude.bits() <= 1 {
         let odd = y.bit(0);
-        return Ok(if x.sign() == Sign::Minus && !odd {
-            BigInt::from(1)
-        } else if *y == BigInt::ZERO {
+        let even_power_of_minus_one = x.sign() == Sign::Minus && !odd;
+        return Ok(if even_power_of_minus_one || *y == BigInt::ZERO {
             BigInt::from(1)
         } else {
             x.clone()
