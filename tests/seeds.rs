@@ -154,7 +154,7 @@ impl PythonServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("server.py");
         std::fs::write(&path, script).expect("write the script");
-        let mut child = Command::new("python3")
+        let child = Command::new("python3")
             .arg("-u")
             .arg(&path)
             .stdin(Stdio::null())
