@@ -7,6 +7,12 @@
 //! `STDIN`, ...) are accepted. Host names are kept as written and resolved
 //! only when a socket is opened, so parsing never touches the network.
 //!
+//! socat's address options follow a comma (`TCP-LISTEN:7030,fork,reuseaddr`):
+//! those that mean something socklab does are accepted ([`AddrOptions`]),
+//! the rest are refused by name, with the flag to use instead when there
+//! is one. socat's other address types (`OPEN:`, `EXEC:`, ...) are refused
+//! as such, not misread as a host and a port.
+//!
 //! ```
 //! use socklab::addr::{Addr, Endpoint};
 //!
@@ -90,6 +96,74 @@ pub enum Endpoint {
     Stdio,
 }
 
+/// socat's address options that socklab understands. `reuseaddr` and
+/// `nodelay` are what socklab always does, and a `backlog=N` is met by its
+/// own (the kernel's maximum): they are accepted and change nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddrOptions {
+    /// `fork`: keep listening and serve each peer (relay's `--fork`).
+    pub fork: bool,
+}
+
+/// An address as socat writes it: the address, then its options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocatAddr {
+    pub endpoint: Endpoint,
+    pub options: AddrOptions,
+}
+
+impl FromStr for SocatAddr {
+    type Err = AddrError;
+
+    fn from_str(input: &str) -> Result<Self, AddrError> {
+        let (address, options) = split_options(input)?;
+        let endpoint = parse_endpoint(input, address)?;
+        if options.fork && !matches!(endpoint, Endpoint::Listen(_)) {
+            return Err(error(
+                input,
+                "socat option 'fork' needs a listening address, such as tcp-listen:PORT,fork",
+            ));
+        }
+        Ok(SocatAddr { endpoint, options })
+    }
+}
+
+/// Splits `ADDRESS,opt,opt=value` and reads the options.
+fn split_options(input: &str) -> Result<(&str, AddrOptions), AddrError> {
+    let mut parts = input.trim().split(',');
+    let address = parts.next().unwrap_or_default();
+    let mut options = AddrOptions::default();
+    for option in parts {
+        let (name, value) = match option.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim())),
+            None => (option.trim(), None),
+        };
+        match (name.to_ascii_lowercase().as_str(), value) {
+            ("fork", None) => options.fork = true,
+            ("reuseaddr" | "so-reuseaddr" | "nodelay" | "tcp-nodelay", None | Some("1")) => {}
+            ("backlog", Some(n)) if n.parse::<u32>().is_ok() => {}
+            ("", None) => return Err(error(input, "an empty option after ','")),
+            (lower, _) => {
+                let hint = match lower {
+                    "ipv6only" | "ipv6-v6only" | "ipv6-only" => {
+                        "; a listener on [::] takes IPv4 too; use serve --ipv6-only or listen --ipv6-only"
+                    }
+                    "bind" => "; the kernel picks the local address of a connection",
+                    "max-children" => "; use --fork, which serves every peer",
+                    "crnl" | "crlf" => "; bytes are relayed as they are",
+                    "pf" => "; write the address itself, [::1] or 127.0.0.1",
+                    _ => "",
+                };
+                return Err(error(
+                    input,
+                    format!("socat option '{name}' is not supported here{hint}"),
+                ));
+            }
+        }
+    }
+    Ok((address, options))
+}
+
 /// Why an address did not parse; the message is shown to the user as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid address '{input}': {reason}")]
@@ -108,29 +182,102 @@ fn error(input: &str, reason: impl Into<String>) -> AddrError {
 impl FromStr for Endpoint {
     type Err = AddrError;
 
+    /// An address with its socat options checked: those that change
+    /// nothing are accepted; `fork` is relay's, through [`SocatAddr`].
     fn from_str(input: &str) -> Result<Self, AddrError> {
-        let s = input.trim();
-        if s == "-"
-            || ["stdio", "stdin", "stdout", "stdin-stdout"]
-                .iter()
-                .any(|k| s.eq_ignore_ascii_case(k))
-        {
-            return Ok(Endpoint::Stdio);
+        let SocatAddr { endpoint, options } = input.parse()?;
+        if options.fork {
+            return Err(error(
+                input,
+                "socat option 'fork' is not supported here; use relay --fork",
+            ));
         }
-        let Some((form, rest)) = split_keyword(s) else {
-            // No keyword: `HOST:PORT` or `:PORT` is TCP.
-            return parse_host_port(input, s).map(|hp| Endpoint::Connect(Addr::Tcp(hp)));
-        };
-        let endpoint = match form {
-            Form::Tcp => Endpoint::Connect(Addr::Tcp(parse_host_port(input, rest)?)),
-            Form::Udp => Endpoint::Connect(Addr::Udp(parse_host_port(input, rest)?)),
-            Form::Unix => Endpoint::Connect(Addr::Unix(parse_path(input, rest)?)),
-            Form::TcpListen => Endpoint::Listen(Addr::Tcp(parse_listen_port(input, rest)?)),
-            Form::UdpListen => Endpoint::Listen(Addr::Udp(parse_listen_port(input, rest)?)),
-            Form::UnixListen => Endpoint::Listen(Addr::Unix(parse_path(input, rest)?)),
-        };
         Ok(endpoint)
     }
+}
+
+/// socat's address types that socklab does not open, so that `OPEN:/tmp/x`
+/// is called what it is rather than a host `OPEN` with a bad port.
+const SOCAT_ONLY_TYPES: &[&str] = &[
+    "abstract",
+    "abstract-connect",
+    "abstract-listen",
+    "create",
+    "exec",
+    "fd",
+    "file",
+    "gopen",
+    "interface",
+    "ip",
+    "ip4",
+    "ip6",
+    "ip-datagram",
+    "ip-recv",
+    "ip-recvfrom",
+    "ip-sendto",
+    "open",
+    "openssl",
+    "openssl-connect",
+    "openssl-listen",
+    "pipe",
+    "proxy",
+    "proxy-connect",
+    "pty",
+    "readline",
+    "sctp",
+    "sctp-connect",
+    "sctp-listen",
+    "socket-connect",
+    "socket-datagram",
+    "socket-listen",
+    "socks4",
+    "socks4a",
+    "socks5",
+    "stderr",
+    "system",
+    "tun",
+    "udp-datagram",
+    "udp-recv",
+    "udp-recvfrom",
+    "udp-sendto",
+    "unix-recv",
+    "unix-recvfrom",
+    "unix-sendto",
+    "vsock-connect",
+    "vsock-listen",
+];
+
+fn parse_endpoint(input: &str, s: &str) -> Result<Endpoint, AddrError> {
+    if s == "-"
+        || ["stdio", "stdin", "stdout", "stdin-stdout"]
+            .iter()
+            .any(|k| s.eq_ignore_ascii_case(k))
+    {
+        return Ok(Endpoint::Stdio);
+    }
+    let Some((form, rest)) = split_keyword(s) else {
+        let head = s.split(':').next().unwrap_or_default();
+        if SOCAT_ONLY_TYPES.iter().any(|t| head.eq_ignore_ascii_case(t)) {
+            return Err(error(
+                input,
+                format!(
+                    "unknown address type {}: socklab opens tcp:, udp:, unix:, their -listen forms, and stdio",
+                    head.to_ascii_uppercase()
+                ),
+            ));
+        }
+        // No keyword: `HOST:PORT` or `:PORT` is TCP.
+        return parse_host_port(input, s).map(|hp| Endpoint::Connect(Addr::Tcp(hp)));
+    };
+    let endpoint = match form {
+        Form::Tcp => Endpoint::Connect(Addr::Tcp(parse_host_port(input, rest)?)),
+        Form::Udp => Endpoint::Connect(Addr::Udp(parse_host_port(input, rest)?)),
+        Form::Unix => Endpoint::Connect(Addr::Unix(parse_path(input, rest)?)),
+        Form::TcpListen => Endpoint::Listen(Addr::Tcp(parse_listen_port(input, rest)?)),
+        Form::UdpListen => Endpoint::Listen(Addr::Udp(parse_listen_port(input, rest)?)),
+        Form::UnixListen => Endpoint::Listen(Addr::Unix(parse_path(input, rest)?)),
+    };
+    Ok(endpoint)
 }
 
 impl FromStr for Addr {
@@ -311,6 +458,31 @@ mod tests {
         ] {
             assert_eq!(s.parse::<Addr>().map(|a| a.to_string()), Ok(s.to_string()));
         }
+    }
+
+    #[test]
+    fn socat_options() {
+        let socat = |s: &str| s.parse::<SocatAddr>();
+        let listen = socat("TCP-LISTEN:7030,fork,reuseaddr").unwrap();
+        assert_eq!(listen.endpoint, Endpoint::Listen(tcp("127.0.0.1", 7030)));
+        assert!(listen.options.fork);
+        let plain = socat("tcp:localhost:80,nodelay,backlog=5").unwrap();
+        assert_eq!(plain.endpoint, Endpoint::Connect(tcp("localhost", 80)));
+        assert!(!plain.options.fork);
+        let bad = |s: &str| socat(s).map_err(|e| e.to_string()).unwrap_err();
+        assert!(bad("tcp:localhost:80,fork").contains("needs a listening address"));
+        assert!(bad("tcp-listen:80,crnl").contains("socat option 'crnl' is not supported here"));
+        assert!(bad("tcp-listen:80,ipv6only=1").contains("--ipv6-only"));
+        assert!(bad("tcp:h:80,bind=127.0.0.2").contains("socat option 'bind'"));
+        assert!(bad("tcp-listen:80,backlog=many").contains("socat option 'backlog'"));
+        assert!(bad("OPEN:/tmp/x").contains("unknown address type OPEN"));
+        assert!(bad("exec:ls").contains("unknown address type EXEC"));
+        // Outside relay, `fork` says where it belongs.
+        let addr = |s: &str| s.parse::<Addr>().map_err(|e| e.to_string());
+        assert!(addr("tcp-listen:80,fork")
+            .unwrap_err()
+            .contains("use relay --fork"));
+        assert_eq!(addr(":80,reuseaddr"), Ok(tcp("127.0.0.1", 80)));
     }
 
     #[test]

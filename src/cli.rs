@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::addr::{Addr, Endpoint};
+use crate::addr::{Addr, SocatAddr};
 use crate::client::bench::{BenchOptions, Load, Payload};
 use crate::client::send::SendOptions;
+use crate::client::talk::TalkOptions;
 use crate::lab::{Knobs, LabOptions, Scenario};
 use crate::model::{ModelKind, ServerConfig};
 use crate::relay::RelayOptions;
@@ -32,17 +33,16 @@ pub enum Command {
     /// Send one request and print the reply
     Send(SendArgs),
     /// Interactive: stdin to the peer, the peer to stdout
-    Connect {
-        /// Where to connect: tcp:HOST:PORT, HOST:PORT, :PORT, unix:PATH
-        addr: Addr,
-    },
+    Connect(ConnectArgs),
     /// Accept one peer, then talk as connect does
-    Listen {
-        /// Where to listen: tcp:HOST:PORT, :PORT (port 0 picks one), unix:PATH
-        addr: Addr,
-    },
+    Listen(ListenArgs),
     /// Drive a server with concurrent clients and measure it
     Bench(BenchArgs),
+    /// Shell completions (bash, zsh, fish, elvish, powershell) or the man page (man)
+    Completions {
+        /// bash, zsh, fish, elvish, powershell, or man for a man page (roff)
+        shell: CompletionTarget,
+    },
     /// Run every model side by side and write a report
     Lab(LabArgs),
     /// Copy between two addresses both ways, like socat
@@ -191,6 +191,10 @@ pub struct ServeArgs {
     /// Permissions of Unix socket files, in octal [default: 600, owner-only]
     #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
     pub mode: Option<u32>,
+    /// A listener on an IPv6 address ([::]) takes IPv6 peers only; by
+    /// default it takes IPv4 peers too, as nc and socat do
+    #[arg(long)]
+    pub ipv6_only: bool,
 }
 
 impl ServeArgs {
@@ -213,22 +217,100 @@ impl ServeArgs {
                 reply_cache: self.reply_cache,
             },
             unix_mode: self.mode,
+            ipv6_only: self.ipv6_only,
         }
     }
 }
 
 #[derive(Debug, Args)]
-pub struct SendArgs {
-    /// Where to send: tcp:HOST:PORT, HOST:PORT, :PORT, unix:PATH
+pub struct ConnectArgs {
+    /// Where to connect: tcp:HOST:PORT, HOST:PORT, :PORT, unix:PATH, udp:HOST:PORT
+    /// (a datagram per line of stdin, each reply printed on a line)
     pub addr: Addr,
-    /// The request; several words are joined by spaces (none: send nothing)
+    /// Print what the peer sends as `From ADDR, line`, as seed 002 does
+    #[arg(long)]
+    pub label: bool,
+    /// UDP: after stdin ends, wait this long for a silent peer before exiting
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub timeout: Duration,
+}
+
+impl ConnectArgs {
+    pub fn into_options(self) -> TalkOptions {
+        TalkOptions {
+            addr: self.addr,
+            keep: false,
+            label: self.label,
+            ipv6_only: false,
+            timeout: self.timeout,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// Where to listen: tcp:HOST:PORT, :PORT (port 0 picks one), unix:PATH, udp:HOST:PORT
+    pub addr: Addr,
+    /// After a peer leaves, wait for the next one (nc -k)
+    #[arg(long, short)]
+    pub keep: bool,
+    /// Print what the peer sends as `From ADDR, line`, as seed 002 does
+    #[arg(long)]
+    pub label: bool,
+    /// A listener on an IPv6 address ([::]) takes IPv6 peers only
+    #[arg(long)]
+    pub ipv6_only: bool,
+    /// UDP: after stdin ends, wait this long for a silent peer before exiting
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub timeout: Duration,
+}
+
+impl ListenArgs {
+    pub fn into_options(self) -> TalkOptions {
+        TalkOptions {
+            addr: self.addr,
+            keep: self.keep,
+            label: self.label,
+            ipv6_only: self.ipv6_only,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// What `socklab completions` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompletionTarget {
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    Powershell,
+    /// The man page, in roff (`socklab completions man | man -l -`)
+    Man,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "A message that begins with '-' goes after '--': socklab send :7007 -- '-2 ^ 2'")]
+pub struct SendArgs {
+    /// Where to send: tcp:HOST:PORT, HOST:PORT, :PORT, unix:PATH, udp:HOST:PORT
+    pub addr: Addr,
+    /// The request; several words are joined by spaces (none: stdin, to its end)
     pub message: Vec<String>,
-    /// Give up when no reply has come for this long [default: 5s; over UDP 1s a try]
+    /// Give up when no reply has come for this long (and on stdin that sends
+    /// nothing for this long without ending) [default: 5s; over UDP 1s a try]
     #[arg(long, value_parser = parse_positive_duration)]
     pub timeout: Option<Duration>,
-    /// UDP: how many times to send the request before giving up (at most 1000)
+    /// UDP: prefix the request with `#ID ` and send it again on silence; a
+    /// socklab server answers a repeated ID from its cache, never applying
+    /// the request twice (plain datagrams, as nc -u sends, are never retried)
+    #[arg(long)]
+    pub id: bool,
+    /// UDP with --id: how many times to send the request before giving up (at most 1000)
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=MAX_RETRIES as i64))]
     pub retries: u32,
+    /// The longest request read from stdin
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE, value_parser = parse_size)]
+    pub max_line: usize,
 }
 
 impl SendArgs {
@@ -237,9 +319,11 @@ impl SendArgs {
         let default = Duration::from_secs(if udp { 1 } else { 5 });
         SendOptions {
             addr: self.addr,
-            message: self.message.join(" ").into_bytes(),
+            message: (!self.message.is_empty()).then(|| self.message.join(" ").into_bytes()),
+            max_request: self.max_line,
             timeout: self.timeout.unwrap_or(default),
             tries: self.retries,
+            id: self.id,
         }
     }
 }
@@ -292,6 +376,13 @@ pub struct BenchArgs {
     /// No progress output
     #[arg(long, short)]
     pub quiet: bool,
+    /// Drive the server this long first; nothing of it counts in the figures
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub warmup: Option<Duration>,
+    /// Also append the summary to this CSV file, one row per run (a header
+    /// first when the file is new)
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<std::path::PathBuf>,
 }
 
 impl BenchArgs {
@@ -319,6 +410,8 @@ impl BenchArgs {
             rate: self.rate,
             expect: self.expect,
             engine: self.engine,
+            warmup: self.warmup,
+            csv: self.csv,
         }
     }
 }
@@ -326,10 +419,11 @@ impl BenchArgs {
 #[derive(Debug, Args)]
 pub struct RelayArgs {
     /// First address, opened first: tcp:, udp:, unix:, tcp-listen:[HOST:]PORT, udp-listen:,
-    /// unix-listen:PATH, stdio or -
-    pub a: Endpoint,
+    /// unix-listen:PATH, stdio or -; socat's options after a comma where they
+    /// mean something here (`tcp-listen:7030,fork,reuseaddr`)
+    pub a: SocatAddr,
     /// Second address, opened once the first is
-    pub b: Endpoint,
+    pub b: SocatAddr,
     /// Keep listening on the first address and relay every peer concurrently
     #[arg(long)]
     pub fork: bool,
@@ -356,9 +450,11 @@ pub struct RelayArgs {
 impl RelayArgs {
     pub fn into_options(self) -> RelayOptions {
         RelayOptions {
-            a: self.a,
-            b: self.b,
-            fork: self.fork,
+            // socat's `fork` option is relay's --fork (it only parses on a
+            // listening address; relay checks that it is the first).
+            fork: self.fork || self.a.options.fork || self.b.options.fork,
+            a: self.a.endpoint,
+            b: self.b.endpoint,
             unidirectional: self.unidirectional,
             timeout: self.timeout,
             idle_timeout: self.idle_timeout,

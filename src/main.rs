@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
-use socklab::cli::{Cli, Command};
+use clap::{CommandFactory, Parser};
+use socklab::cli::{Cli, Command, CompletionTarget};
 use socklab::model::ModelKind;
 
 fn main() -> ExitCode {
@@ -24,8 +24,9 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => socklab::server::run(args.into_options()),
         Command::Send(args) => socklab::client::send::run(args.into_options()),
-        Command::Connect { addr } => socklab::client::talk::connect(&addr),
-        Command::Listen { addr } => socklab::client::talk::listen(&addr),
+        Command::Connect(args) => socklab::client::talk::connect(&args.into_options()),
+        Command::Listen(args) => socklab::client::talk::listen(&args.into_options()),
+        Command::Completions { shell } => completions(shell),
         Command::Bench(args) => socklab::client::bench::run(args.into_options()),
         Command::Lab(args) => socklab::lab::run(args.into_options()),
         Command::Relay(args) => socklab::relay::run(args.into_options()),
@@ -37,6 +38,26 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Shell completions or the man page, generated from the clap definitions.
+fn completions(target: CompletionTarget) -> anyhow::Result<()> {
+    use clap_complete::Shell;
+    let mut command = Cli::command();
+    let mut out = std::io::stdout().lock();
+    let shell = match target {
+        CompletionTarget::Man => {
+            clap_mangen::Man::new(command).render(&mut out)?;
+            return Ok(out.flush()?);
+        }
+        CompletionTarget::Bash => Shell::Bash,
+        CompletionTarget::Zsh => Shell::Zsh,
+        CompletionTarget::Fish => Shell::Fish,
+        CompletionTarget::Elvish => Shell::Elvish,
+        CompletionTarget::Powershell => Shell::PowerShell,
+    };
+    clap_complete::generate(shell, &mut command, "socklab", &mut out);
+    Ok(out.flush()?)
 }
 
 /// Logs go to stderr; `RUST_LOG` picks the level (default: info).

@@ -43,14 +43,19 @@ pub enum Stream {
     Unix(UnixStream),
 }
 
-/// Options for binding: `SO_REUSEPORT` lets several loops (epoll, uring
-/// workers) each own a listener on the same port.
+/// Options for binding.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BindOptions {
+    /// `SO_REUSEPORT` lets several loops (epoll, uring workers) each own a
+    /// listener on the same port.
     pub reuse_port: bool,
     /// A Unix socket file's permissions (`serve --mode`); `None` is
     /// [`UNIX_SOCKET_MODE`], owner-only.
     pub unix_mode: Option<u32>,
+    /// A listener on an IPv6 address takes IPv6 peers only. Off by default:
+    /// `[::]` then accepts IPv4 too (as `::ffff:127.0.0.1`), as nc, ncat
+    /// and socat listeners do, whatever the system's `bindv6only` says.
+    pub ipv6_only: bool,
 }
 
 /// A Unix socket file is the server's door: only its owner may connect,
@@ -78,7 +83,7 @@ fn bind_tcp(hp: &HostPort, options: BindOptions) -> anyhow::Result<TcpListener> 
         socket.set_reuse_port(true)?;
     }
     if sa.is_ipv6() {
-        socket.set_only_v6(true)?;
+        socket.set_only_v6(options.ipv6_only)?;
     }
     socket
         .bind(&sa.into())
@@ -92,6 +97,9 @@ fn bind_udp(hp: &HostPort, options: BindOptions) -> anyhow::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(sa), Type::DGRAM, Some(Protocol::UDP))?;
     if options.reuse_port {
         socket.set_reuse_port(true)?;
+    }
+    if sa.is_ipv6() {
+        socket.set_only_v6(options.ipv6_only)?;
     }
     socket
         .bind(&sa.into())
@@ -140,6 +148,23 @@ fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
         bail!("cannot listen on unix:{}: address in use", path.display());
     }
     std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))
+}
+
+/// The first of `hp`'s addresses that accepts a TCP connection, in
+/// resolver order (the probe is closed at once). A name with one address
+/// gets it untried, and so does a name none of whose addresses answer:
+/// the caller's own connect then reports the failure.
+pub fn first_accepting(hp: &HostPort, timeout: Duration) -> anyhow::Result<SocketAddr> {
+    let addrs = hp.resolve().with_context(|| format!("cannot resolve {hp}"))?;
+    if addrs.len() > 1 {
+        if let Some(sa) = addrs
+            .iter()
+            .find(|sa| TcpStream::connect_timeout(sa, timeout).is_ok())
+        {
+            return Ok(*sa);
+        }
+    }
+    Ok(addrs[0])
 }
 
 fn first_addr(hp: &HostPort) -> anyhow::Result<SocketAddr> {
@@ -205,14 +230,13 @@ impl Listener {
     pub fn reuse_port_sibling(&self) -> anyhow::Result<Listener> {
         match self {
             Listener::Tcp(l) => {
-                let hp = HostPort::from(l.local_addr()?);
-                Ok(Listener::Tcp(bind_tcp(
-                    &hp,
-                    BindOptions {
-                        reuse_port: true,
-                        ..BindOptions::default()
-                    },
-                )?))
+                let local = l.local_addr()?;
+                let options = BindOptions {
+                    reuse_port: true,
+                    ipv6_only: local.is_ipv6() && socket2::SockRef::from(l).only_v6()?,
+                    ..BindOptions::default()
+                };
+                Ok(Listener::Tcp(bind_tcp(&HostPort::from(local), options)?))
             }
             Listener::Unix(..) => Ok(self.try_clone()?),
         }
@@ -457,15 +481,15 @@ mod tests {
 
     #[test]
     fn reuse_port_siblings_share_a_port() {
-        let bind_loopback = |reuse_port| match bind(
-            &"tcp:127.0.0.1:0".parse().unwrap(),
-            BindOptions {
+        let bind_loopback = |reuse_port| {
+            let options = BindOptions {
                 reuse_port,
                 ..BindOptions::default()
-            },
-        ) {
-            Ok(Bound::Stream(l)) => l,
-            other => panic!("{other:?}"),
+            };
+            match bind(&"tcp:127.0.0.1:0".parse().unwrap(), options) {
+                Ok(Bound::Stream(l)) => l,
+                other => panic!("{other:?}"),
+            }
         };
         let first = bind_loopback(true);
         let second = first.reuse_port_sibling().unwrap();

@@ -21,6 +21,8 @@ pub struct ServeOptions {
     pub server: ServerConfig,
     /// `--mode`: the permissions of Unix socket files (default owner-only).
     pub unix_mode: Option<u32>,
+    /// `--ipv6-only`: a listener on `[::]` refuses IPv4 peers.
+    pub ipv6_only: bool,
 }
 
 pub fn run(options: ServeOptions) -> anyhow::Result<()> {
@@ -30,6 +32,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         listen,
         server,
         unix_mode,
+        ipv6_only,
     } = options;
     if service.kind.shares_state_across_connections() && model.runs_in_processes() {
         bail!(
@@ -60,6 +63,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         let options = BindOptions {
             reuse_port: model.uses_reuse_port(server.workers),
             unix_mode,
+            ipv6_only,
         };
         match net::bind(addr, options)? {
             Bound::Stream(listener) => {

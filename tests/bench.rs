@@ -271,3 +271,80 @@ fn verbose_keeps_the_seeds_lines() {
     let out = socklab(&["bench", &server.addr, "--clients", "2", "--verbose"]);
     assert!(stdout(&out).contains("client 1: received 'hello! this is the thread socklab server!!' in "));
 }
+
+#[test]
+fn the_percentile_table_and_the_latency_keys_agree() {
+    let server = Server::tcp(&["--service", "echo"]);
+    let r = bench_json(&server.addr, &["--clients", "4", "--requests", "250"]);
+    let table = r["percentiles_us"].as_array().unwrap();
+    let at = |p: f64| {
+        table
+            .iter()
+            .find(|row| row["percentile"] == p)
+            .map(|row| row["latency_us"].clone())
+            .unwrap_or_else(|| panic!("no {p} in {r}"))
+    };
+    assert_eq!(r["latency_us"]["p50"], at(50.0));
+    assert_eq!(r["latency_us"]["p90"], at(90.0));
+    assert_eq!(r["latency_us"]["p99"], at(99.0));
+    assert_eq!(r["latency_us"]["p999"], at(99.9));
+}
+
+#[test]
+fn the_summary_names_the_engine_and_shows_no_figure_it_does_not_have() {
+    let server = Server::tcp(&["--service", "echo"]);
+    let text = stdout(&socklab(&[
+        "bench",
+        &server.addr,
+        "--requests",
+        "3",
+        "--engine",
+        "tokio",
+    ]));
+    assert!(text.contains(": 1 client, engine tokio\n"), "{text}");
+    let (_, addr) = tcp_listener(); // Accepts nothing: every request times out.
+    let out = socklab(&["bench", &addr, "--timeout", "200ms", "--engine", "tokio"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("latency    p50 -  p90 -  p99 -  p99.9 -  max -  mean -"),
+        "{text}"
+    );
+    assert!(text.contains("throughput -"), "{text}");
+}
+
+#[test]
+fn warmup_is_left_out_and_csv_gets_a_row_per_run() {
+    let server = Server::tcp(&["--service", "echo"]);
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("runs.csv");
+    let csv = csv.to_str().unwrap();
+    let r = bench_json(
+        &server.addr,
+        &[
+            "--warmup",
+            "200ms",
+            "--clients",
+            "2",
+            "--requests",
+            "5",
+            "--csv",
+            csv,
+        ],
+    );
+    // The warm-up's requests are not counted.
+    assert_eq!(
+        (r["requests"].as_u64(), r["replies"].as_u64()),
+        (Some(10), Some(10)),
+        "{r}"
+    );
+    let out = socklab(&["bench", &server.addr, "--quiet", "--requests", "3", "--csv", csv]);
+    assert!(out.status.success());
+    let table = std::fs::read_to_string(csv).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(
+        lines[0].starts_with("addr,engine,clients,requests,replies,errors,elapsed_s,throughput_rps,p50_us")
+    );
+    assert!(lines[1].starts_with(&format!("{},", server.addr)), "{table}");
+    assert_eq!(lines[2].split(',').nth(4), Some("3"), "{table}");
+}

@@ -299,3 +299,127 @@ fn the_contacts_database_is_owner_only() {
         assert_eq!(mode, 0o600, "{file}: {mode:o}");
     }
 }
+
+/// A socklab that is killed when the test ends, whatever happens.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn exchange(addr: &str, request: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(request).unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = Vec::new();
+    conn.read_to_end(&mut reply).unwrap();
+    reply
+}
+
+#[test]
+fn relay_takes_socats_fork_option_as_fork() {
+    let server = Server::tcp(&["--service", "echo"]);
+    let target = format!("TCP:127.0.0.1:{}", server.port());
+    let (child, addr, _stderr) = common::spawn_listening(&["relay", "TCP-LISTEN:0,fork,reuseaddr", &target]);
+    let _relay = Running(child);
+    let addr = addr.trim_start_matches("tcp:").to_string();
+    // Several peers, one after another and at once: it keeps listening.
+    assert_eq!(exchange(&addr, b"first"), b"first");
+    let peers: Vec<_> = (0..3)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || exchange(&addr, format!("peer {i}").as_bytes()))
+        })
+        .collect();
+    for (i, p) in peers.into_iter().enumerate() {
+        assert_eq!(p.join().unwrap(), format!("peer {i}").as_bytes());
+    }
+}
+
+#[test]
+fn dual_stack_listeners_serve_ipv4_clients() {
+    let server = Server::start(&["--service", "echo"], &["tcp:[::]:0"], None);
+    assert!(server.addr.starts_with("tcp:[::]:"), "{}", server.addr);
+    let v4 = format!("127.0.0.1:{}", server.port());
+    assert_eq!(exchange(&v4, b"over IPv4"), b"over IPv4");
+    let v6 = format!("[::1]:{}", server.port());
+    assert_eq!(exchange(&v6, b"over IPv6"), b"over IPv6");
+
+    // relay's listening side is bound by the same code.
+    let target = format!("tcp:127.0.0.1:{}", server.port());
+    let (child, addr, _stderr) = common::spawn_listening(&["relay", "tcp-listen:[::]:0", &target]);
+    let _relay = Running(child);
+    let port = addr.rsplit(':').next().unwrap();
+    assert_eq!(exchange(&format!("127.0.0.1:{port}"), b"relayed"), b"relayed");
+
+    // --ipv6-only refuses IPv4.
+    let v6_only = Server::start(&["--service", "echo", "--ipv6-only"], &["tcp:[::]:0"], None);
+    assert!(std::net::TcpStream::connect(format!("127.0.0.1:{}", v6_only.port())).is_err());
+}
+
+#[test]
+fn socat_spellings_that_do_not_apply_say_so() {
+    let cases = [
+        (
+            vec!["relay", "TCP-LISTEN:0,crnl", "-"],
+            "socat option 'crnl' is not supported here",
+        ),
+        (
+            vec!["relay", "TCP-LISTEN:0,ipv6only=1", "-"],
+            "use serve --ipv6-only or listen --ipv6-only",
+        ),
+        (vec!["relay", "OPEN:/tmp/x", "-"], "unknown address type OPEN"),
+        (
+            vec!["relay", "-", "tcp:127.0.0.1:1,fork"],
+            "needs a listening address",
+        ),
+        (vec!["send", "tcp-listen:1,fork", "x"], "use relay --fork"),
+    ];
+    for (args, want) in cases {
+        let err = fails_with(2, socklab(&args));
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_message_beginning_with_a_dash_needs_double_dash() {
+    let err = fails_with(2, socklab(&["send", ":7", "-2 ^ 2"]));
+    assert!(err.contains("use '-- -2"), "{err}");
+}
+
+#[test]
+fn send_refuses_stdin_past_max_line() {
+    use std::io::Write;
+    let server = Server::tcp(&["--service", "echo"]);
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["send", &server.addr, "--max-line", "4"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello world").unwrap();
+    let err = fails_with(1, child.wait_with_output().unwrap());
+    assert_eq!(
+        err,
+        "error: stdin is longer than --max-line (4 bytes); send a longer request with --max-line BYTES\n"
+    );
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_clap_definitions() {
+    let bash = stdout(&socklab(&["completions", "bash"]));
+    assert!(
+        bash.contains("_socklab()") && bash.contains("--new-connection"),
+        "{bash}"
+    );
+    let man = stdout(&socklab(&["completions", "man"]));
+    assert!(man.contains(".TH socklab 1"), "{man}");
+    fails_with(2, socklab(&["completions", "tcsh"]));
+}

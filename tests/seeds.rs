@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{digit_shape, python, Server};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+
+use common::{digit_shape, python, socklab, stdout, Server, BIN};
 
 /// Seed 001's Python TCP client, verbatim but for the port.
 const SEED_001_TCP_CLIENT: &str = r#"import socket
@@ -89,4 +92,174 @@ fn seed_001_numbered_clients_get_their_echo() {
             format!("Got a message: Hello from client {}\n", i + 1)
         );
     }
+}
+
+/// Seed 001's Python UDP time server, verbatim but for the port: it binds
+/// loopback port 0 and prints the port it got before it serves.
+const SEED_001_UDP_SERVER: &str = r#"import socket
+import datetime
+
+PORT = 50000
+BUFSIZE = 4096
+
+# create a socket
+server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+# bind the socket to an socket address
+server.bind(("", PORT))
+
+while True:
+	# wait for receiving a message from a client
+	data, client = server.recvfrom(BUFSIZE)
+
+	msg = str(datetime.datetime.now())
+	print(msg)
+	print("Got a message:", client)
+	print(data)
+
+	# send a message back to the client
+	server.sendto(msg.encode("utf-8"), client)
+"#;
+
+/// Seed 003's Python UDP greet server (`serverudp.py`), verbatim but for
+/// the port: one second's sleep, then `Hello, <data>!`.
+const SEED_003_UDP_SERVER: &str = r#"import socket
+import time
+
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+# 绑定端口:
+s.bind(('127.0.0.1', 9999))
+print('Bind UDP on 9999')
+while True:
+    # 接收数据:
+    data, addr = s.recvfrom(1024)
+    time.sleep(1)
+    print('Received from %s:%s.' % addr)
+    s.sendto(b'Hello, %s!' % data, addr)
+"#;
+
+/// A seed's Python server, killed when dropped; `port` is where it listens.
+struct PythonServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl PythonServer {
+    /// Runs `script` with its bind made loopback port 0 (`bind` replaced by
+    /// `bound`) and a first line that prints the port.
+    fn start(script: &str, bind: &str, bound: &str) -> PythonServer {
+        assert!(script.contains(bind), "the seed's bind line moved");
+        let script = script.replace(bind, bound);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("server.py");
+        std::fs::write(&path, script).expect("write the script");
+        let child = Command::new("python3")
+            .arg("-u")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 is needed for the seed interop tests");
+        let mut server = PythonServer {
+            port: 0,
+            child,
+            _dir: dir,
+        };
+        let stdout = server.child.stdout.take().expect("stdout");
+        let mut stdout = BufReader::new(stdout);
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the port");
+        // The seed prints every request: keep reading, or it dies of EPIPE.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        server.port = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        server
+    }
+
+    fn seed_001() -> PythonServer {
+        Self::start(
+            SEED_001_UDP_SERVER,
+            "server.bind((\"\", PORT))\n",
+            "server.bind((\"127.0.0.1\", 0))\nprint(\"port\", server.getsockname()[1])\n",
+        )
+    }
+
+    fn seed_003() -> PythonServer {
+        Self::start(
+            SEED_003_UDP_SERVER,
+            "s.bind(('127.0.0.1', 9999))\nprint('Bind UDP on 9999')",
+            "s.bind(('127.0.0.1', 0))\nprint('Bind UDP on %d' % s.getsockname()[1])",
+        )
+    }
+
+    fn addr(&self) -> String {
+        format!("udp:127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `socklab connect ADDR ARGS` with `input` on stdin (then closed): its stdout.
+fn connect_with(addr: &str, args: &[&str], input: &str) -> String {
+    let mut child = Command::new(BIN)
+        .arg("connect")
+        .arg(addr)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn socklab connect");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).expect("write stdin");
+    drop(stdin);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read stdout");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "socklab connect failed: {out}");
+    out
+}
+
+#[test]
+fn seed_001_udp_time_server_answers_send_and_connect() {
+    let server = PythonServer::seed_001();
+    let out = socklab(&["send", &server.addr(), "hello world"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(digit_shape(&stdout(&out)), "dddd-dd-dd dd:dd:dd.dddddd\n");
+
+    let out = connect_with(&server.addr(), &["--timeout", "500ms"], "hello\nworld\n");
+    let shapes: Vec<String> = out.lines().map(digit_shape).collect();
+    assert_eq!(shapes, ["dddd-dd-dd dd:dd:dd.dddddd"; 2], "{out}");
+}
+
+#[test]
+fn seed_003_udp_greet_server_answers_send_and_connect() {
+    let server = PythonServer::seed_003();
+    // The seed sleeps a second before each reply.
+    let out = socklab(&["send", &server.addr(), "world", "--timeout", "5s"]);
+    assert_eq!(stdout(&out), "Hello, world!\n", "{}", common::stderr(&out));
+
+    let out = connect_with(
+        &server.addr(),
+        &["--timeout", "2s", "--label"],
+        "message1\nmessage2\n",
+    );
+    let from = format!("From 127.0.0.1:{}, ", server.port);
+    assert_eq!(out, format!("{from}Hello, message1!\n{from}Hello, message2!\n"));
 }

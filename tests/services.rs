@@ -114,3 +114,61 @@ fn calc_answers_each_line_and_survives_errors() {
         assert_eq!(conn.recv_exact(24), b"ERR division by zero\n25\n");
     });
 }
+
+/// `socklab send ADDR ARGS` with `input` on stdin: its stdout, once it succeeded.
+fn send_with_stdin(addr: &str, args: &[&str], input: &[u8]) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(common::BIN)
+        .arg("send")
+        .arg(addr)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn socklab send");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write stdin");
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    common::stdout(&out)
+}
+
+#[test]
+fn send_reads_the_request_from_stdin() {
+    let server = Server::tcp(&["--service", "reverse"]);
+    assert_eq!(send_with_stdin(&server.addr, &[], b"hello"), "olleh\n");
+}
+
+#[test]
+fn reverse_joins_a_character_split_across_reads() {
+    // 6000 bytes of Korean: the 4096-byte read ends inside a character.
+    let text = "안녕하세요".repeat(400);
+    let reversed: String = text.chars().rev().collect();
+    both(&["--service", "reverse"], |server| {
+        assert_eq!(
+            send_with_stdin(&server.addr, &[], text.as_bytes()),
+            format!("{reversed}\n")
+        );
+    });
+}
+
+#[test]
+fn calc_is_exact_at_any_size() {
+    let server = Server::tcp(&["--service", "calc"]);
+    let send = |args: &[&str]| {
+        let mut all = vec!["send", server.addr.as_str()];
+        all.extend_from_slice(args);
+        common::stdout(&common::socklab(&all))
+    };
+    assert_eq!(send(&["2 ^ 100"]), "1267650600228229401496703205376\n");
+    assert_eq!(send(&["2.0 ^ 70"]), "1.1805916207174113e+21\n");
+    // A message that begins with '-' goes after '--'.
+    assert_eq!(send(&["--", "-2 ^ 2"]), "-4\n");
+    assert_eq!(
+        send(&["9 ^ 9 ^ 9"]),
+        "ERR integer too large (at most 4300 digits)\n"
+    );
+}

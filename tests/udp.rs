@@ -92,7 +92,16 @@ fn send_retries_then_gives_up_with_a_clear_error() {
     let start = Instant::now();
     let err = fails_with(
         1,
-        socklab(&["send", &addr, "anyone?", "--timeout", "200ms", "--retries", "3"]),
+        socklab(&[
+            "send",
+            &addr,
+            "anyone?",
+            "--id",
+            "--timeout",
+            "200ms",
+            "--retries",
+            "3",
+        ]),
     );
     assert_eq!(err, format!("error: no reply from {addr} after 3 tries\n"));
     assert!(
@@ -110,6 +119,51 @@ fn send_retries_then_gives_up_with_a_clear_error() {
         .collect();
     assert!(ids[0].starts_with(b"#") && ids[0].ends_with(b" anyone?"));
     assert!(ids.iter().all(|d| d == &ids[0]), "{ids:?}");
+}
+
+#[test]
+fn send_is_a_plain_datagram_as_nc_u_sends_and_prints_any_reply() {
+    let server = client();
+    let addr = format!("udp:{}", server.local_addr().unwrap());
+    let answer = std::thread::spawn(move || {
+        let mut buf = [0u8; 100];
+        let (n, from) = server.recv_from(&mut buf).unwrap();
+        server.send_to(b"pong", from).unwrap();
+        buf[..n].to_vec()
+    });
+    let out = socklab(&["send", &addr, "ping", "--timeout", "5s"]);
+    assert_eq!(stdout(&out), "pong\n");
+    assert_eq!(answer.join().unwrap(), b"ping");
+}
+
+#[test]
+fn send_without_id_sends_once() {
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = format!("udp:{}", silent.local_addr().unwrap());
+    let err = fails_with(1, socklab(&["send", &addr, "anyone?", "--timeout", "200ms"]));
+    assert!(err.contains("does not retry without --id"), "{err}");
+    silent.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 100];
+    assert_eq!(silent.recv(&mut buf).unwrap(), 7);
+    assert!(silent.recv(&mut buf).is_err(), "one datagram only");
+}
+
+#[test]
+fn send_to_a_closed_udp_port_says_refused() {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = fails_with(1, socklab(&["send", &format!("udp:127.0.0.1:{port}"), "x"]));
+    assert!(err.contains("connection refused"), "{err}");
+}
+
+#[test]
+fn send_with_id_gets_the_reply_without_its_id() {
+    let server = Server::udp(&["--model", "async", "--service", "greet"]);
+    let out = socklab(&["send", &server.addr, "--id", "you"]);
+    assert_eq!(stdout(&out), "Hello, you!\n");
 }
 
 #[test]

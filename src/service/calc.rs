@@ -1,18 +1,25 @@
 //! `calc`: evaluates one arithmetic expression per line (seed 004's calc
 //! server): `+ - * / % ^`, parentheses, unary minus, integers and decimals.
 //!
-//! Integers stay exact (128-bit) while they can: `7 / 2` is `3.5` but
-//! `8 / 2` is `4`, `2 ^ 100` is exact. Anything with a decimal point, or an
-//! integer result that would overflow, is a float, printed as Python prints
-//! one (`3.0`, `1e+300` becomes `1e300`). `%` follows Python: the result has
-//! the sign of the divisor. Errors are `ERR <reason>` and the connection
-//! stays usable.
+//! Integers are exact at any size, as the seed's Python server's are:
+//! `2 ^ 100` is `1267650600228229401496703205376`; `7 / 2` is `3.5` but
+//! `8 / 2` is `4`. Anything with a decimal point is a float, printed as
+//! Python's `repr` prints one (`3.0`, `1.1805916207174113e+21`, `1e-05`).
+//! `%` follows Python: the result has the sign of the divisor. Errors are
+//! `ERR <reason>` and the connection stays usable.
+//!
+//! Every request stays cheap: the line is capped by `--max-line`, nesting
+//! by [`MAX_DEPTH`], and every integer (written or computed) by
+//! [`MAX_BITS`], about Python's own 4300-digit limit for printing one, so
+//! `9 ^ 9 ^ 9` is refused before anything is multiplied.
 //!
 //! A recursive-descent parser by hand: the grammar is a dozen lines, and a
 //! parser crate would hide the lesson's size. Nesting is capped so that a
 //! peer's `((((...` cannot overflow the serving thread's stack.
 
 use std::fmt;
+
+use num_bigint::{BigInt, Sign};
 
 use super::{Now, Protocol, Replies};
 
@@ -36,17 +43,23 @@ impl Protocol for Calc {
 /// How deep parentheses and unary signs may nest.
 const MAX_DEPTH: usize = 64;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The largest integer, in bits, written or computed: 4300 decimal digits
+/// (Python's `sys.int_info.default_max_str_digits`) need 14,284.
+pub const MAX_BITS: u64 = 14_284;
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum Value {
-    Int(i128),
+    Int(BigInt),
     Float(f64),
 }
 
 impl Value {
-    fn float(self) -> f64 {
+    /// As Python's `float(int)`: correctly rounded (Rust's parser rounds
+    /// the exact decimal to nearest), infinite when too large.
+    fn float(&self) -> f64 {
         match self {
-            Value::Int(i) => i as f64,
-            Value::Float(f) => f,
+            Value::Int(i) => i.to_string().parse().unwrap_or(f64::INFINITY),
+            Value::Float(f) => *f,
         }
     }
 }
@@ -55,9 +68,41 @@ impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Value::Int(i) => write!(f, "{i}"),
-            // Debug is Rust's shortest round-trip form: `3.5`, `3.0`, `1e300`.
-            Value::Float(x) => write!(f, "{x:?}"),
+            Value::Float(x) => f.write_str(&python_repr(*x)),
         }
+    }
+}
+
+/// A finite float as Python's `repr` writes it: the shortest digits that
+/// read back the same (Rust finds those too), in fixed notation when the
+/// decimal exponent is in -4..16 (`0.0001`, `1000000000000000.0`), else in
+/// scientific notation with a signed two-digit exponent (`1e-05`, `1e+16`).
+pub fn python_repr(x: f64) -> String {
+    if x == 0.0 {
+        return if x.is_sign_negative() { "-0.0" } else { "0.0" }.to_string();
+    }
+    // `{:e}` gives the shortest round-trip digits: `-1.2345e-7`.
+    let sci = format!("{x:e}");
+    let (mantissa, exponent) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa),
+    };
+    if !(-4..16).contains(&exponent) {
+        let exp_sign = if exponent < 0 { '-' } else { '+' };
+        return format!("{sign}{mantissa}e{exp_sign}{:02}", exponent.abs());
+    }
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let point = exponent + 1; // Digits before the decimal point.
+    if point <= 0 {
+        return format!("{sign}0.{}{digits}", "0".repeat(point.unsigned_abs() as usize));
+    }
+    let point = point as usize;
+    if digits.len() <= point {
+        format!("{sign}{digits}{}.0", "0".repeat(point - digits.len()))
+    } else {
+        format!("{sign}{}.{}", &digits[..point], &digits[point..])
     }
 }
 
@@ -73,6 +118,8 @@ pub enum CalcError {
     NoRealResult,
     #[error("too deeply nested (at most {MAX_DEPTH} levels)")]
     TooDeep,
+    #[error("integer too large (at most 4300 digits)")]
+    TooLarge,
 }
 
 /// Evaluates one expression.
@@ -122,7 +169,7 @@ impl Parser<'_> {
 
     fn unary(&mut self) -> Result<Value, CalcError> {
         match self.eat_one_of(b"-+") {
-            Some(b'-') => apply(b'-', Value::Int(0), self.nested(Self::unary)?),
+            Some(b'-') => apply(b'-', Value::Int(BigInt::ZERO), self.nested(Self::unary)?),
             Some(_) => self.nested(Self::unary),
             None => self.power(),
         }
@@ -166,8 +213,12 @@ impl Parser<'_> {
         // Only ASCII digits and dots were consumed, so this is valid UTF-8.
         let text = std::str::from_utf8(&self.bytes[start..self.pos]).unwrap_or_default();
         if !text.contains('.') {
-            if let Ok(i) = text.parse::<i128>() {
-                return Ok(Value::Int(i));
+            // 4300 digits is at most MAX_BITS; parsing more costs for nothing.
+            if text.len() > 4300 {
+                return Err(CalcError::TooLarge);
+            }
+            if let Ok(i) = text.parse::<BigInt>() {
+                return checked(i).map(Value::Int);
             }
         }
         match text.parse::<f64>() {
@@ -214,12 +265,16 @@ impl Parser<'_> {
 }
 
 fn apply(op: u8, a: Value, b: Value) -> Result<Value, CalcError> {
-    if let (Value::Int(x), Value::Int(y)) = (a, b) {
+    if let (Value::Int(x), Value::Int(y)) = (&a, &b) {
         if let Some(exact) = apply_int(op, x, y)? {
-            return Ok(Value::Int(exact));
+            return checked(exact).map(Value::Int);
         }
     }
     let (x, y) = (a.float(), b.float());
+    if !x.is_finite() || !y.is_finite() {
+        // An integer too large for a float (Python: OverflowError).
+        return Err(CalcError::Overflow);
+    }
     let result = match op {
         b'+' => x + y,
         b'-' => x - y,
@@ -228,11 +283,12 @@ fn apply(op: u8, a: Value, b: Value) -> Result<Value, CalcError> {
         b'/' => x / y,
         b'%' if y == 0.0 => return Err(CalcError::DivisionByZero),
         b'%' => x - y * (x / y).floor(),
+        _ if x == 0.0 && y < 0.0 => return Err(CalcError::DivisionByZero),
         _ => x.powf(y),
     };
     if result.is_finite() {
         Ok(Value::Float(result))
-    } else if x.is_finite() && y.is_finite() && result.is_nan() {
+    } else if result.is_nan() {
         // `(-8) ^ 0.5`: no real answer.
         Err(CalcError::NoRealResult)
     } else {
@@ -240,22 +296,66 @@ fn apply(op: u8, a: Value, b: Value) -> Result<Value, CalcError> {
     }
 }
 
-/// Exact integer arithmetic; `None` when the answer is not an integer (or
-/// does not fit) and floats must take over.
-fn apply_int(op: u8, x: i128, y: i128) -> Result<Option<i128>, CalcError> {
-    Ok(match op {
-        b'+' => x.checked_add(y),
-        b'-' => x.checked_sub(y),
-        b'*' => x.checked_mul(y),
-        b'/' if y == 0 => return Err(CalcError::DivisionByZero),
-        b'/' => (x.checked_rem(y) == Some(0)).then(|| x / y),
-        b'%' if y == 0 => return Err(CalcError::DivisionByZero),
+/// An integer within [`MAX_BITS`], or the refusal.
+fn checked(i: BigInt) -> Result<BigInt, CalcError> {
+    if i.bits() > MAX_BITS {
+        Err(CalcError::TooLarge)
+    } else {
+        Ok(i)
+    }
+}
+
+/// Exact integer arithmetic; `None` when the answer is not an integer and
+/// floats must take over. Products and powers are sized before they are
+/// computed, so no request makes the server multiply huge numbers.
+fn apply_int(op: u8, x: &BigInt, y: &BigInt) -> Result<Option<BigInt>, CalcError> {
+    let zero = BigInt::ZERO;
+    Ok(Some(match op {
+        b'+' => x + y,
+        b'-' => x - y,
+        b'*' if x.bits() + y.bits() > MAX_BITS + 1 => return Err(CalcError::TooLarge),
+        b'*' => x * y,
+        b'/' if *y == zero => return Err(CalcError::DivisionByZero),
+        b'/' if (x % y) == zero => x / y,
+        b'/' => return Ok(None),
+        b'%' if *y == zero => return Err(CalcError::DivisionByZero),
         // Python's modulo: the result takes the divisor's sign.
-        b'%' => x
-            .checked_rem(y)
-            .map(|r| if r != 0 && (r < 0) != (y < 0) { r + y } else { r }),
-        _ => u32::try_from(y).ok().and_then(|e| x.checked_pow(e)),
-    })
+        b'%' => {
+            let r = x % y;
+            if r != zero && (r.sign() == Sign::Minus) != (y.sign() == Sign::Minus) {
+                r + y
+            } else {
+                r
+            }
+        }
+        // A negative exponent gives a float, as in Python.
+        _ if y.sign() == Sign::Minus => return Ok(None),
+        _ => return int_power(x, y).map(Some),
+    }))
+}
+
+/// `x ^ y` for `y >= 0`, refused when the result would pass [`MAX_BITS`].
+fn int_power(x: &BigInt, y: &BigInt) -> Result<BigInt, CalcError> {
+    let magnitude = x.magnitude();
+    // 0, 1 and -1 stay small whatever the exponent.
+    if magnitude.bits() <= 1 {
+        let odd = y.bit(0);
+        let even_power_of_minus_one = x.sign() == Sign::Minus && !odd;
+        return Ok(if even_power_of_minus_one || *y == BigInt::ZERO {
+            BigInt::from(1)
+        } else {
+            x.clone()
+        });
+    }
+    // |x| >= 2, so the result has at least y + 1 bits.
+    let exponent = u32::try_from(y)
+        .ok()
+        .filter(|e| u64::from(*e) <= MAX_BITS)
+        .ok_or(CalcError::TooLarge)?;
+    if (magnitude.bits() - 1) * u64::from(exponent) >= MAX_BITS {
+        return Err(CalcError::TooLarge);
+    }
+    Ok(x.pow(exponent))
 }
 
 #[cfg(test)]
@@ -292,8 +392,43 @@ mod tests {
         assert_eq!(calc("0.1 + 0.2"), "0.30000000000000004");
         assert_eq!(calc("2 ^ 100"), "1267650600228229401496703205376");
         assert_eq!(calc("2 ^ -1"), "0.5");
-        assert_eq!(calc("2 ^ 200"), "1.6069380442589903e60");
+        assert_eq!(
+            calc("2 ^ 200"),
+            "1606938044258990275541962092341162602522202993782792835301376"
+        );
+        assert_eq!(calc("99999999999 * 99999999999"), "9999999999800000000001");
+        assert_eq!(calc("2 ^ 1000").len(), 302);
+        assert_eq!(calc("(0-2) ^ 3"), "-8");
+        assert_eq!(calc("1 ^ 100000000000000000000"), "1");
+        assert_eq!(calc("(0-1) ^ 100000000000000000001"), "-1");
+        assert_eq!(calc("0 ^ 0"), "1");
         assert_eq!(calc(".5 + 1"), "1.5");
+    }
+
+    #[test]
+    fn floats_print_as_python_prints_them() {
+        assert_eq!(calc("2.0 ^ 70"), "1.1805916207174113e+21");
+        assert_eq!(calc("10.0 ^ 300"), "1e+300");
+        assert_eq!(calc("1 / 100000"), "1e-05");
+        assert_eq!(calc("1 / 10000"), "0.0001");
+        assert_eq!(calc("10.0 ^ 15"), "1000000000000000.0");
+        assert_eq!(calc("10.0 ^ 16"), "1e+16");
+        assert_eq!(calc("0.0 - 1.5"), "-1.5");
+        assert_eq!(calc("0.0 * -1"), "-0.0");
+        assert_eq!(calc("2 ^ 1000 / 3"), "3.5716953572875575e+300");
+        assert_eq!(calc("123.456"), "123.456");
+    }
+
+    #[test]
+    fn caps_keep_every_request_cheap() {
+        let too_large = "ERR integer too large (at most 4300 digits)";
+        assert_eq!(calc("9 ^ 9 ^ 9"), too_large);
+        assert_eq!(calc("2 ^ 100000000000000000000"), too_large);
+        assert_eq!(calc(&"9".repeat(4301)), too_large);
+        assert_eq!(calc("2 ^ 14000 * 2 ^ 14000"), too_large);
+        assert_eq!(calc("2 ^ 14283").len(), 4300);
+        assert_eq!(calc("2 ^ 5000 * 1.0"), "ERR overflow");
+        assert_eq!(calc("0 ^ -1"), "ERR division by zero");
     }
 
     #[test]
@@ -323,6 +458,7 @@ mod tests {
             "ERR syntax error at column 1: '1.2.3' is not a number"
         );
         assert_eq!(calc("10.0 ^ 400"), "ERR overflow");
+        assert_eq!(calc("-7 % 3.5"), "0.0");
         assert_eq!(calc("(0-8) ^ 0.5"), "ERR no real result");
         assert_eq!(
             calc(&"(".repeat(10_000)),

@@ -263,7 +263,7 @@ impl Service {
         match self.config.kind {
             ServiceKind::Echo => Box::new(echo::Echo),
             ServiceKind::Time => Box::new(time::Time),
-            ServiceKind::Reverse => Box::new(reverse::Reverse),
+            ServiceKind::Reverse => Box::new(reverse::Reverse::default()),
             ServiceKind::Hello => Box::new(hello::Hello::new(&self.config.model_name)),
             ServiceKind::Welcome => Box::new(welcome::Welcome),
             ServiceKind::Greet => Box::new(greet::Greet),

@@ -49,9 +49,12 @@ pub enum Target {
 }
 
 impl Target {
-    pub fn resolve(addr: &Addr) -> anyhow::Result<Target> {
+    /// Resolves once, before the run. A name with several addresses
+    /// (`localhost`: `::1`, then `127.0.0.1`) gets the first that accepts a
+    /// connection, in resolver order, as `send` and `connect` try them.
+    pub fn resolve(addr: &Addr, timeout: Duration) -> anyhow::Result<Target> {
         Ok(match addr {
-            Addr::Tcp(hp) => Target::Tcp(hp.resolve()?[0]),
+            Addr::Tcp(hp) => Target::Tcp(net::first_accepting(hp, timeout)?),
             Addr::Udp(hp) => Target::Udp(hp.resolve()?[0]),
             Addr::Unix(path) => Target::Unix(path.clone()),
         })
@@ -445,16 +448,27 @@ pub(super) fn check(plan: &Plan, reply: &[u8]) -> Result<(), Failure> {
 
 /// Keeps the progress bar moving while the run lasts.
 pub fn progress(plan: &Plan, expected: Option<u64>, stop: &std::sync::atomic::AtomicBool) {
-    let bar = match expected {
-        Some(n) => indicatif::ProgressBar::new(n),
-        None => indicatif::ProgressBar::new_spinner(),
+    // A run of N requests fills with requests; a --duration run with time.
+    let (length, by_time) = match (expected, plan.load) {
+        (Some(n), _) => (n, false),
+        (None, Load::Duration(d)) => (d.as_millis().max(1) as u64, true),
+        (None, Load::Requests(_)) => (0, false),
     };
+    let bar = indicatif::ProgressBar::new(length);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {pos} requests {per_sec} {wide_bar}")
+        indicatif::ProgressStyle::with_template("{elapsed:>4} [{wide_bar}] {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     while !stop.load(Ordering::Relaxed) {
-        bar.set_position(plan.done.load(Ordering::Relaxed));
+        let done = plan.done.load(Ordering::Relaxed);
+        let elapsed = plan.start.elapsed();
+        bar.set_position(if by_time {
+            (elapsed.as_millis() as u64).min(length)
+        } else {
+            done
+        });
+        let rate = done as f64 / elapsed.as_secs_f64().max(1e-3);
+        bar.set_message(format!("{done} requests, {rate:.0}/s"));
         std::thread::sleep(Duration::from_millis(100));
     }
     bar.finish_and_clear();

@@ -22,6 +22,7 @@ mod uring;
 
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
@@ -53,6 +54,10 @@ pub struct BenchOptions {
     pub expect: Expect,
     /// Which engine drives the clients.
     pub engine: Engine,
+    /// Drive the server this long first, unmeasured (`--warmup`).
+    pub warmup: Option<Duration>,
+    /// Append the summary to this CSV file, one row per run (`--csv`).
+    pub csv: Option<PathBuf>,
 }
 
 impl BenchOptions {
@@ -72,6 +77,8 @@ impl BenchOptions {
             rate: None,
             expect: Expect::Auto,
             engine: Engine::Auto,
+            warmup: None,
+            csv: None,
         }
     }
 }
@@ -162,6 +169,14 @@ impl FromStr for Engine {
 }
 
 impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Auto => "auto",
+            Engine::Tokio => "tokio",
+            Engine::Uring => "uring",
+        }
+    }
+
     /// The engine that will run `plan`: `Auto` resolved, `Uring` checked.
     fn choose(self, plan: &engine::Plan) -> anyhow::Result<Engine> {
         match self {
@@ -339,11 +354,25 @@ impl BenchOptions {
     }
 }
 
-/// Runs the benchmark and returns the merged report.
+/// Runs the benchmark and returns the merged report. A `--warmup` is a
+/// run of its own before it, for that long, whose figures are dropped.
 pub fn measure(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     options.check()?;
+    if let Some(warmup) = options.warmup.filter(|w| !w.is_zero()) {
+        let warm = BenchOptions {
+            load: Load::Duration(warmup),
+            warmup: None,
+            quiet: true,
+            ..options.clone()
+        };
+        run_once(&warm)?;
+    }
+    run_once(options)
+}
+
+fn run_once(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let plan = Arc::new(engine::Plan {
-        target: engine::Target::resolve(&options.addr)?,
+        target: engine::Target::resolve(&options.addr, options.timeout)?,
         request: options.payload.bytes(),
         expect: options.expect,
         load: options.load,
@@ -409,11 +438,15 @@ pub fn measure(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     })
 }
 
+/// The percentile table's rows; `latency_us` reads the same histogram the
+/// same way (`value_at_percentile`), so its p50..p999 agree with the table.
+const PERCENTILES: [f64; 8] = [50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99, 100.0];
+
 fn percentiles(h: &Histogram<u64>) -> Vec<Percentile> {
     if h.is_empty() {
         return Vec::new();
     }
-    [50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99, 100.0]
+    PERCENTILES
         .iter()
         .map(|&p| Percentile {
             percentile: p,
@@ -438,6 +471,9 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
         write!(out, "{}", summary(&options.addr, &report))?;
     }
     out.flush()?;
+    if let Some(path) = &options.csv {
+        append_csv(path, &options.addr, &report)?;
+    }
     if report.replies == 0 && report.errors > 0 {
         let why = report
             .per_client
@@ -459,16 +495,17 @@ fn latency(h: &Histogram<u64>) -> Latency {
         return Latency::default();
     }
     Latency {
-        p50: h.value_at_quantile(0.50),
-        p90: h.value_at_quantile(0.90),
-        p99: h.value_at_quantile(0.99),
-        p999: h.value_at_quantile(0.999),
+        p50: h.value_at_percentile(50.0),
+        p90: h.value_at_percentile(90.0),
+        p99: h.value_at_percentile(99.0),
+        p999: h.value_at_percentile(99.9),
         max: h.max(),
         mean: h.mean(),
     }
 }
 
-/// The human summary.
+/// The human summary. Where nothing was measured (no reply), a figure is
+/// `-`, not a zero that reads like a very fast server.
 pub fn summary(addr: &Addr, r: &BenchReport) -> String {
     let l = &r.latency_us;
     let kinds: Vec<String> = r
@@ -482,22 +519,91 @@ pub fn summary(addr: &Addr, r: &BenchReport) -> String {
     } else {
         format!("  errors     {}\n", kinds.join(", "))
     };
+    let measured = r.replies > 0;
+    let figure = |us: u64| if measured { micros(us) } else { "-".to_string() };
+    let throughput = if measured {
+        format!("{:.1} requests/s", r.throughput_rps)
+    } else {
+        "-".to_string()
+    };
     let text = format!(
-        "{addr}: {} clients\n  requests   {} ({} replies, {} errors) in {:.3} s\n  throughput {:.1} requests/s\n  latency    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {}\n",
+        "{addr}: {} client{}, engine {}\n  requests   {} ({} replies, {} errors) in {:.3} s\n  throughput {throughput}\n  latency    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {}\n",
+        r.clients,
+        if r.clients == 1 { "" } else { "s" },
+        r.engine.name(),
+        r.requests,
+        r.replies,
+        r.errors,
+        r.elapsed_s,
+        figure(l.p50),
+        figure(l.p90),
+        figure(l.p99),
+        figure(l.p999),
+        figure(l.max),
+        figure(l.mean.round() as u64),
+    );
+    text + &errors
+}
+
+/// The CSV columns of `--csv`, one row per run.
+const CSV_HEADER: &str = "addr,engine,clients,requests,replies,errors,elapsed_s,throughput_rps,p50_us,p90_us,p99_us,p999_us,max_us,mean_us";
+
+/// One run as a CSV row; latency cells are empty when nothing was measured.
+pub fn csv_row(addr: &Addr, r: &BenchReport) -> String {
+    let l = &r.latency_us;
+    let cell = |us: u64| {
+        if r.replies > 0 {
+            us.to_string()
+        } else {
+            String::new()
+        }
+    };
+    let addr = addr.to_string();
+    let addr = if addr.contains([',', '"']) {
+        format!("\"{}\"", addr.replace('"', "\"\""))
+    } else {
+        addr
+    };
+    format!(
+        "{addr},{},{},{},{},{},{:.6},{:.1},{},{},{},{},{},{}",
+        r.engine.name(),
         r.clients,
         r.requests,
         r.replies,
         r.errors,
         r.elapsed_s,
         r.throughput_rps,
-        micros(l.p50),
-        micros(l.p90),
-        micros(l.p99),
-        micros(l.p999),
-        micros(l.max),
-        micros(l.mean.round() as u64),
-    );
-    text + &errors
+        cell(l.p50),
+        cell(l.p90),
+        cell(l.p99),
+        cell(l.p999),
+        cell(l.max),
+        if r.replies > 0 {
+            format!("{:.1}", l.mean)
+        } else {
+            String::new()
+        },
+    )
+}
+
+/// Appends one row to `path`, with the header first when the file is new
+/// or empty, so that runs accumulate in one table.
+fn append_csv(path: &std::path::Path, addr: &Addr, r: &BenchReport) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let mut text = String::new();
+    if file.metadata()?.len() == 0 {
+        text.push_str(CSV_HEADER);
+        text.push('\n');
+    }
+    text.push_str(&csv_row(addr, r));
+    text.push('\n');
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The seeds' per-thread line: `client 3: received 'hello! ...' in 5.006 s`.
