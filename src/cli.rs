@@ -430,7 +430,8 @@ pub struct RelayArgs {
     /// Copy from the first address to the second only
     #[arg(long, short = 'u')]
     pub unidirectional: bool,
-    /// After one direction ends, how long the other may go on (at most 1 day)
+    /// After one direction ends, how long the other may go on (socat's -t):
+    /// a reply slower than this is cut, which --verbose reports (at most 1 day)
     #[arg(long, value_parser = parse_duration, default_value = "500ms")]
     pub timeout: Duration,
     /// Close a pair silent this long (at most 1 day)

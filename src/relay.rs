@@ -405,7 +405,17 @@ fn relay_pair(
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
-                    tracing::debug!("the other direction did not end within {:?}", options.timeout);
+                    // Whatever was still coming is cut: a user waiting for a
+                    // late reply deserves to hear why it did not come.
+                    let message = format!(
+                        "--timeout {:?} ended the other direction while it was still open; anything later is cut (raise --timeout, socat's -t)",
+                        options.timeout
+                    );
+                    if options.verbose {
+                        eprintln!("{message}");
+                    } else {
+                        tracing::debug!("{message}");
+                    }
                     break;
                 }
                 if let Some(idle) = options.idle_timeout {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -102,6 +102,26 @@ fn after_one_side_ends_the_other_gets_the_timeout_then_the_relay_closes() {
     let (_held, _) = silent.accept().unwrap();
     conn.shutdown_write();
     assert!(wait_exit(child).success());
+}
+
+#[test]
+fn verbose_says_when_the_timeout_cuts_a_direction_still_open() {
+    let (silent, b) = tcp_listener();
+    let (child, addr, stderr) =
+        spawn_listening(&["relay", "tcp-listen:0", &b, "--timeout", "200ms", "--verbose"]);
+    let conn = Conn::to(&addr);
+    let (_held, _) = silent.accept().unwrap();
+    conn.shutdown_write();
+    assert!(wait_exit(child).success());
+    let said: String = stderr
+        .lines()
+        .map_while(Result::ok)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        said.contains("--timeout 200ms ended the other direction"),
+        "{said}"
+    );
 }
 
 #[test]

@@ -193,7 +193,11 @@ impl Answers {
 
     /// The reply to `datagram` from `peer`, or `None` to send nothing.
     pub fn answer(&self, peer: SocketAddr, datagram: &[u8], now: Now) -> Option<Vec<u8>> {
-        let (id, request) = split_id(datagram);
+        let Some((id, request)) = split_id(datagram) else {
+            return Some(
+                b"ERR malformed request ID: `#ID ` is 1 to 64 printable ASCII bytes, then a space".to_vec(),
+            );
+        };
         let key = id.map(|id| (peer, id.to_vec()));
         if let Some(key) = &key {
             let mut cache = self.cache();
@@ -248,16 +252,22 @@ impl Answers {
     }
 }
 
-/// `#ID rest` into (`ID`, `rest`); anything else has no ID.
-pub fn split_id(datagram: &[u8]) -> (Option<&[u8]>, &[u8]) {
+/// `#ID rest` into (`ID`, `rest`); anything else has no ID. `None` for an
+/// ID that is there but malformed: control or non-ASCII bytes in it, which
+/// would come back in the reply and the server's log.
+pub fn split_id(datagram: &[u8]) -> Option<(Option<&[u8]>, &[u8])> {
     if let Some(rest) = datagram.strip_prefix(b"#") {
         if let Some(space) = rest.iter().position(|&b| b == b' ') {
             if (1..=MAX_ID).contains(&space) {
-                return (Some(&rest[..space]), &rest[space + 1..]);
+                let id = &rest[..space];
+                if !id.iter().all(u8::is_ascii_graphic) {
+                    return None;
+                }
+                return Some((Some(id), &rest[space + 1..]));
             }
         }
     }
-    (None, datagram)
+    Some((None, datagram))
 }
 
 fn reply(socket: &UdpSocket, peer: SocketAddr, bytes: &[u8]) {
@@ -461,6 +471,14 @@ mod tests {
             Some(b"#7 Hello, bob!".to_vec())
         );
         assert_eq!(a.cache.lock().unwrap().order.len(), 1);
+    }
+
+    #[test]
+    fn a_malformed_id_gets_err() {
+        let a = answers(ServiceKind::Greet);
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let reply = a.answer(peer, b"#\x1b[2J hi", Now::system()).unwrap();
+        assert!(reply.starts_with(b"ERR malformed request ID"), "{reply:?}");
     }
 
     #[test]
