@@ -274,7 +274,7 @@ pub struct LabArgs {
     /// Models to compare, comma-separated [default: all]
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     pub models: Vec<ModelKind>,
-    /// Scenarios to run, comma-separated: delay, throughput, idle [default: all]
+    /// Scenarios to run, comma-separated: delay, throughput, idle, c10k [default: all]
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub scenarios: Vec<Scenario>,
     /// Write the rows as JSON
@@ -283,9 +283,21 @@ pub struct LabArgs {
     /// Write the tables as Markdown
     #[arg(long, value_name = "FILE")]
     pub markdown: Option<std::path::PathBuf>,
-    /// Write the report as one self-contained HTML page
+    /// Write the report as one self-contained HTML page (`none`: no page)
     #[arg(long, value_name = "FILE", default_value = "socklab-report.html")]
     pub html: std::path::PathBuf,
+    /// Run each scenario N times and report the median, min and max
+    /// [default: 3 for throughput, 1 for the others]
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    pub runs: Option<usize>,
+    /// c10k: the idle connections held at each step, comma-separated
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "0,1000,5000,10000"
+    )]
+    pub c10k_levels: Vec<usize>,
     /// delay: clients at once
     #[arg(long, default_value_t = 5, value_parser = parse_positive)]
     pub delay_clients: usize,
@@ -326,10 +338,12 @@ impl LabArgs {
                 duration: self.duration,
                 size: self.size,
                 idle_connections: self.idle_connections,
+                c10k_levels: self.c10k_levels,
+                runs: self.runs,
             },
             json: self.json,
             markdown: self.markdown,
-            html: Some(self.html),
+            html: (self.html.as_os_str() != "none").then_some(self.html),
         }
     }
 }
