@@ -281,16 +281,22 @@ impl PerfCounter {
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
-        // perf writes its header just before it attaches; then a moment
-        // for the counters to open.
+        // Ready once perf holds its counters (perf_event descriptors), plus
+        // a moment for it to enable them all.
+        let fds = format!("/proc/{}/fd", child.id());
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
-            if std::fs::metadata(&out).is_ok_and(|m| m.len() > 0) {
+            let counting = std::fs::read_dir(&fds).is_ok_and(|dir| {
+                dir.flatten().any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy().contains("perf_event"))
+                })
+            });
+            if counting {
+                std::thread::sleep(Duration::from_millis(10));
                 break;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
         }
-        std::thread::sleep(Duration::from_millis(30));
         Some(PerfCounter { child, out })
     }
 

@@ -70,7 +70,15 @@ fn tick_count(v: f64) -> String {
 }
 
 fn tick_micros(v: f64) -> String {
-    micros(v.round() as u64)
+    let trim = |x: f64| {
+        let s = format!("{x:.1}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    };
+    match v {
+        v if v >= 1e6 => format!("{} s", trim(v / 1e6)),
+        v if v >= 1e3 => format!("{} ms", trim(v / 1e3)),
+        v => format!("{} µs", trim(v)),
+    }
 }
 
 fn tick_seconds(v: f64) -> String {
@@ -82,14 +90,24 @@ fn tick_seconds(v: f64) -> String {
 }
 
 fn tick_bytes(v: f64) -> String {
-    bytes(v.round() as u64)
+    format!("{} B", thousands(v.round() as u64))
 }
 
 fn tick_plain(v: f64) -> String {
     if v >= 10.0 {
         thousands(v.round() as u64)
     } else {
-        format!("{v:.1}")
+        let s = format!("{v:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// A per-request figure: two decimals below 1, where they matter.
+fn per_request(x: f64) -> String {
+    if x < 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.1}")
     }
 }
 
@@ -99,7 +117,7 @@ pub fn render(report: &Report) -> String {
     page += "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>socklab lab report</title>\n";
     page += "<style>\nbody{font:15px/1.5 system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}\n\
              h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd}\n\
-             table{border-collapse:collapse;font-size:13px;margin:1em 0;display:block;overflow-x:auto}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}\n\
+             table{border-collapse:collapse;font-size:13px;margin:1em 0;display:block;overflow-x:auto}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td{white-space:nowrap}\n\
              td:first-child,th:first-child{text-align:left}svg{width:100%;height:auto;max-width:820px;display:block}svg text{font:12px system-ui,sans-serif}\n\
              .note{color:#555}.model{margin:.8em 0}.meta{font-size:13px;color:#333;background:#f6f6f6;padding:.6em 1em}\n\
              .meta dt{font-weight:600;float:left;clear:left;width:10em}.meta dd{margin-left:10.5em}\n</style></head><body>\n";
@@ -225,7 +243,7 @@ pub fn render(report: &Report) -> String {
                 .filter(ok)
                 .filter_map(|r| {
                     let c = pick(r)?;
-                    Some(Bar::new(&r.model, c, format!("{c:.1}{unit}")).served(r))
+                    Some(Bar::new(&r.model, c, format!("{}{unit}", per_request(c))).served(r))
                 })
                 .collect()
         };
@@ -496,6 +514,7 @@ fn chart(charts: &mut usize, bars: &[Bar], axis: &Axis, entries: &[(&str, &str, 
     let height = bottom + 42.0;
     let mut svg = svg_open(id, height);
     legend(&mut svg, id, entries, 14.0);
+    x_axis(&mut svg, axis, &ticks, &scale, top, bottom);
     for (i, b) in bars.iter().enumerate() {
         let y = top + row_h * i as f64;
         let w = scale(b.value);
@@ -547,7 +566,6 @@ fn chart(charts: &mut usize, bars: &[Bar], axis: &Axis, entries: &[(&str, &str, 
             escape(&b.text)
         );
     }
-    x_axis(&mut svg, axis, &ticks, &scale, top, bottom);
     svg += "</svg>\n";
     svg
 }
@@ -595,6 +613,7 @@ fn timeline(charts: &mut usize, rows: &[&Row]) -> String {
         ],
         14.0,
     );
+    x_axis(&mut svg, &axis, &ticks, &scale, top, bottom);
     let mut y = top;
     for r in rows {
         let lanes = r.lanes.as_deref().unwrap_or_default();
@@ -631,7 +650,6 @@ fn timeline(charts: &mut usize, rows: &[&Row]) -> String {
         }
         y += gap;
     }
-    x_axis(&mut svg, &axis, &ticks, &scale, top, bottom);
     svg += "</svg>\n";
     svg
 }
@@ -711,6 +729,9 @@ fn c10k_chart(charts: &mut usize, rows: &[&Row]) -> String {
         top + plot_h / 2.0,
         escape(y_axis_def.title)
     );
+    x_axis(&mut svg, &x_axis_def, &xt, &sx, top, bottom);
+    // Each line's name at its end, nudged apart where lines end together.
+    let mut labels: Vec<(f64, f64, &str, &str)> = Vec::new();
     for (i, m) in models.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
         let mine: Vec<(f64, f64)> = points
@@ -731,16 +752,21 @@ fn c10k_chart(charts: &mut usize, rows: &[&Row]) -> String {
             );
         }
         if let Some((x, y)) = mine.last() {
-            let _ = writeln!(
-                svg,
-                "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{colour}\">{}</text>",
-                x + 8.0,
-                y + 4.0,
-                escape(m)
-            );
+            labels.push((*x, *y, m, colour));
         }
     }
-    x_axis(&mut svg, &x_axis_def, &xt, &sx, top, bottom);
+    labels.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let mut last_y = f64::MIN;
+    for (x, y, m, colour) in labels {
+        let y = (y + 4.0).max(last_y + 13.0);
+        last_y = y;
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{y:.1}\" fill=\"{colour}\">{}</text>",
+            x + 8.0,
+            escape(m)
+        );
+    }
     svg += "</svg>\n";
     svg
 }
@@ -773,7 +799,7 @@ fn story(model: &str, rows: &[Row]) -> String {
     if let Some(r) = find("throughput").filter(|r| r.error.is_none()) {
         let mut s = match served_label(r) {
             Some(label) => format!(
-                "under echo load it {label} clients ({}), so its speed is that of a few clients alone",
+                "under echo load it {label} clients, so its {} is the speed of a few clients alone",
                 rps_with_range(r)
             ),
             None => format!("under echo load it answered {}", rps_with_range(r)),
@@ -782,7 +808,11 @@ fn story(model: &str, rows: &[Row]) -> String {
             s += &format!(" at {c:.1} µs of server CPU each");
         }
         if let (Some(cs), Some(sc)) = (r.context_switches_per_request, r.syscalls_per_request) {
-            s += &format!(" ({cs:.1} context switches and {sc:.1} system calls per request)");
+            s += &format!(
+                " ({} context switches and {} system calls per request)",
+                per_request(cs),
+                per_request(sc)
+            );
         }
         if let Some(p) = r.p99_us {
             s += &format!(", p99 {}", micros(p));

@@ -28,7 +28,11 @@ fn served(r: &Row) -> String {
 }
 
 fn per_request(x: Option<f64>) -> String {
-    x.map_or("-".into(), |x| format!("{x:.1}"))
+    match x {
+        None => "-".into(),
+        Some(x) if x < 1.0 => format!("{x:.2}"),
+        Some(x) => format!("{x:.1}"),
+    }
 }
 
 /// The tables, also printed to the terminal at the end of a run.
