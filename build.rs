@@ -32,5 +32,7 @@ fn main() {
             println!("cargo:rerun-if-changed={p}");
         }
     }
+    // And when the sources change, so that "+changes" stays true.
+    println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=build.rs");
 }
