@@ -202,8 +202,13 @@ impl Meta {
             memory: "PSS (/proc/PID/smaps_rollup), summed over the server's process tree".into(),
             syscalls: method.describe().into(),
             context_switches: "voluntary + involuntary, /proc/PID/task/*/status of every thread of the server's process tree, before and after the load".into(),
+            // The program by its name, not where it was built.
             command: std::env::args()
-                .map(|a| a.rsplit('/').next().unwrap_or(&a).to_string())
+                .enumerate()
+                .map(|(i, a)| match i {
+                    0 => a.rsplit('/').next().unwrap_or(&a).to_string(),
+                    _ => a,
+                })
                 .collect::<Vec<_>>()
                 .join(" "),
             models: options.models.iter().map(|m| m.to_string()).collect(),

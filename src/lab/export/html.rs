@@ -742,8 +742,14 @@ fn c10k_chart(charts: &mut usize, rows: &[&Row]) -> String {
         let path: Vec<String> = mine.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
         let _ = writeln!(
             svg,
-            "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"/>",
-            path.join(" ")
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"{}/>",
+            path.join(" "),
+            // Every other line dashed: lines that run together stay apart.
+            if i % 2 == 1 {
+                " stroke-dasharray=\"7 4\""
+            } else {
+                ""
+            }
         );
         for (x, y) in &mine {
             let _ = writeln!(
