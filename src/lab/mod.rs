@@ -228,7 +228,7 @@ pub fn run(options: LabOptions) -> anyhow::Result<()> {
     // Before any model runs: a report that cannot be written is known now,
     // not after three minutes.
     let mut report = Report {
-        meta: Meta::collect(&options, SyscallMethod::ReadWrite),
+        meta: Meta::collect(&options, SyscallMethod::Proc),
         rows: Vec::new(),
     };
     export::write_all(&report, &options)?;

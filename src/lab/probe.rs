@@ -134,9 +134,6 @@ pub struct Costs {
     /// Voluntary + involuntary context switches of every thread
     /// (/proc/PID/task/*/status): threads alive now only.
     pub context_switches: u64,
-    /// Read- and write-family system calls (/proc/PID/io `syscr + syscw`):
-    /// the fallback count when perf is not there.
-    pub read_write_syscalls: u64,
 }
 
 /// A `Key:   123 kB`-style value from a /proc text file.
@@ -152,10 +149,6 @@ pub fn costs(pid: i32) -> Costs {
     for p in tree(pid) {
         if let Ok(rollup) = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")) {
             c.pss_kb += value_of(&rollup, "Pss").unwrap_or(0);
-        }
-        if let Ok(io) = std::fs::read_to_string(format!("/proc/{p}/io")) {
-            c.read_write_syscalls +=
-                value_of(&io, "syscr").unwrap_or(0) + value_of(&io, "syscw").unwrap_or(0);
         }
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
             continue;
@@ -202,8 +195,10 @@ pub enum SyscallMethod {
     /// `perf stat -e raw_syscalls:sys_enter` attached to the server's
     /// processes: every system call entry, counted by the kernel.
     Perf,
-    /// /proc/PID/io `syscr + syscw`: read- and write-family calls only.
-    ReadWrite,
+    /// No perf: context switches from /proc, system calls not counted.
+    /// (/proc/PID/io's `syscr + syscw` count read(2) and write(2) only,
+    /// not the recv and send the models use: 0 for most of them.)
+    Proc,
 }
 
 impl SyscallMethod {
@@ -224,7 +219,7 @@ impl SyscallMethod {
         if works {
             SyscallMethod::Perf
         } else {
-            SyscallMethod::ReadWrite
+            SyscallMethod::Proc
         }
     }
 
@@ -234,7 +229,7 @@ impl SyscallMethod {
             SyscallMethod::Perf => {
                 "perf stat -e context-switches attached to the server's processes (voluntary and involuntary, threads and children that exit during the load included)"
             }
-            SyscallMethod::ReadWrite => {
+            SyscallMethod::Proc => {
                 "voluntary + involuntary from /proc/PID/task/*/status of the server's process tree, before and after the load: threads alive at the end only"
             }
         }
@@ -245,8 +240,8 @@ impl SyscallMethod {
             SyscallMethod::Perf => {
                 "perf stat -e raw_syscalls:sys_enter attached to the server's processes (every system call, counted by the kernel's tracepoint)"
             }
-            SyscallMethod::ReadWrite => {
-                "read- and write-family calls only, from /proc/PID/io syscr + syscw (perf is not available): an undercount"
+            SyscallMethod::Proc => {
+                "not counted: perf is not available here, and /proc has no system call counter (/proc/PID/io syscr and syscw count read(2) and write(2) only, not the recv and send the models use)"
             }
         }
     }

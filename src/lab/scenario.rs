@@ -415,7 +415,7 @@ impl Measured {
     fn drive(&mut self, options: &BenchOptions, method: SyscallMethod) -> anyhow::Result<BenchReport> {
         let perf = match method {
             SyscallMethod::Perf => PerfCounter::start(self.process.pid()),
-            SyscallMethod::ReadWrite => None,
+            SyscallMethod::Proc => None,
         };
         self.costs_before = probe::costs(self.process.pid());
         self.cpu_before = self.process.sample().map_or(Duration::ZERO, |s| s.cpu);
@@ -476,12 +476,7 @@ impl Measured {
                     .saturating_sub(self.costs_before.context_switches)
             });
             row.context_switches_per_request = Some(switches as f64 / replies);
-            let syscalls = self.perf.syscalls.unwrap_or_else(|| {
-                self.costs_now
-                    .read_write_syscalls
-                    .saturating_sub(self.costs_before.read_write_syscalls)
-            });
-            row.syscalls_per_request = Some(syscalls as f64 / replies);
+            row.syscalls_per_request = self.perf.syscalls.map(|n| n as f64 / replies);
         }
         row.pss_kb = Some(self.costs_now.pss_kb);
         let peaks = self.process.peaks();
