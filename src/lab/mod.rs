@@ -247,9 +247,12 @@ pub fn run(options: LabOptions) -> anyhow::Result<()> {
             }
             progress.start(model, scenario);
             let runs = options.knobs.runs_for(scenario).max(1);
+            // Kernel cost is counted in the first run only: it varies little,
+            // and counting it takes a window of its own.
             let each: Vec<Vec<Row>> = (0..runs)
-                .map(|_| {
-                    scenario::measure(model, scenario, &options.knobs, method).unwrap_or_else(|e| {
+                .map(|run| {
+                    let kernel_cost = (run == 0).then_some(method);
+                    scenario::measure(model, scenario, &options.knobs, kernel_cost).unwrap_or_else(|e| {
                         vec![Row {
                             model: model.to_string(),
                             scenario: scenario.to_string(),

@@ -227,10 +227,10 @@ impl SyscallMethod {
     pub fn describe_context_switches(self) -> &'static str {
         match self {
             SyscallMethod::Perf => {
-                "perf stat -e context-switches attached to the server's processes (voluntary and involuntary, threads and children that exit during the load included)"
+                "perf stat -e context-switches attached to the server's processes (voluntary and involuntary, threads and children that exit included), in a 0.5 s window of the throughput load after the first run's timed part"
             }
             SyscallMethod::Proc => {
-                "voluntary + involuntary from /proc/PID/task/*/status of the server's process tree, before and after the load: threads alive at the end only"
+                "voluntary + involuntary from /proc/PID/task/*/status of the server's process tree, before and after a 0.5 s window of the throughput load: threads alive at the end only"
             }
         }
     }
@@ -238,7 +238,7 @@ impl SyscallMethod {
     pub fn describe(self) -> &'static str {
         match self {
             SyscallMethod::Perf => {
-                "perf stat -e raw_syscalls:sys_enter attached to the server's processes (every system call, counted by the kernel's tracepoint)"
+                "perf stat -e raw_syscalls:sys_enter attached to the server's processes (every system call, counted by the kernel's tracepoint), in the same window: the tracepoint slows every call, so it is off while the other figures are made"
             }
             SyscallMethod::Proc => {
                 "not counted: perf is not available here, and /proc has no system call counter (/proc/PID/io syscr and syscw count read(2) and write(2) only, not the recv and send the models use)"

@@ -174,13 +174,20 @@ const STARVED_AFTER: Duration = Duration::from_secs(2);
 const ACTIVE_FOR: Duration = Duration::from_secs(1);
 const C10K_ACTIVE_FOR: Duration = Duration::from_millis(500);
 
+/// The throughput load again, this long, with the kernel's counters on.
+const KERNEL_COST_FOR: Duration = Duration::from_millis(500);
+
 /// One run of `scenario` on `model`: its rows (c10k has one per step; a
-/// scenario that does not apply to the model has none).
+/// scenario that does not apply to the model has none). With `kernel_cost`,
+/// throughput also counts context switches and system calls per request,
+/// in a short window of its own after the timed run: perf's system call
+/// tracepoint slows every call (by a third for the event loops here), so
+/// it is never attached while the figures that rank the models are made.
 pub fn measure(
     model: ModelKind,
     scenario: Scenario,
     knobs: &Knobs,
-    method: SyscallMethod,
+    kernel_cost: Option<SyscallMethod>,
 ) -> anyhow::Result<Vec<Row>> {
     let mut row = Row {
         model: model.to_string(),
@@ -188,10 +195,10 @@ pub fn measure(
         ..Row::default()
     };
     match scenario {
-        Scenario::Delay => delay(model, knobs, method, &mut row)?,
-        Scenario::Throughput => throughput(model, knobs, method, &mut row)?,
-        Scenario::Idle => idle(model, knobs, method, &mut row)?,
-        Scenario::C10k => return c10k(model, knobs, method),
+        Scenario::Delay => delay(model, knobs, &mut row)?,
+        Scenario::Throughput => throughput(model, knobs, kernel_cost, &mut row)?,
+        Scenario::Idle => idle(model, knobs, &mut row)?,
+        Scenario::C10k => return c10k(model, knobs),
     }
     Ok(vec![row])
 }
@@ -216,7 +223,7 @@ fn bench_options(
     })
 }
 
-fn delay(model: ModelKind, knobs: &Knobs, method: SyscallMethod, row: &mut Row) -> anyhow::Result<()> {
+fn delay(model: ModelKind, knobs: &Knobs, row: &mut Row) -> anyhow::Result<()> {
     let workers = model.default_workers();
     let theory = model.theory_makespan(knobs.delay_clients, knobs.delay, workers);
     let delay = format!("{}ms", knobs.delay.as_millis());
@@ -230,7 +237,7 @@ fn delay(model: ModelKind, knobs: &Knobs, method: SyscallMethod, row: &mut Row) 
         Payload::Text(b"hello".to_vec()),
         timeout,
     )?;
-    let report = server.drive(&options, method)?;
+    let report = server.drive(&options)?;
     server.record(row, &report, None);
     server.process.stop();
     row.makespan_s = Some(report.elapsed_s);
@@ -249,7 +256,12 @@ fn delay(model: ModelKind, knobs: &Knobs, method: SyscallMethod, row: &mut Row) 
     Ok(())
 }
 
-fn throughput(model: ModelKind, knobs: &Knobs, method: SyscallMethod, row: &mut Row) -> anyhow::Result<()> {
+fn throughput(
+    model: ModelKind,
+    knobs: &Knobs,
+    kernel_cost: Option<SyscallMethod>,
+    row: &mut Row,
+) -> anyhow::Result<()> {
     let mut server = start(model, "echo", &[])?;
     let options = bench_options(
         &server.process.addr,
@@ -258,14 +270,21 @@ fn throughput(model: ModelKind, knobs: &Knobs, method: SyscallMethod, row: &mut 
         Payload::Size(knobs.size),
         STARVED_AFTER,
     )?;
-    let report = server.drive(&options, method)?;
+    let report = server.drive(&options)?;
     server.record(row, &report, Some(knobs.duration));
-    server.process.stop();
     row.throughput_rps = Some(report.throughput_rps);
+    if let Some(method) = kernel_cost {
+        let window = BenchOptions {
+            load: Load::Duration(KERNEL_COST_FOR),
+            ..options
+        };
+        server.count_kernel_cost(&window, method, row)?;
+    }
+    server.process.stop();
     Ok(())
 }
 
-fn idle(model: ModelKind, knobs: &Knobs, method: SyscallMethod, row: &mut Row) -> anyhow::Result<()> {
+fn idle(model: ModelKind, knobs: &Knobs, row: &mut Row) -> anyhow::Result<()> {
     let mut server = start(model, "echo", &[])?;
     let mut held = Vec::new();
     hold(&server.process.addr, knobs.idle_connections, &mut held)?;
@@ -280,7 +299,7 @@ fn idle(model: ModelKind, knobs: &Knobs, method: SyscallMethod, row: &mut Row) -
         Payload::Text(b"are you there?".to_vec()),
         STARVED_AFTER,
     )?;
-    let report = server.drive(&options, method)?;
+    let report = server.drive(&options)?;
     let accepted = accepted.max(probe::accepted_connections(port).min(held.len() as u64));
     server.record(row, &report, None);
     let loaded = server.costs_now;
@@ -301,7 +320,7 @@ fn idle(model: ModelKind, knobs: &Knobs, method: SyscallMethod, row: &mut Row) -
     Ok(())
 }
 
-fn c10k(model: ModelKind, knobs: &Knobs, method: SyscallMethod) -> anyhow::Result<Vec<Row>> {
+fn c10k(model: ModelKind, knobs: &Knobs) -> anyhow::Result<Vec<Row>> {
     if !Scenario::C10k.applies_to(model) {
         return Ok(Vec::new());
     }
@@ -345,7 +364,7 @@ fn c10k(model: ModelKind, knobs: &Knobs, method: SyscallMethod) -> anyhow::Resul
             STARVED_AFTER,
         )?;
         server.restart_watch();
-        let report = server.drive(&options, method)?;
+        let report = server.drive(&options)?;
         server.record(&mut row, &report, None);
         row.accepted = Some(accepted);
         row.backlog = Some((level as u64).saturating_sub(accepted));
@@ -397,32 +416,49 @@ fn port_of(addr: &str) -> anyhow::Result<u16> {
 struct Measured {
     process: ServerProcess,
     sample_before: Sample,
-    /// Costs at start (the baseline of memory per connection) and just
-    /// before the load (the baseline of context switches and calls).
+    /// Costs at start: the baseline of memory per connection.
     costs_start: Costs,
-    costs_before: Costs,
     /// What it cost under the load, at its end.
     costs_now: Costs,
-    /// System calls and context switches during the load, counted by perf
-    /// (when that is the method).
-    perf: probe::PerfCounts,
-    /// CPU and context switches before the load.
+    /// CPU before the load.
     cpu_before: Duration,
 }
 
 impl Measured {
-    /// Runs the bench against the server, counting its system calls.
-    fn drive(&mut self, options: &BenchOptions, method: SyscallMethod) -> anyhow::Result<BenchReport> {
-        let perf = match method {
-            SyscallMethod::Perf => PerfCounter::start(self.process.pid()),
-            SyscallMethod::Proc => None,
-        };
-        self.costs_before = probe::costs(self.process.pid());
+    /// Runs the bench against the server.
+    fn drive(&mut self, options: &BenchOptions) -> anyhow::Result<BenchReport> {
         self.cpu_before = self.process.sample().map_or(Duration::ZERO, |s| s.cpu);
         let report = bench::measure(options)?;
-        self.perf = perf.map(PerfCounter::finish).unwrap_or_default();
         self.costs_now = probe::costs(self.process.pid());
         Ok(report)
+    }
+
+    /// Runs the bench once more with the kernel's counters on: context
+    /// switches and system calls per reply.
+    fn count_kernel_cost(
+        &mut self,
+        options: &BenchOptions,
+        method: SyscallMethod,
+        row: &mut Row,
+    ) -> anyhow::Result<()> {
+        let pid = self.process.pid();
+        let perf = match method {
+            SyscallMethod::Perf => PerfCounter::start(pid),
+            SyscallMethod::Proc => None,
+        };
+        let before = probe::costs(pid);
+        let report = bench::measure(options)?;
+        let counted = perf.map(PerfCounter::finish).unwrap_or_default();
+        let after = probe::costs(pid);
+        if report.replies > 0 {
+            let replies = report.replies as f64;
+            let switches = counted
+                .context_switches
+                .unwrap_or_else(|| after.context_switches.saturating_sub(before.context_switches));
+            row.context_switches_per_request = Some(switches as f64 / replies);
+            row.syscalls_per_request = counted.syscalls.map(|n| n as f64 / replies);
+        }
+        Ok(())
     }
 
     fn peak_rss_kb(&self) -> u64 {
@@ -469,15 +505,6 @@ impl Measured {
                 row.cpu_per_request_us = Some(cpu * 1e6 / replies);
             }
         }
-        if report.replies > 0 {
-            let switches = self.perf.context_switches.unwrap_or_else(|| {
-                self.costs_now
-                    .context_switches
-                    .saturating_sub(self.costs_before.context_switches)
-            });
-            row.context_switches_per_request = Some(switches as f64 / replies);
-            row.syscalls_per_request = self.perf.syscalls.map(|n| n as f64 / replies);
-        }
         row.pss_kb = Some(self.costs_now.pss_kb);
         let peaks = self.process.peaks();
         row.peak_rss_kb = Some(peaks.rss_kb);
@@ -495,14 +522,12 @@ fn start(model: ModelKind, service: &str, extra: &[&str]) -> anyhow::Result<Meas
         .collect();
     let process = ServerProcess::start(&args)?;
     let sample_before = process.sample().context("the server died")?;
-    let costs_before = probe::costs(process.pid());
+    let costs_start = probe::costs(process.pid());
     Ok(Measured {
         process,
         sample_before,
-        costs_start: costs_before,
-        costs_before,
-        costs_now: costs_before,
-        perf: probe::PerfCounts::default(),
+        costs_start,
+        costs_now: costs_start,
         cpu_before: sample_before.cpu,
     })
 }
