@@ -257,42 +257,56 @@ pub struct PerfCounter {
 
 impl PerfCounter {
     pub fn start(pid: i32) -> Option<PerfCounter> {
-        let pids: Vec<String> = tree(pid).iter().map(|p| p.to_string()).collect();
         let out = std::env::temp_dir().join(format!("socklab-perf-{}-{pid}.txt", std::process::id()));
-        let _ = std::fs::remove_file(&out);
-        let child = Command::new("perf")
-            .args([
-                "stat",
-                "-x,",
-                "-e",
-                "raw_syscalls:sys_enter,context-switches",
-                "-p",
-                &pids.join(","),
-            ])
-            .arg("-o")
-            .arg(&out)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        // Ready once perf holds its counters (perf_event descriptors), plus
-        // a moment for it to enable them all.
-        let fds = format!("/proc/{}/fd", child.id());
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            let counting = std::fs::read_dir(&fds).is_ok_and(|dir| {
-                dir.flatten().any(|fd| {
-                    std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy().contains("perf_event"))
-                })
-            });
-            if counting {
-                std::thread::sleep(Duration::from_millis(10));
-                break;
+        // perf gives up when a process it was told to watch is gone before
+        // it attaches (a fork server's child exiting after the last load):
+        // then again, with the tree as it is now.
+        for _ in 0..5 {
+            let _ = std::fs::remove_file(&out);
+            let pids: Vec<String> = tree(pid).iter().map(|p| p.to_string()).collect();
+            let mut child = Command::new("perf")
+                .args([
+                    "stat",
+                    "-x,",
+                    "-e",
+                    "raw_syscalls:sys_enter,context-switches",
+                    "-p",
+                    &pids.join(","),
+                ])
+                .arg("-o")
+                .arg(&out)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?;
+            // Ready once perf holds its counters (perf_event descriptors),
+            // plus a moment for it to enable them all.
+            let fds = format!("/proc/{}/fd", child.id());
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                let counting = std::fs::read_dir(&fds).is_ok_and(|dir| {
+                    dir.flatten().any(|fd| {
+                        std::fs::read_link(fd.path())
+                            .is_ok_and(|l| l.to_string_lossy().contains("perf_event"))
+                    })
+                });
+                if counting {
+                    std::thread::sleep(Duration::from_millis(10));
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
             }
-            std::thread::sleep(Duration::from_millis(2));
+            match child.try_wait() {
+                Ok(None) => return Some(PerfCounter { child, out }),
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
         }
-        Some(PerfCounter { child, out })
+        let _ = std::fs::remove_file(&out);
+        None
     }
 
     /// Stops counting: the system calls and context switches seen.
