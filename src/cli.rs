@@ -108,6 +108,19 @@ fn parse_count(s: &str, max: usize) -> Result<usize, String> {
     }
 }
 
+/// `lab --runs`: repetitions of each scenario (at most 100).
+fn parse_runs(s: &str) -> Result<usize, String> {
+    parse_count(s, 100)
+}
+
+/// `lab --c10k-levels`: idle connections at one step, 0 to MAX_CLIENTS.
+fn parse_idle_level(s: &str) -> Result<usize, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    parse_count(s, MAX_CLIENTS)
+}
+
 fn parse_workers(s: &str) -> Result<usize, String> {
     parse_count(s, MAX_WORKERS)
 }
@@ -471,7 +484,7 @@ pub struct LabArgs {
     /// Models to compare, comma-separated [default: all]
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     pub models: Vec<ModelKind>,
-    /// Scenarios to run, comma-separated: delay, throughput, idle [default: all]
+    /// Scenarios to run, comma-separated: delay, throughput, idle, c10k [default: all]
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub scenarios: Vec<Scenario>,
     /// Write the rows as JSON
@@ -480,9 +493,22 @@ pub struct LabArgs {
     /// Write the tables as Markdown
     #[arg(long, value_name = "FILE")]
     pub markdown: Option<std::path::PathBuf>,
-    /// Write the report as one self-contained HTML page
+    /// Write the report as one self-contained HTML page (`none`: no page)
     #[arg(long, value_name = "FILE", default_value = "socklab-report.html")]
     pub html: std::path::PathBuf,
+    /// Run each scenario N times and report the median, min and max
+    /// [default: 3 for throughput, 1 for the others]
+    #[arg(long, value_name = "N", value_parser = parse_runs)]
+    pub runs: Option<usize>,
+    /// c10k: the idle connections held at each step, comma-separated
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "0,1000,5000,10000",
+        value_parser = parse_idle_level
+    )]
+    pub c10k_levels: Vec<usize>,
     /// delay: clients at once (at most 100000)
     #[arg(long, default_value_t = 5, value_parser = parse_clients)]
     pub delay_clients: usize,
@@ -523,10 +549,12 @@ impl LabArgs {
                 duration: self.duration,
                 size: self.size,
                 idle_connections: self.idle_connections,
+                c10k_levels: self.c10k_levels,
+                runs: self.runs,
             },
             json: self.json,
             markdown: self.markdown,
-            html: Some(self.html),
+            html: (self.html.as_os_str() != "none").then_some(self.html),
         }
     }
 }

@@ -33,7 +33,13 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Models => {
             let mut out = std::io::stdout().lock();
             for model in ModelKind::all() {
-                writeln!(out, "{:<10} {}", model.name(), model.summary())?;
+                writeln!(
+                    out,
+                    "{:<10} {}  ({})",
+                    model.name(),
+                    model.summary(),
+                    model.source_file()
+                )?;
             }
             Ok(())
         }

@@ -348,3 +348,38 @@ fn warmup_is_left_out_and_csv_gets_a_row_per_run() {
     assert!(lines[1].starts_with(&format!("{},", server.addr)), "{table}");
     assert_eq!(lines[2].split(',').nth(4), Some("3"), "{table}");
 }
+
+#[test]
+fn per_client_counts_and_instants_are_in_the_json() {
+    // hello with a delay on a pool of one worker: the second client is
+    // served after the first, and the JSON shows who got what, and when.
+    let server = Server::tcp(&[
+        "--model",
+        "pool",
+        "--workers",
+        "1",
+        "--service",
+        "hello",
+        "--delay",
+        "100ms",
+    ]);
+    for engine in ENGINES {
+        let r = bench_json(&server.addr, &with_engine("--clients 2 --requests 1", engine));
+        let clients = r["per_client"].as_array().expect("per_client is a list");
+        assert_eq!(clients.len(), 2, "{r}");
+        let mut ends = Vec::new();
+        for (i, c) in clients.iter().enumerate() {
+            assert_eq!(c["id"], i, "{engine}: {c}");
+            assert_eq!(c["replies"], 1, "{engine}: {c}");
+            assert_eq!(c["errors"], 0, "{engine}: {c}");
+            let connected = c["connected_s"].as_f64().expect("connected_s");
+            let first = c["first_byte_s"].as_f64().expect("first_byte_s");
+            let last = c["last_byte_s"].as_f64().expect("last_byte_s");
+            assert!(connected <= first && first <= last, "{engine}: {c}");
+            ends.push(last);
+        }
+        ends.sort_by(f64::total_cmp);
+        // One worker: the later reply needs a second delay after the first.
+        assert!(ends[1] - ends[0] >= 0.09, "{engine}: {ends:?}");
+    }
+}

@@ -27,7 +27,8 @@ fn delay_lab_matches_theory_and_exports_agree() {
         &html,
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let rows = json::parse(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    let report = json::parse(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    let rows = report.rows;
     assert_eq!(rows.len(), 3);
     let markdown = std::fs::read_to_string(&md).unwrap();
     for row in &rows {
@@ -41,8 +42,14 @@ fn delay_lab_matches_theory_and_exports_agree() {
             row.model
         );
         // The Markdown shows the same numbers as the JSON.
-        let line = format!("| {} | {:.2} s | {:.2} s |", row.model, made, theory);
+        let line = format!("| {} | {:.2} s | {:.2} s | 5 of 5 |", row.model, made, theory);
         assert!(markdown.contains(&line), "{line} not in\n{markdown}");
+        // Every client's lane, from connect to reply.
+        let lanes = row.lanes.as_ref().expect("lanes");
+        assert_eq!(lanes.len(), 5);
+        assert!(lanes
+            .iter()
+            .all(|l| l.connected_s <= l.last_byte_s && l.last_byte_s.is_some()));
     }
     let theory: Vec<f64> = rows.iter().map(|r| r.theory_s.unwrap()).collect();
     assert_eq!(
@@ -51,12 +58,205 @@ fn delay_lab_matches_theory_and_exports_agree() {
         "iterative 5 rounds, thread 1, pool of 3: 2"
     );
     assert!(stdout(&out).contains("## delay"), "the table is printed too");
+    // The meta block: where the figures came from.
+    let meta = &report.meta;
+    assert!(meta.date.starts_with("20"), "{meta:?}");
+    assert!(
+        !meta.kernel.is_empty() && meta.cores >= 1 && !meta.cpu.is_empty(),
+        "{meta:?}"
+    );
+    assert!(!meta.commit.is_empty() && !meta.socklab_version.is_empty());
+    assert!(!meta.syscalls.is_empty() && !meta.pinning.is_empty());
+    assert!(meta.engine == "uring" || meta.engine == "tokio", "{meta:?}");
+    assert_eq!(meta.parameters["delay"]["delay_ms"], 200);
+    assert_eq!(meta.parameters["delay"]["clients"], 5);
+    assert!(markdown.contains("- kernel: "), "{markdown}");
 
+    // The page reads alone: axes, legends, meta, nothing fetched.
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("<svg"));
-    for link in ["src=\"http", "href=\"http", "<script", "@import", "url("] {
+    assert!(
+        page.contains("class=\"axis\"") && page.contains("class=\"tick\""),
+        "axes with ticks"
+    );
+    assert!(page.contains(">theory</text>"), "a legend");
+    assert!(
+        page.contains("id=\"meta\"") && page.contains(&meta.kernel),
+        "the meta block"
+    );
+    assert!(
+        page.contains("href=\"src/model/pool.rs\""),
+        "each model links its source"
+    );
+    for link in [
+        "src=\"http",
+        "href=\"http",
+        "src='http",
+        "href='http",
+        "<script",
+        "@import",
+        "url(http",
+    ] {
         assert!(!page.contains(link), "the page fetches something: {link}");
     }
+    // The report's absolute path, at the end.
+    let html_path = std::path::absolute(&html).unwrap();
+    assert!(
+        stdout(&out).contains(&format!("report: {}", html_path.display())),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn served_counts_fairness_kernel_cost_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("lab.json");
+    let out = socklab(&[
+        "lab",
+        "--models",
+        "iterative,epoll",
+        "--scenarios",
+        "throughput",
+        "--clients",
+        "4",
+        "--duration",
+        "2500ms",
+        "--runs",
+        "2",
+        "--json",
+        j.to_str().unwrap(),
+        "--html",
+        "none",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("report:"), "--html none writes no page");
+    let report = json::parse(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    let row = |m: &str| report.rows.iter().find(|r| r.model == m).unwrap();
+    // Iterative serves its first client until the others time out (2 s).
+    let (iterative, epoll) = (row("iterative"), row("epoll"));
+    assert_eq!(
+        (iterative.served, iterative.clients),
+        (Some(1), Some(4)),
+        "{iterative:?}"
+    );
+    assert_eq!((epoll.served, epoll.clients), (Some(4), Some(4)), "{epoll:?}");
+    assert!(iterative.fairness.unwrap() < 0.3, "{iterative:?}");
+    assert!(epoll.fairness.unwrap() > 0.9, "{epoll:?}");
+    for r in [iterative, epoll] {
+        assert_eq!(r.runs, Some(2));
+        let spread = r.range["throughput_rps"];
+        let median = r.throughput_rps.unwrap();
+        assert!(spread.min <= median && median <= spread.max, "{r:?}");
+        // System calls where perf can count them (and said so in meta).
+        let counted = report.meta.syscalls.starts_with("perf");
+        assert_eq!(r.syscalls_per_request.is_some_and(|n| n > 0.0), counted, "{r:?}");
+        assert!(r.context_switches_per_request.is_some(), "{r:?}");
+        assert!(r.pss_kb.unwrap() > 0);
+    }
+    assert_eq!(report.meta.parameters["throughput"]["runs"], 2);
+}
+
+#[test]
+fn idle_memory_only_for_accepted_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("lab.json");
+    let out = socklab(&[
+        "lab",
+        "--models",
+        "pool,epoll",
+        "--scenarios",
+        "idle",
+        "--idle-connections",
+        "50",
+        "--json",
+        j.to_str().unwrap(),
+        "--html",
+        "none",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json::parse(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    let row = |m: &str| report.rows.iter().find(|r| r.model == m).unwrap();
+    let (pool, epoll) = (row("pool"), row("epoll"));
+    // A pool of 3 holds 3 connections; the other 47 wait in the backlog.
+    assert_eq!((pool.accepted, pool.backlog), (Some(3), Some(47)), "{pool:?}");
+    assert_eq!(pool.pss_per_conn_bytes, None);
+    assert_eq!((epoll.accepted, epoll.backlog), (Some(50), Some(0)), "{epoll:?}");
+    assert!(epoll.pss_per_conn_bytes.is_some(), "{epoll:?}");
+    assert!(
+        stdout(&out).contains("not accepted: 47 waiting in the backlog"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn c10k_steps_and_select_past_fd_setsize() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("lab.json");
+    let out = socklab(&[
+        "lab",
+        "--models",
+        "thread,select,epoll",
+        "--scenarios",
+        "c10k",
+        "--c10k-levels",
+        "0,100,1100",
+        "--json",
+        j.to_str().unwrap(),
+        "--html",
+        "none",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json::parse(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    assert!(
+        report.rows.iter().all(|r| r.model != "thread"),
+        "c10k is for the event-driven models"
+    );
+    let at = |m: &str, n: u64| {
+        report
+            .rows
+            .iter()
+            .find(|r| r.model == m && r.idle_connections == Some(n))
+            .unwrap()
+    };
+    for n in [0, 100, 1100] {
+        let epoll = at("epoll", n);
+        assert!(epoll.p50_us.is_some() && epoll.error.is_none(), "{epoll:?}");
+        assert_eq!(epoll.accepted, Some(n));
+    }
+    assert!(at("select", 100).p50_us.is_some());
+    let why = at("select", 1100).error.clone().unwrap_or_default();
+    assert!(why.contains("FD_SETSIZE"), "{why}");
+}
+
+#[test]
+fn every_model_names_a_source_file_that_exists() {
+    let out = socklab(&["models"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for line in text.lines() {
+        let file = line
+            .rsplit_once('(')
+            .and_then(|(_, f)| f.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("no source file in {line:?}"));
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        assert!(path.is_file(), "{line}: {} does not exist", path.display());
+    }
+}
+
+#[test]
+fn an_unwritable_report_is_an_error_before_any_model_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("no/such/dir/report.html");
+    let started = std::time::Instant::now();
+    let err = fails_with(
+        1,
+        socklab(&["lab", "--scenarios", "delay", "--html", html.to_str().unwrap()]),
+    );
+    assert!(err.starts_with("error: cannot write the report to"), "{err}");
+    // Not after every model's delay experiment (at least 15 s).
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
 
 #[test]
@@ -90,7 +290,7 @@ fn a_model_that_cannot_start_is_reported_and_the_lab_goes_on() {
         "one model ran, so the lab succeeds: {}",
         stderr(&out)
     );
-    let rows = json::parse(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    let rows = json::parse(&std::fs::read_to_string(&j).unwrap()).unwrap().rows;
     let uring = rows.iter().find(|r| r.model == "uring").unwrap();
     let why = uring.error.as_deref().unwrap_or_default();
     assert!(why.contains("io_uring is not available"), "{why}");

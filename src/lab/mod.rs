@@ -4,16 +4,19 @@
 //! process on loopback (port 0, reading its `listening on` line), drives it
 //! with the bench engine, watches it from outside through /proc (CPU time,
 //! peak memory, threads, children), stops it with SIGTERM, and writes a
-//! [`Row`]. The exports are rewritten after every model, so a late failure
-//! loses nothing; a model that fails has its failure in its row and the lab
-//! goes on.
+//! [`Row`]. A scenario run several times (`--runs`) has its median in the
+//! row and each figure's min and max beside it. The exports ([`Report`]:
+//! the run's [`Meta`] and its rows) are rewritten after every model, so a
+//! late failure loses nothing; a model that fails has its failure in its row
+//! and the lab goes on.
 
 pub mod export;
 mod probe;
 mod scenario;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -23,6 +26,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelKind;
+pub use probe::SyscallMethod;
 pub use scenario::{Knobs, Scenario};
 
 /// Everything `socklab lab` was asked for.
@@ -42,6 +46,25 @@ pub struct LabOptions {
 pub struct Row {
     pub model: String,
     pub scenario: String,
+    /// The bench engine that drove the clients.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub engine: Option<String>,
+    /// How many times the scenario ran: figures are the median of the runs,
+    /// `range` holds each figure's min and max.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub runs: Option<u64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub range: BTreeMap<String, Spread>,
+    /// Clients that got at least one reply, out of how many: a model that
+    /// served 1 of 50 is not fast, whatever its requests/s.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub served: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub clients: Option<u64>,
+    /// Jain's fairness index over the clients' reply counts: 1 when all got
+    /// the same, 1/n when one got everything.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fairness: Option<f64>,
     /// delay: time until the last reply, and what theory says it should be.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub makespan_s: Option<f64>,
@@ -67,11 +90,34 @@ pub struct Row {
     /// Peak resident memory of the server and its children.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub peak_rss_kb: Option<u64>,
-    /// idle: server memory per idle connection held.
+    /// Proportional memory (PSS) of the server's processes under the load:
+    /// shared pages divided among their sharers, so a fork server's
+    /// children are not counted as copies.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pss_kb: Option<u64>,
+    /// idle: server memory per idle connection held, PSS and RSS growth;
+    /// only when the model accepted every one of them.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pss_per_conn_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub rss_per_conn_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub idle_connections: Option<u64>,
+    /// idle, c10k: of the idle connections, those the model accepted and
+    /// those still waiting in the kernel's backlog.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub accepted: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub backlog: Option<u64>,
+    /// Kernel cost per reply, measured from outside: context switches of
+    /// the server's threads, and system calls (method in `meta`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub context_switches_per_request: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub syscalls_per_request: Option<f64>,
+    /// delay: each client's lane, from connect to reply.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lanes: Option<Vec<Lane>>,
     /// Most threads and child processes seen.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub peak_threads: Option<u64>,
@@ -82,38 +128,293 @@ pub struct Row {
     pub error: Option<String>,
 }
 
+/// A figure's lowest and highest value over the runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    pub min: f64,
+    pub max: f64,
+}
+
+/// One client's lane in the delay experiment: seconds after the bench
+/// began when it was connected, got the first byte, and the whole reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lane {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub connected_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub first_byte_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_byte_s: Option<f64>,
+}
+
+/// Where the figures came from: the machine, the build, the method and
+/// every parameter.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    /// When the lab started, UTC.
+    pub date: String,
+    pub socklab_version: String,
+    pub commit: String,
+    pub kernel: String,
+    pub cores: usize,
+    pub cpu: String,
+    /// The bench engines that drove the clients.
+    pub engine: String,
+    pub pinning: String,
+    pub memory: String,
+    pub syscalls: String,
+    pub context_switches: String,
+    pub command: String,
+    pub models: Vec<String>,
+    /// Every scenario's parameters, `runs` included.
+    pub parameters: serde_json::Value,
+}
+
+impl Meta {
+    fn collect(options: &LabOptions, method: SyscallMethod) -> Meta {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let kernel = format!(
+            "{} {}",
+            read("/proc/sys/kernel/ostype").trim(),
+            read("/proc/sys/kernel/osrelease").trim()
+        );
+        let cpu = read("/proc/cpuinfo")
+            .lines()
+            .find_map(|l| {
+                Some(
+                    l.strip_prefix("model name")?
+                        .split_once(':')?
+                        .1
+                        .trim()
+                        .to_string(),
+                )
+            })
+            .unwrap_or_else(|| "unknown".into());
+        Meta {
+            date: utc_now(),
+            socklab_version: env!("CARGO_PKG_VERSION").into(),
+            commit: option_env!("SOCKLAB_COMMIT").unwrap_or("unknown").into(),
+            kernel,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu,
+            engine: "not yet known".into(),
+            pinning: pin::describe(),
+            memory: "PSS (/proc/PID/smaps_rollup), summed over the server's process tree".into(),
+            syscalls: method.describe().into(),
+            context_switches: "voluntary + involuntary, /proc/PID/task/*/status of every thread of the server's process tree, before and after the load".into(),
+            // The program by its name, not where it was built.
+            command: std::env::args()
+                .enumerate()
+                .map(|(i, a)| match i {
+                    0 => a.rsplit('/').next().unwrap_or(&a).to_string(),
+                    _ => a,
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+            models: options.models.iter().map(|m| m.to_string()).collect(),
+            parameters: options.knobs.describe(&options.scenarios),
+        }
+    }
+}
+
+/// The lab's result: what `--json` writes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub meta: Meta,
+    pub rows: Vec<Row>,
+}
+
 pub fn run(options: LabOptions) -> anyhow::Result<()> {
+    // Before any model runs: a report that cannot be written is known now,
+    // not after three minutes.
+    let mut report = Report {
+        meta: Meta::collect(&options, SyscallMethod::Proc),
+        rows: Vec::new(),
+    };
+    export::write_all(&report, &options)?;
+    raise_descriptor_limit();
+    let method = SyscallMethod::detect();
+    report.meta.syscalls = method.describe().into();
+    report.meta.context_switches = method.describe_context_switches().into();
     pin::load_generator();
     let total = options.models.len() * options.scenarios.len();
     let progress = Progress::new(total);
-    let mut rows: Vec<Row> = Vec::new();
     for &model in &options.models {
         for &scenario in &options.scenarios {
+            if !scenario.applies_to(model) {
+                progress.skip();
+                continue;
+            }
             progress.start(model, scenario);
-            let row = scenario::measure(model, scenario, &options.knobs).unwrap_or_else(|e| Row {
-                model: model.to_string(),
-                scenario: scenario.to_string(),
-                error: Some(format!("{e:#}")),
-                ..Row::default()
-            });
-            progress.finish(&row);
-            rows.push(row);
+            let runs = options.knobs.runs_for(scenario).max(1);
+            // Kernel cost is counted in the first run only: it varies little,
+            // and counting it takes a window of its own.
+            let each: Vec<Vec<Row>> = (0..runs)
+                .map(|run| {
+                    let kernel_cost = (run == 0).then_some(method);
+                    scenario::measure(model, scenario, &options.knobs, kernel_cost).unwrap_or_else(|e| {
+                        vec![Row {
+                            model: model.to_string(),
+                            scenario: scenario.to_string(),
+                            error: Some(format!("{e:#}")),
+                            ..Row::default()
+                        }]
+                    })
+                })
+                .collect();
+            for row in aggregate(each) {
+                progress.finish(&row);
+                report.rows.push(row);
+            }
         }
         // After every model: a late failure loses nothing.
-        export::write_all(&rows, &options).context("cannot write the report")?;
+        report.meta.engine = engines(&report.rows);
+        export::write_all(&report, &options)?;
     }
     progress.clear();
-    print!("{}", export::markdown::table(&rows));
-    for path in [&options.json, &options.markdown, &options.html]
-        .into_iter()
-        .flatten()
-    {
-        eprintln!("wrote {}", path.display());
+    print!("{}", export::markdown::table(&report.rows));
+    for path in [&options.json, &options.markdown].into_iter().flatten() {
+        eprintln!("wrote {}", absolute(path).display());
     }
-    if rows.iter().all(|r| r.error.is_some()) {
+    if let Some(html) = &options.html {
+        println!("report: {}", absolute(html).display());
+    }
+    if report.rows.iter().all(|r| r.error.is_some()) {
         bail!("no model ran");
     }
     Ok(())
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The engines named in the rows, once each.
+fn engines(rows: &[Row]) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for e in rows.iter().filter_map(|r| r.engine.as_deref()) {
+        if !seen.contains(&e) {
+            seen.push(e);
+        }
+    }
+    if seen.is_empty() {
+        "none ran".into()
+    } else {
+        seen.join(", ")
+    }
+}
+
+/// Ten thousand idle connections need ten thousand descriptors here.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// The runs of one scenario as one set of rows: every numeric figure the
+/// median of the runs that succeeded, with its min and max in `range`;
+/// the rest (lanes, engine) from the first of them.
+pub fn aggregate(runs: Vec<Vec<Row>>) -> Vec<Row> {
+    let n = runs.len();
+    let mut runs = runs.into_iter();
+    let Some(first) = runs.next() else {
+        return Vec::new();
+    };
+    if n == 1 {
+        return first;
+    }
+    let rest: Vec<Vec<Row>> = runs.collect();
+    first
+        .into_iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let all: Vec<&Row> = std::iter::once(&row)
+                .chain(rest.iter().filter_map(|r| r.get(i)))
+                .collect();
+            let ok: Vec<&Row> = all.iter().copied().filter(|r| r.error.is_none()).collect();
+            let Some(base) = ok.first() else {
+                return row.clone();
+            };
+            let values: Vec<serde_json::Value> =
+                ok.iter().filter_map(|r| serde_json::to_value(r).ok()).collect();
+            let Ok(serde_json::Value::Object(mut merged)) = serde_json::to_value(base) else {
+                return row.clone();
+            };
+            let mut range = BTreeMap::new();
+            for (key, value) in merged.iter_mut() {
+                if !value.is_number() {
+                    continue;
+                }
+                let mut xs: Vec<f64> = values.iter().filter_map(|v| v.get(key)?.as_f64()).collect();
+                if xs.len() != values.len() {
+                    continue;
+                }
+                xs.sort_by(f64::total_cmp);
+                let median = if !xs.len().is_multiple_of(2) {
+                    xs[xs.len() / 2]
+                } else {
+                    (xs[xs.len() / 2 - 1] + xs[xs.len() / 2]) / 2.0
+                };
+                *value = if value.is_u64() {
+                    serde_json::Value::from(median.round() as u64)
+                } else {
+                    serde_json::Value::from(median)
+                };
+                range.insert(
+                    key.clone(),
+                    Spread {
+                        min: xs[0],
+                        max: xs[xs.len() - 1],
+                    },
+                );
+            }
+            let mut out: Row =
+                serde_json::from_value(serde_json::Value::Object(merged)).unwrap_or_else(|_| (*base).clone());
+            out.range = range;
+            out.runs = Some(ok.len() as u64);
+            if let Some(e) = all.iter().find_map(|r| r.error.as_deref()) {
+                tracing::warn!(
+                    "{} {}: {} of {n} runs failed: {e}",
+                    out.model,
+                    out.scenario,
+                    all.len() - ok.len()
+                );
+            }
+            out
+        })
+        .collect()
+}
+
+/// Now as `2026-11-23 14:30:05 UTC`, from the system clock alone.
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// A `socklab serve` child process, stopped (SIGTERM, then SIGKILL) on drop.
@@ -198,6 +499,14 @@ impl ServerProcess {
         *self.peaks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Forgets the peaks seen so far.
+    pub fn reset_peaks(&self) {
+        let mut p = self.peaks.lock().unwrap_or_else(|e| e.into_inner());
+        p.rss_kb = 0;
+        p.threads = 0;
+        p.children = 0;
+    }
+
     /// Samples every 50 ms in the background, keeping the peaks (a fork
     /// server's children come and go between two looks at the end).
     fn watch(&mut self) {
@@ -265,6 +574,22 @@ mod pin {
         sched_setaffinity(Pid::from_raw(0), &set)
     }
 
+    /// How the lab placed itself and the servers, for the report.
+    pub fn describe() -> String {
+        match cores() {
+            n if n >= 2 => format!(
+                "load generator (lab and bench) on CPU 0, each server on CPU{} 1{}",
+                if n > 2 { "s" } else { "" },
+                if n > 2 {
+                    format!("-{}", n - 1)
+                } else {
+                    String::new()
+                }
+            ),
+            _ => "none: one core, shared by the load generator and the server".into(),
+        }
+    }
+
     /// The lab process, whose threads run the bench: the first core.
     pub fn load_generator() {
         if cores() >= 2 {
@@ -312,6 +637,12 @@ impl Progress {
     fn start(&self, model: ModelKind, scenario: Scenario) {
         if let Some(bar) = &self.bar {
             bar.set_message(format!("{model}: {scenario}"));
+        }
+    }
+
+    fn skip(&self) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
         }
     }
 

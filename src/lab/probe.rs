@@ -1,8 +1,13 @@
 //! Measuring a server process from the outside, through /proc: CPU time,
 //! resident memory, threads and child processes, summed over its children
-//! (fork and prefork serve in children).
+//! (fork and prefork serve in children); and, looked at on purpose rather
+//! than sampled, the costs that say why a model wins: proportional memory
+//! (PSS), context switches, system calls, accepted connections.
 
-use std::time::Duration;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// One look at a process and its children.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -107,9 +112,257 @@ pub fn sample(pid: i32) -> Option<Sample> {
     })
 }
 
+/// The process and every descendant.
+pub fn tree(pid: i32) -> Vec<i32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let children = children_of(all[i]);
+        all.extend(children);
+        i += 1;
+    }
+    all
+}
+
+/// What a server's processes cost at one instant, summed over the tree.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Costs {
+    /// Proportional set size: each page divided among the processes that
+    /// share it, so a fork server's copy-on-write pages count once, not once
+    /// per child (`Pss` of /proc/PID/smaps_rollup), in KiB.
+    pub pss_kb: u64,
+    /// Voluntary + involuntary context switches of every thread
+    /// (/proc/PID/task/*/status): threads alive now only.
+    pub context_switches: u64,
+}
+
+/// A `Key:   123 kB`-style value from a /proc text file.
+fn value_of(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let value = l.strip_prefix(key)?.strip_prefix(':')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
+pub fn costs(pid: i32) -> Costs {
+    let mut c = Costs::default();
+    for p in tree(pid) {
+        if let Ok(rollup) = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")) {
+            c.pss_kb += value_of(&rollup, "Pss").unwrap_or(0);
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            if let Ok(status) = std::fs::read_to_string(task.path().join("status")) {
+                c.context_switches += value_of(&status, "voluntary_ctxt_switches").unwrap_or(0)
+                    + value_of(&status, "nonvoluntary_ctxt_switches").unwrap_or(0);
+            }
+        }
+    }
+    c
+}
+
+/// Connections the server has accepted on `port`: established TCP sockets
+/// whose local port is the server's and that have a socket inode. A
+/// connection still waiting in the backlog is established too (the kernel
+/// finished the handshake) but has no inode until `accept` gives it a file.
+pub fn accepted_connections(port: u16) -> u64 {
+    let mut n = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(file) = std::fs::File::open(table) else {
+            continue;
+        };
+        for line in BufReader::new(file).lines().map_while(Result::ok).skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let local_port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) && *state == "01" && *inode != "0" {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// How system calls are counted: the name the report gives the method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyscallMethod {
+    /// `perf stat -e raw_syscalls:sys_enter` attached to the server's
+    /// processes: every system call entry, counted by the kernel.
+    Perf,
+    /// No perf: context switches from /proc, system calls not counted.
+    /// (/proc/PID/io's `syscr + syscw` count read(2) and write(2) only,
+    /// not the recv and send the models use: 0 for most of them.)
+    Proc,
+}
+
+impl SyscallMethod {
+    /// perf if it can count the tracepoint here (a quick trial run).
+    pub fn detect() -> SyscallMethod {
+        let works = Command::new("perf")
+            .args(["stat", "-x,", "-e", "raw_syscalls:sys_enter", "--", "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .is_ok_and(|o| {
+                o.status.success()
+                    && String::from_utf8_lossy(&o.stderr)
+                        .lines()
+                        .any(|l| l.split(',').next().is_some_and(|n| n.parse::<u64>().is_ok()))
+            });
+        if works {
+            SyscallMethod::Perf
+        } else {
+            SyscallMethod::Proc
+        }
+    }
+
+    /// How context switches are counted with this method.
+    pub fn describe_context_switches(self) -> &'static str {
+        match self {
+            SyscallMethod::Perf => {
+                "perf stat -e context-switches attached to the server's processes (voluntary and involuntary, threads and children that exit included), in a 0.5 s window of the throughput load after the first run's timed part"
+            }
+            SyscallMethod::Proc => {
+                "voluntary + involuntary from /proc/PID/task/*/status of the server's process tree, before and after a 0.5 s window of the throughput load: threads alive at the end only"
+            }
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            SyscallMethod::Perf => {
+                "perf stat -e raw_syscalls:sys_enter attached to the server's processes (every system call, counted by the kernel's tracepoint), in the same window: the tracepoint slows every call, so it is off while the other figures are made"
+            }
+            SyscallMethod::Proc => {
+                "not counted: perf is not available here, and /proc has no system call counter (/proc/PID/io syscr and syscw count read(2) and write(2) only, not the recv and send the models use)"
+            }
+        }
+    }
+}
+
+/// A running `perf stat` counting the system calls and context switches of
+/// a process tree (threads and children started later included, and
+/// counted even after they exit); stopped with SIGINT.
+pub struct PerfCounter {
+    child: Child,
+    out: PathBuf,
+}
+
+impl PerfCounter {
+    pub fn start(pid: i32) -> Option<PerfCounter> {
+        let out = std::env::temp_dir().join(format!("socklab-perf-{}-{pid}.txt", std::process::id()));
+        // perf gives up when a process it was told to watch is gone before
+        // it attaches (a fork server's child exiting after the last load):
+        // then again, with the tree as it is now.
+        for _ in 0..5 {
+            let _ = std::fs::remove_file(&out);
+            let pids: Vec<String> = tree(pid).iter().map(|p| p.to_string()).collect();
+            let mut child = Command::new("perf")
+                .args([
+                    "stat",
+                    "-x,",
+                    "-e",
+                    "raw_syscalls:sys_enter,context-switches",
+                    "-p",
+                    &pids.join(","),
+                ])
+                .arg("-o")
+                .arg(&out)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?;
+            // Ready once perf holds its counters (perf_event descriptors),
+            // plus a moment for it to enable them all.
+            let fds = format!("/proc/{}/fd", child.id());
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                let counting = std::fs::read_dir(&fds).is_ok_and(|dir| {
+                    dir.flatten().any(|fd| {
+                        std::fs::read_link(fd.path())
+                            .is_ok_and(|l| l.to_string_lossy().contains("perf_event"))
+                    })
+                });
+                if counting {
+                    std::thread::sleep(Duration::from_millis(10));
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            match child.try_wait() {
+                Ok(None) => return Some(PerfCounter { child, out }),
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        let _ = std::fs::remove_file(&out);
+        None
+    }
+
+    /// Stops counting: the system calls and context switches seen.
+    pub fn finish(mut self) -> PerfCounts {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let count = |event: &str| {
+            text.lines()
+                .filter(|l| l.split(',').nth(2) == Some(event))
+                .find_map(|l| l.split(',').next()?.parse().ok())
+        };
+        PerfCounts {
+            syscalls: count("raw_syscalls:sys_enter"),
+            context_switches: count("context-switches"),
+        }
+    }
+}
+
+/// What perf counted; `None` for what it could not.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PerfCounts {
+    pub syscalls: Option<u64>,
+    pub context_switches: Option<u64>,
+}
+
+impl Drop for PerfCounter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.out);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn costs_of_this_process() {
+        let c = costs(std::process::id() as i32);
+        assert!(c.pss_kb > 0);
+        assert!(c.context_switches > 0);
+    }
+
+    #[test]
+    fn accepted_connections_are_those_with_a_file() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _waiting = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _also = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert_eq!(accepted_connections(port), 0, "both wait in the backlog");
+        let (_accepted, _) = listener.accept().unwrap();
+        assert_eq!(accepted_connections(port), 1);
+    }
 
     #[test]
     fn samples_this_process() {

@@ -1,22 +1,28 @@
-//! The lab's three scenarios (DESIGN section 7), each against a fresh
-//! server so that its CPU and memory are the scenario's own.
+//! The lab's scenarios (DESIGN section 7), each against a fresh server so
+//! that its CPU and memory are the scenario's own.
 //!
 //! - `delay`: the seeds' experiment. N clients at once, one request each, to
-//!   `hello` with a delay: the time until the last reply, next to theory.
+//!   `hello` with a delay: the time until the last reply, next to theory,
+//!   and each client's lane from connect to reply.
 //! - `throughput`: echo, many connections, fixed-size messages, a few
-//!   seconds: requests/s, latency, server CPU per request, peak memory.
-//! - `idle`: many idle connections held open: server memory per connection,
-//!   and the latency of one active client meanwhile.
+//!   seconds: requests/s, how many clients were served and how fairly,
+//!   latency, and the server's CPU, context switches and system calls per
+//!   request.
+//! - `idle`: many idle connections held open: how many the model accepted,
+//!   its memory (PSS) per accepted connection, and the latency of one active
+//!   client meanwhile.
+//! - `c10k`: the readiness and completion models holding 0, 1,000, 5,000,
+//!   10,000 idle connections: one active client's latency at each.
 
 use std::fmt;
 use std::net::TcpStream;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::probe::Sample;
-use super::{Row, ServerProcess};
+use super::probe::{self, Costs, PerfCounter, Sample, SyscallMethod};
+use super::{Lane, Row, ServerProcess};
 use crate::client::bench::{self, BenchOptions, BenchReport, Load, Payload};
 use crate::model::ModelKind;
 
@@ -25,11 +31,35 @@ pub enum Scenario {
     Delay,
     Throughput,
     Idle,
+    C10k,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 3] = [Scenario::Delay, Scenario::Throughput, Scenario::Idle];
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Delay,
+        Scenario::Throughput,
+        Scenario::Idle,
+        Scenario::C10k,
+    ];
+
+    /// The models a scenario is about; others have no row for it.
+    pub fn applies_to(self, model: ModelKind) -> bool {
+        match self {
+            Scenario::C10k => C10K_MODELS.contains(&model),
+            _ => true,
+        }
+    }
 }
+
+/// The readiness and completion models: the ones the C10K curve is about.
+const C10K_MODELS: [ModelKind; 6] = [
+    ModelKind::Select,
+    ModelKind::Poll,
+    ModelKind::Busy,
+    ModelKind::Epoll,
+    ModelKind::Async,
+    ModelKind::Uring,
+];
 
 impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -37,6 +67,7 @@ impl fmt::Display for Scenario {
             Scenario::Delay => "delay",
             Scenario::Throughput => "throughput",
             Scenario::Idle => "idle",
+            Scenario::C10k => "c10k",
         })
     }
 }
@@ -48,8 +79,9 @@ impl FromStr for Scenario {
             "delay" => Ok(Scenario::Delay),
             "throughput" => Ok(Scenario::Throughput),
             "idle" => Ok(Scenario::Idle),
+            "c10k" => Ok(Scenario::C10k),
             _ => Err(format!(
-                "unknown scenario '{s}' (expected delay, throughput or idle)"
+                "unknown scenario '{s}' (expected delay, throughput, idle or c10k)"
             )),
         }
     }
@@ -64,6 +96,10 @@ pub struct Knobs {
     pub duration: Duration,
     pub size: usize,
     pub idle_connections: usize,
+    /// c10k: the idle connections held at each step.
+    pub c10k_levels: Vec<usize>,
+    /// `--runs N` for every scenario; `None`: throughput 3, the others 1.
+    pub runs: Option<usize>,
 }
 
 impl Default for Knobs {
@@ -75,16 +111,84 @@ impl Default for Knobs {
             duration: Duration::from_secs(3),
             size: 512,
             idle_connections: 1000,
+            c10k_levels: vec![0, 1000, 5000, 10_000],
+            runs: None,
         }
+    }
+}
+
+impl Knobs {
+    /// How many times a scenario is run: its figures are the median.
+    pub fn runs_for(&self, scenario: Scenario) -> usize {
+        self.runs.unwrap_or(match scenario {
+            Scenario::Throughput => 3,
+            _ => 1,
+        })
+    }
+
+    /// Every parameter, for the report's `meta`.
+    pub fn describe(&self, scenarios: &[Scenario]) -> serde_json::Value {
+        let mut all = serde_json::Map::new();
+        for &s in scenarios {
+            let mut p = match s {
+                Scenario::Delay => serde_json::json!({
+                    "service": "hello",
+                    "clients": self.delay_clients,
+                    "requests_per_client": 1,
+                    "delay_ms": self.delay.as_millis() as u64,
+                }),
+                Scenario::Throughput => serde_json::json!({
+                    "service": "echo",
+                    "clients": self.clients,
+                    "message_bytes": self.size,
+                    "duration_ms": self.duration.as_millis() as u64,
+                    "starved_after_ms": STARVED_AFTER.as_millis() as u64,
+                }),
+                Scenario::Idle => serde_json::json!({
+                    "service": "echo",
+                    "idle_connections": self.idle_connections,
+                    "active_clients": 1,
+                    "active_duration_ms": ACTIVE_FOR.as_millis() as u64,
+                }),
+                Scenario::C10k => serde_json::json!({
+                    "service": "echo",
+                    "idle_connections": self.c10k_levels,
+                    "active_clients": 1,
+                    "active_duration_ms": C10K_ACTIVE_FOR.as_millis() as u64,
+                    "models": C10K_MODELS.iter().map(|m| m.name()).collect::<Vec<_>>(),
+                }),
+            };
+            p["runs"] = self.runs_for(s).into();
+            all.insert(s.to_string(), p);
+        }
+        serde_json::Value::Object(all)
     }
 }
 
 /// How long a starved client waits before it counts as an error: long
 /// enough for any model that serves at all, short enough to keep the lab
-/// at about two minutes.
+/// at about three minutes.
 const STARVED_AFTER: Duration = Duration::from_secs(2);
 
-pub fn measure(model: ModelKind, scenario: Scenario, knobs: &Knobs) -> anyhow::Result<Row> {
+/// How long the active client of `idle` and of each `c10k` step runs.
+const ACTIVE_FOR: Duration = Duration::from_secs(1);
+const C10K_ACTIVE_FOR: Duration = Duration::from_millis(500);
+
+/// The throughput load again, this long, with the kernel's counters on.
+const KERNEL_COST_FOR: Duration = Duration::from_millis(500);
+
+/// One run of `scenario` on `model`: its rows (c10k has one per step; a
+/// scenario that does not apply to the model has none). With `kernel_cost`,
+/// throughput also counts context switches and system calls per request,
+/// in a short window of its own after the timed run: perf's system call
+/// tracepoint slows every call (by a third for the event loops here), so
+/// it is never attached while the figures that rank the models are made.
+pub fn measure(
+    model: ModelKind,
+    scenario: Scenario,
+    knobs: &Knobs,
+    kernel_cost: Option<SyscallMethod>,
+) -> anyhow::Result<Vec<Row>> {
     let mut row = Row {
         model: model.to_string(),
         scenario: scenario.to_string(),
@@ -92,10 +196,11 @@ pub fn measure(model: ModelKind, scenario: Scenario, knobs: &Knobs) -> anyhow::R
     };
     match scenario {
         Scenario::Delay => delay(model, knobs, &mut row)?,
-        Scenario::Throughput => throughput(model, knobs, &mut row)?,
+        Scenario::Throughput => throughput(model, knobs, kernel_cost, &mut row)?,
         Scenario::Idle => idle(model, knobs, &mut row)?,
+        Scenario::C10k => return c10k(model, knobs),
     }
-    Ok(row)
+    Ok(vec![row])
 }
 
 /// The one place the lab builds bench options.
@@ -122,97 +227,307 @@ fn delay(model: ModelKind, knobs: &Knobs, row: &mut Row) -> anyhow::Result<()> {
     let workers = model.default_workers();
     let theory = model.theory_makespan(knobs.delay_clients, knobs.delay, workers);
     let delay = format!("{}ms", knobs.delay.as_millis());
-    let (mut server, before) = start(model, "hello", &["--delay", &delay])?;
+    let mut server = start(model, "hello", &["--delay", &delay])?;
     // Generous: a model far from its theory still finishes, and shows it.
     let timeout = theory * 2 + STARVED_AFTER;
     let options = bench_options(
-        &server.addr,
+        &server.process.addr,
         knobs.delay_clients,
         Load::Requests(1),
         Payload::Text(b"hello".to_vec()),
         timeout,
     )?;
-    let report = bench::measure(&options)?;
-    record(row, &server, before, &report);
-    server.stop();
+    let report = server.drive(&options)?;
+    server.record(row, &report, None);
+    server.process.stop();
     row.makespan_s = Some(report.elapsed_s);
     row.theory_s = Some(theory.as_secs_f64());
+    row.lanes = Some(
+        report
+            .per_client
+            .iter()
+            .map(|c| Lane {
+                connected_s: c.connected_s,
+                first_byte_s: c.first_byte_s,
+                last_byte_s: c.last_byte_s,
+            })
+            .collect(),
+    );
     Ok(())
 }
 
-fn throughput(model: ModelKind, knobs: &Knobs, row: &mut Row) -> anyhow::Result<()> {
-    let (mut server, before) = start(model, "echo", &[])?;
+fn throughput(
+    model: ModelKind,
+    knobs: &Knobs,
+    kernel_cost: Option<SyscallMethod>,
+    row: &mut Row,
+) -> anyhow::Result<()> {
+    let mut server = start(model, "echo", &[])?;
     let options = bench_options(
-        &server.addr,
+        &server.process.addr,
         knobs.clients,
         Load::Duration(knobs.duration),
         Payload::Size(knobs.size),
         STARVED_AFTER,
     )?;
-    let report = bench::measure(&options)?;
-    record(row, &server, before, &report);
-    server.stop();
+    let report = server.drive(&options)?;
+    server.record(row, &report, Some(knobs.duration));
     row.throughput_rps = Some(report.throughput_rps);
-    if let (Some(cpu), true) = (row.cpu_s, report.replies > 0) {
-        row.cpu_per_request_us = Some(cpu * 1e6 / report.replies as f64);
+    if let Some(method) = kernel_cost {
+        let window = BenchOptions {
+            load: Load::Duration(KERNEL_COST_FOR),
+            ..options
+        };
+        server.count_kernel_cost(&window, method, row)?;
     }
+    server.process.stop();
     Ok(())
 }
 
 fn idle(model: ModelKind, knobs: &Knobs, row: &mut Row) -> anyhow::Result<()> {
-    let (mut server, before) = start(model, "echo", &[])?;
-    let target = server.addr.trim_start_matches("tcp:").to_string();
-    let mut held = Vec::with_capacity(knobs.idle_connections);
-    for _ in 0..knobs.idle_connections {
-        // The kernel completes the handshake even for a model that never
-        // accepts (it waits in the backlog): that is part of the picture.
-        held.push(TcpStream::connect(&target).context("cannot open the idle connections")?);
-    }
-    // One active client meanwhile; its first reply also tells that every
-    // idle connection before it was accepted (accept order is FIFO).
+    let mut server = start(model, "echo", &[])?;
+    let mut held = Vec::new();
+    hold(&server.process.addr, knobs.idle_connections, &mut held)?;
+    let port = port_of(&server.process.addr)?;
+    // Event loops accept in a burst; give them the moment it takes.
+    let accepted = settle_accepted(port, held.len() as u64, Duration::from_millis(500));
+    // One active client meanwhile.
     let options = bench_options(
-        &server.addr,
+        &server.process.addr,
         1,
-        Load::Duration(Duration::from_secs(1)),
+        Load::Duration(ACTIVE_FOR),
         Payload::Text(b"are you there?".to_vec()),
         STARVED_AFTER,
     )?;
-    let report = bench::measure(&options)?;
-    let loaded = server.sample().context("the server died")?;
-    record(row, &server, before, &report);
+    let report = server.drive(&options)?;
+    let accepted = accepted.max(probe::accepted_connections(port).min(held.len() as u64));
+    server.record(row, &report, None);
+    let loaded = server.costs_now;
     drop(held);
-    server.stop();
-    row.idle_connections = Some(knobs.idle_connections as u64);
-    let grown = loaded.rss_kb.saturating_sub(before.rss_kb) * 1024;
-    row.rss_per_conn_bytes = Some(grown / knobs.idle_connections.max(1) as u64);
+    server.process.stop();
+    let n = knobs.idle_connections as u64;
+    row.idle_connections = Some(n);
+    row.accepted = Some(accepted);
+    row.backlog = Some(n - accepted);
+    // Memory per connection only for connections the model took in: the
+    // others cost the kernel's backlog, not the model.
+    if accepted >= n && n > 0 {
+        let grown_pss = loaded.pss_kb.saturating_sub(server.costs_start.pss_kb) * 1024;
+        row.pss_per_conn_bytes = Some(grown_pss / n);
+        let grown_rss = server.peak_rss_kb().saturating_sub(server.sample_before.rss_kb) * 1024;
+        row.rss_per_conn_bytes = Some(grown_rss / n);
+    }
     Ok(())
 }
 
-/// What every scenario records: latency, counts, CPU, peaks.
-fn record(row: &mut Row, server: &ServerProcess, before: Sample, report: &BenchReport) {
-    row.replies = Some(report.replies);
-    row.errors = Some(report.errors);
-    if report.replies > 0 {
-        row.p50_us = Some(report.latency_us.p50);
-        row.p99_us = Some(report.latency_us.p99);
+fn c10k(model: ModelKind, knobs: &Knobs) -> anyhow::Result<Vec<Row>> {
+    if !Scenario::C10k.applies_to(model) {
+        return Ok(Vec::new());
     }
-    if let Some(after) = server.sample() {
-        row.cpu_s = Some(after.cpu.saturating_sub(before.cpu).as_secs_f64());
+    let mut server = start(model, "echo", &[])?;
+    let port = port_of(&server.process.addr)?;
+    let mut held = Vec::new();
+    let mut rows = Vec::new();
+    let mut levels = knobs.c10k_levels.clone();
+    levels.sort_unstable();
+    levels.dedup();
+    for level in levels {
+        let mut row = Row {
+            model: model.to_string(),
+            scenario: "c10k".into(),
+            idle_connections: Some(level as u64),
+            ..Row::default()
+        };
+        // The listener, the active client's connection and a few of the
+        // server's own descriptors sit below the idle ones.
+        if model == ModelKind::Select && level + 16 >= libc::FD_SETSIZE {
+            row.error = Some(format!(
+                "select(2) watches descriptors below FD_SETSIZE ({}) only",
+                libc::FD_SETSIZE
+            ));
+            rows.push(row);
+            continue;
+        }
+        if let Err(e) = hold(&server.process.addr, level, &mut held) {
+            {
+                row.error = Some(format!("{e:#}"));
+                rows.push(row);
+                break;
+            }
+        }
+        let accepted = settle_accepted(port, level as u64, Duration::from_secs(5));
+        let options = bench_options(
+            &server.process.addr,
+            1,
+            Load::Duration(C10K_ACTIVE_FOR),
+            Payload::Text(b"are you there?".to_vec()),
+            STARVED_AFTER,
+        )?;
+        server.restart_watch();
+        let report = server.drive(&options)?;
+        server.record(&mut row, &report, None);
+        row.accepted = Some(accepted);
+        row.backlog = Some((level as u64).saturating_sub(accepted));
+        rows.push(row);
     }
-    let peaks = server.peaks();
-    row.peak_rss_kb = Some(peaks.rss_kb);
-    row.peak_threads = Some(peaks.threads);
-    row.peak_children = Some(peaks.children);
+    drop(held);
+    server.process.stop();
+    Ok(rows)
+}
+
+/// Opens idle connections until `held` has `total`.
+fn hold(addr: &str, total: usize, held: &mut Vec<TcpStream>) -> anyhow::Result<()> {
+    let target = addr.trim_start_matches("tcp:").to_string();
+    held.reserve(total.saturating_sub(held.len()));
+    while held.len() < total {
+        // The kernel completes the handshake even for a model that never
+        // accepts (it waits in the backlog): that is part of the picture.
+        let stream = TcpStream::connect(&target).context("cannot open the idle connections")?;
+        // Closed with a reset: no TIME_WAIT left behind by ten thousand.
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        held.push(stream);
+    }
+    Ok(())
+}
+
+/// The connections the server has accepted, once it has accepted `want`
+/// or stopped taking more for `quiet`.
+fn settle_accepted(port: u16, want: u64, quiet: Duration) -> u64 {
+    let mut last = probe::accepted_connections(port);
+    let mut since = Instant::now();
+    while last < want && since.elapsed() < quiet {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = probe::accepted_connections(port);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        }
+    }
+    last.min(want)
+}
+
+fn port_of(addr: &str) -> anyhow::Result<u16> {
+    addr.rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .context("the server announced an address without a port")
+}
+
+/// A started server, and what it cost before the load.
+struct Measured {
+    process: ServerProcess,
+    sample_before: Sample,
+    /// Costs at start: the baseline of memory per connection.
+    costs_start: Costs,
+    /// What it cost under the load, at its end.
+    costs_now: Costs,
+    /// CPU before the load.
+    cpu_before: Duration,
+}
+
+impl Measured {
+    /// Runs the bench against the server.
+    fn drive(&mut self, options: &BenchOptions) -> anyhow::Result<BenchReport> {
+        self.cpu_before = self.process.sample().map_or(Duration::ZERO, |s| s.cpu);
+        let report = bench::measure(options)?;
+        self.costs_now = probe::costs(self.process.pid());
+        Ok(report)
+    }
+
+    /// Runs the bench once more with the kernel's counters on: context
+    /// switches and system calls per reply.
+    fn count_kernel_cost(
+        &mut self,
+        options: &BenchOptions,
+        method: SyscallMethod,
+        row: &mut Row,
+    ) -> anyhow::Result<()> {
+        let pid = self.process.pid();
+        let perf = match method {
+            SyscallMethod::Perf => PerfCounter::start(pid),
+            SyscallMethod::Proc => None,
+        };
+        let before = probe::costs(pid);
+        let report = bench::measure(options)?;
+        let counted = perf.map(PerfCounter::finish).unwrap_or_default();
+        let after = probe::costs(pid);
+        if report.replies > 0 {
+            let replies = report.replies as f64;
+            let switches = counted
+                .context_switches
+                .unwrap_or_else(|| after.context_switches.saturating_sub(before.context_switches));
+            row.context_switches_per_request = Some(switches as f64 / replies);
+            row.syscalls_per_request = counted.syscalls.map(|n| n as f64 / replies);
+        }
+        Ok(())
+    }
+
+    fn peak_rss_kb(&self) -> u64 {
+        self.process.peaks().rss_kb
+    }
+
+    /// Forgets the peaks so far (a new c10k step).
+    fn restart_watch(&mut self) {
+        self.process.reset_peaks();
+    }
+
+    /// What every scenario records: who was served, latency, CPU, kernel
+    /// cost, memory, peaks. A client counts as served when its first reply
+    /// came within the load's `window` (a timed run): one that timed out,
+    /// connected again and was answered only once the others had gone home
+    /// was not served by the run.
+    fn record(&self, row: &mut Row, report: &BenchReport, window: Option<Duration>) {
+        row.engine = Some(format!("{:?}", report.engine).to_lowercase());
+        row.replies = Some(report.replies);
+        row.errors = Some(report.errors);
+        let counts: Vec<u64> = report.per_client.iter().map(|c| c.replies).collect();
+        row.clients = Some(counts.len() as u64);
+        let in_time = |c: &bench::ClientReport| match (window, c.first_byte_s) {
+            (Some(w), Some(first)) => first <= w.as_secs_f64(),
+            _ => c.replies > 0,
+        };
+        row.served = Some(
+            report
+                .per_client
+                .iter()
+                .filter(|c| c.replies > 0 && in_time(c))
+                .count() as u64,
+        );
+        row.fairness = Some(bench::jain_fairness(&counts));
+        if report.replies > 0 {
+            row.p50_us = Some(report.latency_us.p50);
+            row.p99_us = Some(report.latency_us.p99);
+        }
+        let replies = report.replies.max(1) as f64;
+        if let Some(after) = self.process.sample() {
+            let cpu = after.cpu.saturating_sub(self.cpu_before).as_secs_f64();
+            row.cpu_s = Some(cpu);
+            if report.replies > 0 {
+                row.cpu_per_request_us = Some(cpu * 1e6 / replies);
+            }
+        }
+        row.pss_kb = Some(self.costs_now.pss_kb);
+        let peaks = self.process.peaks();
+        row.peak_rss_kb = Some(peaks.rss_kb);
+        row.peak_threads = Some(peaks.threads);
+        row.peak_children = Some(peaks.children);
+    }
 }
 
 /// `model` serving `service` (with `extra` flags), and its first sample.
-fn start(model: ModelKind, service: &str, extra: &[&str]) -> anyhow::Result<(ServerProcess, Sample)> {
+fn start(model: ModelKind, service: &str, extra: &[&str]) -> anyhow::Result<Measured> {
     let args: Vec<String> = ["--model", model.name(), "--service", service]
         .iter()
         .chain(extra)
         .map(|s| s.to_string())
         .collect();
-    let server = ServerProcess::start(&args)?;
-    let before = server.sample().context("the server died")?;
-    Ok((server, before))
+    let process = ServerProcess::start(&args)?;
+    let sample_before = process.sample().context("the server died")?;
+    let costs_start = probe::costs(process.pid());
+    Ok(Measured {
+        process,
+        sample_before,
+        costs_start,
+        costs_now: costs_start,
+        cpu_before: sample_before.cpu,
+    })
 }

@@ -100,6 +100,15 @@ impl ModelKind {
         }
     }
 
+    /// Where the model's idea lives, for `socklab models` and the lab report.
+    pub fn source_file(self) -> String {
+        let stem = match self {
+            ModelKind::Async => "async_tokio",
+            other => other.name(),
+        };
+        format!("src/model/{stem}.rs")
+    }
+
     /// Whether connections are served in separate processes, which share no
     /// memory (fork, prefork): a service with shared state cannot run there.
     pub fn runs_in_processes(self) -> bool {

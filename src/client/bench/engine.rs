@@ -79,8 +79,16 @@ impl ClientResult {
     }
 
     /// A whole, right reply to a request that began at `began`.
-    pub(super) fn replied(&mut self, histogram: &mut Histogram<u64>, began: Instant, reply: &[u8]) {
+    /// `start` is the run's, for the client's timeline.
+    pub(super) fn replied(
+        &mut self,
+        histogram: &mut Histogram<u64>,
+        start: Instant,
+        began: Instant,
+        reply: &[u8],
+    ) {
         let micros = began.elapsed().as_micros().max(1) as u64;
+        self.report.last_byte_s = Some(start.elapsed().as_secs_f64());
         let high = histogram.high();
         let _ = histogram.record(micros.min(high));
         self.report.replies += 1;
@@ -254,7 +262,7 @@ impl Conn {
         &mut self,
         buf: &mut [u8],
         reply: &mut Vec<u8>,
-        complete: impl Fn(&[u8], usize) -> bool,
+        mut complete: impl FnMut(&[u8], usize) -> bool,
     ) -> io::Result<bool> {
         let fd = match self {
             Conn::Udp(s) => {
@@ -352,7 +360,8 @@ async fn client(plan: Arc<Plan>, id: usize, histogram: SharedHistogram) -> Clien
         k += 1;
         // In the open loop the timeout runs from the intended start, too.
         let allowed = plan.timeout.saturating_sub(began.elapsed());
-        let outcome = match tokio::time::timeout(allowed, one(&plan, &mut conn, &mut buf, &mut reply)).await {
+        let exchange = one(&plan, &mut conn, &mut buf, &mut reply, &mut result.report);
+        let outcome = match tokio::time::timeout(allowed, exchange).await {
             Ok(outcome) => outcome,
             Err(_) => Err(Failure::new(
                 ErrorKind::Timeout,
@@ -362,7 +371,7 @@ async fn client(plan: Arc<Plan>, id: usize, histogram: SharedHistogram) -> Clien
         match outcome {
             Ok(()) => {
                 let mut h = histogram.lock().unwrap_or_else(|e| e.into_inner());
-                result.replied(&mut h, began, &reply);
+                result.replied(&mut h, plan.start, began, &reply);
             }
             Err(failure) => {
                 conn = None;
@@ -389,6 +398,7 @@ async fn one(
     conn: &mut Option<Conn>,
     buf: &mut [u8],
     reply: &mut Vec<u8>,
+    timeline: &mut ClientReport,
 ) -> Result<(), Failure> {
     let c = match conn {
         Some(c) => c,
@@ -396,13 +406,17 @@ async fn one(
             let c = Conn::open(&plan.target)
                 .await
                 .map_err(|e| Failure::new(ErrorKind::Connect, format!("cannot connect: {e}")))?;
+            timeline.mark_connected(plan.start);
             conn.insert(c)
         }
     };
     c.write_all(&plan.request).await.map_err(Failure::io)?;
     reply.clear();
     let closed = c
-        .read_reply(buf, reply, |r, new| plan.expect.complete(&plan.request, r, new))
+        .read_reply(buf, reply, |r, new| {
+            timeline.mark_first_byte(plan.start);
+            plan.expect.complete(&plan.request, r, new)
+        })
         .await
         .map_err(Failure::io)?;
     if closed {

@@ -293,7 +293,8 @@ pub struct BenchReport {
     pub percentiles_us: Vec<Percentile>,
     /// The engine that drove the clients: `uring` or `tokio`.
     pub engine: Engine,
-    #[serde(skip)]
+    /// Each client's counts and instants, by id: who was served, and when
+    /// (the lab's fairness figure and timeline come from here).
     pub per_client: Vec<ClientReport>,
 }
 
@@ -313,16 +314,51 @@ pub struct Latency {
     pub mean: f64,
 }
 
-/// One client's share, for `--verbose`.
-#[derive(Debug, Clone, Default)]
+/// One client's share, for `--verbose` and `--json`'s `per_client`.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ClientReport {
     /// Which client (0-based), whichever thread ran it.
     pub id: usize,
     pub replies: u64,
     pub errors: u64,
+    #[serde(skip)]
     pub elapsed: Duration,
+    #[serde(skip)]
     pub last_reply: Vec<u8>,
     pub last_error: Option<String>,
+    /// Seconds after the run began when the client's first connection was
+    /// up, the first byte of a reply came in, and its last whole reply was
+    /// in: one lane of a timeline of the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connected_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_byte_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_byte_s: Option<f64>,
+}
+
+impl ClientReport {
+    /// The client's first connection is up.
+    pub(crate) fn mark_connected(&mut self, start: Instant) {
+        self.connected_s.get_or_insert(start.elapsed().as_secs_f64());
+    }
+
+    /// A byte of a reply came in.
+    pub(crate) fn mark_first_byte(&mut self, start: Instant) {
+        self.first_byte_s.get_or_insert(start.elapsed().as_secs_f64());
+    }
+}
+
+/// Jain's fairness index over per-client counts: 1 when every client got
+/// the same, 1/n when one client got everything (and 0 when nobody got
+/// anything).
+pub fn jain_fairness(counts: &[u64]) -> f64 {
+    let sum: f64 = counts.iter().map(|&c| c as f64).sum();
+    let squares: f64 = counts.iter().map(|&c| (c as f64) * (c as f64)).sum();
+    if squares == 0.0 {
+        return 0.0;
+    }
+    sum * sum / (counts.len() as f64 * squares)
 }
 
 /// The most bench holds for its clients at once: each keeps a reply as
@@ -660,6 +696,13 @@ mod tests {
         assert_eq!("bytes:12".parse(), Ok(Expect::Bytes(12)));
         assert!("bytes:0".parse::<Expect>().is_err());
         assert!("sometimes".parse::<Expect>().is_err());
+    }
+
+    #[test]
+    fn fairness() {
+        assert_eq!(jain_fairness(&[5, 5, 5, 5]), 1.0);
+        assert_eq!(jain_fairness(&[8, 0, 0, 0]), 0.25);
+        assert_eq!(jain_fairness(&[0, 0]), 0.0);
     }
 
     #[test]

@@ -324,7 +324,10 @@ impl Engine<'_> {
             }))
         } else {
             match op {
-                Op::Connect => return self.send_and_receive(c),
+                Op::Connect => {
+                    client.result.report.mark_connected(self.plan.start);
+                    return self.send_and_receive(c);
+                }
                 Op::Send => {
                     client.sent += result as usize;
                     if client.sent < self.plan.request.len() {
@@ -355,6 +358,7 @@ impl Engine<'_> {
             client.closed = true;
             return Some(check_at_close(plan, &client.reply));
         }
+        client.result.report.mark_first_byte(plan.start);
         client.reply.extend_from_slice(&client.buf[..n]);
         if plan.expect.complete(&plan.request, &client.reply, n) {
             return Some(check(plan, &client.reply));
@@ -370,7 +374,7 @@ impl Engine<'_> {
         let client = &mut self.clients[c];
         client
             .result
-            .replied(&mut self.histogram, client.began, &client.reply);
+            .replied(&mut self.histogram, plan.start, client.began, &client.reply);
         plan.done.fetch_add(1, Ordering::Relaxed);
         client.state = State::Settling;
         if plan.new_connection {

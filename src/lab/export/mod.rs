@@ -1,24 +1,74 @@
 //! The lab's results as files: each format is a small module turning the
-//! same rows into bytes, sharing what is common here.
+//! same report into bytes, sharing what is common here.
 
 pub mod html;
 pub mod json;
 pub mod markdown;
 
-use super::{LabOptions, Row};
+use anyhow::Context;
 
-/// Writes every export asked for, from all the rows so far.
-pub fn write_all(rows: &[Row], options: &LabOptions) -> anyhow::Result<()> {
+use super::{LabOptions, Meta, Report, Row};
+
+/// Writes every export asked for, from the report so far.
+pub fn write_all(report: &Report, options: &LabOptions) -> anyhow::Result<()> {
+    let write = |path: &std::path::Path, text: String| {
+        std::fs::write(path, text).with_context(|| format!("cannot write the report to {}", path.display()))
+    };
     if let Some(path) = &options.json {
-        std::fs::write(path, json::render(rows)?)?;
+        write(path, json::render(report)?)?;
     }
     if let Some(path) = &options.markdown {
-        std::fs::write(path, markdown::render(rows))?;
+        write(path, markdown::render(report))?;
     }
     if let Some(path) = &options.html {
-        std::fs::write(path, html::render(rows))?;
+        write(path, html::render(report))?;
     }
     Ok(())
+}
+
+/// The meta block as (label, value) pairs, shared by Markdown and HTML.
+pub fn meta_lines(meta: &Meta) -> Vec<(&'static str, String)> {
+    let mut lines = vec![
+        ("date", meta.date.clone()),
+        (
+            "socklab",
+            format!("{} (commit {})", meta.socklab_version, meta.commit),
+        ),
+        ("command", meta.command.clone()),
+        ("kernel", meta.kernel.clone()),
+        ("CPU", format!("{} ({} cores)", meta.cpu, meta.cores)),
+        ("bench engine", meta.engine.clone()),
+        ("pinning", meta.pinning.clone()),
+        ("memory", meta.memory.clone()),
+        ("context switches", meta.context_switches.clone()),
+        ("system calls", meta.syscalls.clone()),
+        ("models", meta.models.join(", ")),
+    ];
+    if let Some(scenarios) = meta.parameters.as_object() {
+        for (name, p) in scenarios {
+            let text = p
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| format!("{k} {}", v.to_string().trim_matches('"')))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            lines.push((scenario_label(name), text));
+        }
+    }
+    lines
+}
+
+fn scenario_label(name: &str) -> &'static str {
+    match name {
+        "delay" => "delay scenario",
+        "throughput" => "throughput scenario",
+        "idle" => "idle scenario",
+        "c10k" => "c10k scenario",
+        _ => "scenario",
+    }
 }
 
 /// A duration in seconds, as the tables show it.
@@ -42,31 +92,127 @@ pub fn bytes(b: u64) -> String {
     }
 }
 
+/// An integer with thousands separators: `70,586`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `served 1 of 50` when a model left clients without a reply.
+pub fn served_label(row: &Row) -> Option<String> {
+    match (row.served, row.clients) {
+        (Some(s), Some(c)) if s < c => Some(format!("served {s} of {c}")),
+        _ => None,
+    }
+}
+
+/// Requests per second with its min-max over the runs: `70,586/s (69,100-71,020)`.
+pub fn rps_with_range(row: &Row) -> String {
+    let Some(rps) = row.throughput_rps else {
+        return "-".into();
+    };
+    let mut s = format!("{}/s", thousands(rps.round() as u64));
+    if let Some(r) = row.range.get("throughput_rps") {
+        s += &format!(
+            " ({}-{})",
+            thousands(r.min.round() as u64),
+            thousands(r.max.round() as u64)
+        );
+    }
+    s
+}
+
+/// Pairs of models whose requests/s differ by less than their runs'
+/// spread: which is ahead is not told by this run.
+pub fn within_noise(rows: &[&Row]) -> Vec<String> {
+    let mut ranked: Vec<&Row> = rows
+        .iter()
+        .copied()
+        .filter(|r| r.error.is_none() && r.throughput_rps.is_some() && served_label(r).is_none())
+        .collect();
+    ranked.sort_by(|a, b| {
+        b.throughput_rps
+            .unwrap_or(0.0)
+            .total_cmp(&a.throughput_rps.unwrap_or(0.0))
+    });
+    let spread = |r: &Row| r.range.get("throughput_rps").map_or(0.0, |s| s.max - s.min);
+    ranked
+        .windows(2)
+        .filter_map(|pair| {
+            let (a, b) = (pair[0], pair[1]);
+            let difference = a.throughput_rps? - b.throughput_rps?;
+            let noise = spread(a).max(spread(b));
+            (noise > difference).then(|| {
+                format!(
+                    "{} ahead of {} by {}/s, less than the spread of their runs ({}/s): not a ranking",
+                    a.model,
+                    b.model,
+                    thousands(difference.round() as u64),
+                    thousands(noise.round() as u64)
+                )
+            })
+        })
+        .collect()
+}
+
 /// One line for the progress log: the row's headline number.
 pub fn summary_line(row: &Row) -> String {
     let head = format!("{:<10} {:<10}", row.model, row.scenario);
     if let Some(e) = &row.error {
         return format!("{head} failed: {e}");
     }
-    let errors = match row.errors {
-        Some(e) if e > 0 => format!(", {e} errors"),
-        _ => String::new(),
-    };
+    let served = served_label(row).map_or(String::new(), |s| format!(", {s}"));
     match row.scenario.as_str() {
         "delay" => format!(
-            "{head} last reply after {} (theory {}){errors}",
+            "{head} last reply after {} (theory {}){served}",
             row.makespan_s.map_or("-".into(), seconds),
             row.theory_s.map_or("-".into(), seconds)
         ),
         "throughput" => format!(
-            "{head} {:.0} requests/s, p99 {}{errors}",
-            row.throughput_rps.unwrap_or(0.0),
+            "{head} {}, p99 {}{served}",
+            rps_with_range(row),
             row.p99_us.map_or("-".into(), micros)
         ),
-        _ => format!(
-            "{head} {} per idle connection, active client p50 {}{errors}",
-            row.rss_per_conn_bytes.map_or("-".into(), bytes),
+        "c10k" => format!(
+            "{head} {} idle: active client p50 {}{served}",
+            thousands(row.idle_connections.unwrap_or(0)),
             row.p50_us.map_or("starved".into(), micros)
         ),
+        _ => format!(
+            "{head} {}, active client p50 {}{served}",
+            memory_per_connection(row),
+            row.p50_us.map_or("starved".into(), micros)
+        ),
+    }
+}
+
+/// idle: PSS per accepted connection, or why there is none.
+pub fn memory_per_connection(row: &Row) -> String {
+    match (row.pss_per_conn_bytes, row.backlog) {
+        (Some(b), _) => format!("{} per connection", bytes(b)),
+        (None, Some(waiting)) if waiting > 0 => {
+            format!("not accepted: {} waiting in the backlog", thousands(waiting))
+        }
+        _ => "-".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(70_586), "70,586");
+        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 }
