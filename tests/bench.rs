@@ -379,7 +379,8 @@ fn per_client_counts_and_instants_are_in_the_json() {
             ends.push(last);
         }
         ends.sort_by(f64::total_cmp);
-        // One worker: the later reply needs a second delay after the first.
-        assert!(ends[1] - ends[0] >= 0.09, "{engine}: {ends:?}");
+        // One worker: the later reply comes after two delays (a lower
+        // bound the server enforces, whatever the machine's load).
+        assert!(ends[1] >= 0.19, "{engine}: {ends:?}");
     }
 }

@@ -249,14 +249,13 @@ fn every_model_names_a_source_file_that_exists() {
 fn an_unwritable_report_is_an_error_before_any_model_runs() {
     let dir = tempfile::tempdir().unwrap();
     let html = dir.path().join("no/such/dir/report.html");
-    let started = std::time::Instant::now();
     let err = fails_with(
         1,
         socklab(&["lab", "--scenarios", "delay", "--html", html.to_str().unwrap()]),
     );
     assert!(err.starts_with("error: cannot write the report to"), "{err}");
-    // Not after every model's delay experiment (at least 15 s).
-    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // Before any model ran: no measurement was logged.
+    assert!(!err.contains("last reply after"), "{err}");
 }
 
 #[test]

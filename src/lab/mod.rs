@@ -2,8 +2,9 @@
 //!
 //! For each model and scenario the lab starts `socklab serve` as a child
 //! process on loopback (port 0, reading its `listening on` line), drives it
-//! with the bench engine, watches it from outside through /proc (CPU time,
-//! peak memory, threads, children), stops it with SIGTERM, and writes a
+//! with the bench engine, watches it from outside (through /proc: CPU time,
+//! PSS, threads, children, accepted connections; through perf: context
+//! switches and system calls), stops it with SIGTERM, and writes a
 //! [`Row`]. A scenario run several times (`--runs`) has its median in the
 //! row and each figure's min and max beside it. The exports ([`Report`]:
 //! the run's [`Meta`] and its rows) are rewritten after every model, so a

@@ -167,8 +167,11 @@ pub fn costs(pid: i32) -> Costs {
 /// whose local port is the server's and that have a socket inode. A
 /// connection still waiting in the backlog is established too (the kernel
 /// finished the handshake) but has no inode until `accept` gives it a file.
+///
+/// Counted by inode: the kernel writes these tables in pieces, and a
+/// socket can appear twice when others come and go between two reads.
 pub fn accepted_connections(port: u16) -> u64 {
-    let mut n = 0;
+    let mut inodes = std::collections::HashSet::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(file) = std::fs::File::open(table) else {
             continue;
@@ -182,11 +185,11 @@ pub fn accepted_connections(port: u16) -> u64 {
                 .rsplit_once(':')
                 .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
             if local_port == Some(port) && *state == "01" && *inode != "0" {
-                n += 1;
+                inodes.insert(inode.to_string());
             }
         }
     }
-    n
+    inodes.len() as u64
 }
 
 /// How system calls are counted: the name the report gives the method.
