@@ -435,6 +435,15 @@ impl ServerProcess {
         let exe = std::env::current_exe().context("cannot find the socklab executable")?;
         let mut command = Command::new(exe);
         pin::server(&mut command);
+        // A lab that is killed takes its server with it (and the server its
+        // children): nothing outlives the measurement.
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                Ok(())
+            });
+        }
         let mut child = command
             .arg("serve")
             .args(args)
