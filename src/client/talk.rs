@@ -20,7 +20,7 @@
 use std::io::{self, BufRead, Read, Write};
 use std::net::{Shutdown, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -118,6 +118,10 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 /// run, so that `--keep` hands the same stdin from peer to peer.
 struct Outgoing {
     peer: Mutex<Option<Stream>>,
+    /// Signalled when a peer is attached: input read before there is one
+    /// (typed early, or sent while the connection was still being set up)
+    /// waits for it instead of being lost.
+    attached: Condvar,
     /// stdin has ended: a peer that arrives now is half-closed at once.
     ended: AtomicBool,
 }
@@ -126,6 +130,7 @@ impl Outgoing {
     fn start() -> anyhow::Result<Arc<Outgoing>> {
         let outgoing = Arc::new(Outgoing {
             peer: Mutex::new(None),
+            attached: Condvar::new(),
             ended: AtomicBool::new(false),
         });
         let shared = outgoing.clone();
@@ -149,7 +154,10 @@ impl Outgoing {
                     break;
                 }
             };
-            let peer = self.peer.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut peer = self.peer.lock().unwrap_or_else(PoisonError::into_inner);
+            while peer.is_none() {
+                peer = self.attached.wait(peer).unwrap_or_else(PoisonError::into_inner);
+            }
             if let Some(mut peer) = peer.as_ref() {
                 if let Err(e) = peer.write_all(&buf[..n]) {
                     tracing::debug!("sending stdin: {e}");
@@ -168,6 +176,7 @@ impl Outgoing {
             let _ = stream.shutdown(Shutdown::Write);
         }
         *peer = Some(stream.try_clone()?);
+        self.attached.notify_all();
         Ok(())
     }
 
