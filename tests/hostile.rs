@@ -358,30 +358,27 @@ fn served_chat(server: &Server) {
     );
 }
 
+/// Every attack, then the `--delay` flood, on `model` over `start`'s transport.
+fn attack_model(model: &str, start: fn(&[&str]) -> Server) {
+    attack_every_way(model, start(&[&["--model", model], ARGS].concat()));
+    delay_flood(model, start(&[&["--model", model], ARGS, DELAYED].concat()));
+}
+
+/// One test per model and transport: `tcp::epoll`, `unix::epoll`, ...
 macro_rules! every_model {
-    ($($model:ident),*) => {
-        mod tcp {
+    ($transport:ident: $($model:ident),*) => {
+        mod $transport {
             use super::*;
             $(#[test]
             fn $model() {
-                let model = stringify!($model).trim_start_matches("r#");
-                attack_every_way(model, Server::tcp(&[&["--model", model], ARGS].concat()));
-                delay_flood(model, Server::tcp(&[&["--model", model], ARGS, DELAYED].concat()));
-            })*
-        }
-        mod unix {
-            use super::*;
-            $(#[test]
-            fn $model() {
-                let model = stringify!($model).trim_start_matches("r#");
-                attack_every_way(model, Server::unix(&[&["--model", model], ARGS].concat()));
-                delay_flood(model, Server::unix(&[&["--model", model], ARGS, DELAYED].concat()));
+                attack_model(stringify!($model).trim_start_matches("r#"), Server::$transport);
             })*
         }
     };
 }
 
-every_model!(iterative, thread, pool, fork, prefork, busy, select, poll, epoll, r#async, uring);
+every_model!(tcp: iterative, thread, pool, fork, prefork, busy, select, poll, epoll, r#async, uring);
+every_model!(unix: iterative, thread, pool, fork, prefork, busy, select, poll, epoll, r#async, uring);
 
 macro_rules! every_chat_model {
     ($($model:ident),*) => {

@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use common::{digit_shape, python, socklab, stdout, Server, BIN};
+use common::{digit_shape, python, socklab, stdout, Server};
 
 /// Seed 001's Python TCP client, verbatim but for the port.
 const SEED_001_TCP_CLIENT: &str = r#"import socket
@@ -212,28 +212,7 @@ impl Drop for PythonServer {
 
 /// `socklab connect ADDR ARGS` with `input` on stdin (then closed): its stdout.
 fn connect_with(addr: &str, args: &[&str], input: &str) -> String {
-    let mut child = Command::new(BIN)
-        .arg("connect")
-        .arg(addr)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn socklab connect");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(input.as_bytes()).expect("write stdin");
-    drop(stdin);
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("read stdout");
-    let status = child.wait().expect("wait");
-    assert!(status.success(), "socklab connect failed: {out}");
-    out
+    common::socklab_with_stdin(&[&["connect", addr], args].concat(), input.as_bytes())
 }
 
 #[test]

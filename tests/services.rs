@@ -117,23 +117,7 @@ fn calc_answers_each_line_and_survives_errors() {
 
 /// `socklab send ADDR ARGS` with `input` on stdin: its stdout, once it succeeded.
 fn send_with_stdin(addr: &str, args: &[&str], input: &[u8]) -> String {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(common::BIN)
-        .arg("send")
-        .arg(addr)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn socklab send");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(input).expect("write stdin");
-    drop(stdin);
-    let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success(), "{}", common::stderr(&out));
-    common::stdout(&out)
+    common::socklab_with_stdin(&[&["send", addr], args].concat(), input)
 }
 
 #[test]

@@ -628,16 +628,13 @@ impl Session {
         }
         let was_empty = self.out_pos == self.out.len();
         let room = CONNECTION_BUDGET.saturating_sub(self.cost());
-        inbox.take_into(&mut self.out, room);
-        if inbox.is_full() {
+        if inbox.take_into(&mut self.out, room) {
             // This member's reading holds the room back: the clock runs.
             self.stall_deadline.get_or_insert(now + room::ROOM_STALL);
         } else {
             self.stall_deadline = None;
         }
-        if was_empty && self.out_pos < self.out.len() {
-            self.write_deadline = Some(now + self.write_timeout);
-        }
+        self.output_added(was_empty, now);
     }
 
     /// The next instant at which [`handle_timeout`](Session::handle_timeout)
@@ -709,7 +706,7 @@ impl Session {
     /// work (another connection, through its wake): a driver must not
     /// conclude that a session that wants nothing now is over.
     pub fn may_be_woken(&self) -> bool {
-        !self.closing && self.protocol.inbox().is_some()
+        !self.closing && self.uses_wake()
     }
 
     /// Everything owed has been written and the connection should close.

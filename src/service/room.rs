@@ -100,13 +100,11 @@ impl Inbox {
         let _ = self.wake.set(wake);
     }
 
-    /// Moves at most `max` waiting bytes to the end of `out`.
-    pub fn take_into(&self, out: &mut Vec<u8>, max: usize) {
+    /// Moves at most `max` waiting bytes to the end of `out`; returns
+    /// whether the inbox is still full (holding the room back).
+    pub fn take_into(&self, out: &mut Vec<u8>, max: usize) -> bool {
         let mut pending = lock(&self.pending);
         let n = max.min(pending.bytes.len());
-        if n == 0 {
-            return;
-        }
         let (a, b) = pending.bytes.as_slices();
         let from_a = n.min(a.len());
         out.extend_from_slice(&a[..from_a]);
@@ -116,12 +114,9 @@ impl Inbox {
             pending.full = false;
             drop(pending);
             self.caught_up();
+            return false;
         }
-    }
-
-    /// Whether bytes are waiting.
-    pub fn is_empty(&self) -> bool {
-        lock(&self.pending).bytes.is_empty()
+        pending.full
     }
 
     /// Whether this inbox is holding the room back.

@@ -344,6 +344,24 @@ pub fn socklab(args: &[&str]) -> Output {
         .expect("run socklab")
 }
 
+/// `socklab ARGS` with `input` on stdin, then stdin closed; its output,
+/// after asserting that it succeeded.
+pub fn socklab_with_stdin(args: &[&str], input: &[u8]) -> String {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn socklab");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write stdin");
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "socklab {args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
