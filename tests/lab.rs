@@ -6,6 +6,20 @@ mod common;
 use common::{fails_with, socklab, stderr, stdout, without_io_uring};
 use socklab::lab::export::json;
 
+/// `socklab lab ARGS --json FILE --html none`, which must succeed: its
+/// output and the report it wrote.
+fn lab_report(args: &[&str]) -> (std::process::Output, socklab::lab::Report) {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("lab.json");
+    let mut all = vec!["lab"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--json", j.to_str().unwrap(), "--html", "none"]);
+    let out = socklab(&all);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json::parse(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    (out, report)
+}
+
 #[test]
 fn delay_lab_matches_theory_and_exports_agree() {
     let dir = tempfile::tempdir().unwrap();
@@ -110,10 +124,7 @@ fn delay_lab_matches_theory_and_exports_agree() {
 
 #[test]
 fn served_counts_fairness_kernel_cost_and_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = dir.path().join("lab.json");
-    let out = socklab(&[
-        "lab",
+    let (out, report) = lab_report(&[
         "--models",
         "iterative,epoll",
         "--scenarios",
@@ -124,14 +135,8 @@ fn served_counts_fairness_kernel_cost_and_runs() {
         "2500ms",
         "--runs",
         "2",
-        "--json",
-        j.to_str().unwrap(),
-        "--html",
-        "none",
     ]);
-    assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stdout(&out).contains("report:"), "--html none writes no page");
-    let report = json::parse(&std::fs::read_to_string(&j).unwrap()).unwrap();
     let row = |m: &str| report.rows.iter().find(|r| r.model == m).unwrap();
     // Iterative serves its first client until the others time out (2 s).
     let (iterative, epoll) = (row("iterative"), row("epoll"));
@@ -159,23 +164,14 @@ fn served_counts_fairness_kernel_cost_and_runs() {
 
 #[test]
 fn idle_memory_only_for_accepted_connections() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = dir.path().join("lab.json");
-    let out = socklab(&[
-        "lab",
+    let (out, report) = lab_report(&[
         "--models",
         "pool,epoll",
         "--scenarios",
         "idle",
         "--idle-connections",
         "50",
-        "--json",
-        j.to_str().unwrap(),
-        "--html",
-        "none",
     ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let report = json::parse(&std::fs::read_to_string(&j).unwrap()).unwrap();
     let row = |m: &str| report.rows.iter().find(|r| r.model == m).unwrap();
     let (pool, epoll) = (row("pool"), row("epoll"));
     // A pool of 3 holds 3 connections; the other 47 wait in the backlog.
@@ -192,23 +188,14 @@ fn idle_memory_only_for_accepted_connections() {
 
 #[test]
 fn c10k_steps_and_select_past_fd_setsize() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = dir.path().join("lab.json");
-    let out = socklab(&[
-        "lab",
+    let (_, report) = lab_report(&[
         "--models",
         "thread,select,epoll",
         "--scenarios",
         "c10k",
         "--c10k-levels",
         "0,100,1100",
-        "--json",
-        j.to_str().unwrap(),
-        "--html",
-        "none",
     ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let report = json::parse(&std::fs::read_to_string(&j).unwrap()).unwrap();
     assert!(
         report.rows.iter().all(|r| r.model != "thread"),
         "c10k is for the event-driven models"
