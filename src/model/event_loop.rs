@@ -235,7 +235,7 @@ pub fn run(
                         state.ready(token, readable, &mut poller, now);
                         if let Some(conn) = state.connections.get_mut(token) {
                             conn.session.handle_shutdown();
-                            state.settle(token, &mut poller);
+                            state.settle(token, &mut poller, now.instant);
                         }
                     }
                 }
@@ -330,7 +330,7 @@ impl Loop {
                 generation: self.generation,
             });
             // The session may owe something already (a greeting, a timer).
-            self.settle(token, poller);
+            self.settle(token, poller, now.instant);
         }
     }
 
@@ -361,7 +361,7 @@ impl Loop {
             // Gone, and we have nothing to read or say: close.
             return self.close(token, poller, None);
         }
-        self.settle(token, poller);
+        self.settle(token, poller, now.instant);
     }
 
     /// Other connections left messages (chat): deliver them.
@@ -375,7 +375,7 @@ impl Loop {
                 .filter(|c| c.generation == generation)
             {
                 conn.session.handle_wake(now);
-                self.settle(token, poller);
+                self.settle(token, poller, now.instant);
             }
         }
     }
@@ -399,20 +399,20 @@ impl Loop {
             }
             conn.timer = None;
             conn.session.handle_timeout(now);
-            self.settle(token, poller);
+            self.settle(token, poller, now.instant);
         }
     }
 
     /// After anything happened to a connection: write what it owes, close it
     /// if it is finished, and bring the poller and the timer queue in line
     /// with what its session now wants.
-    fn settle(&mut self, token: usize, poller: &mut impl Poller) {
+    fn settle(&mut self, token: usize, poller: &mut impl Poller, now: Instant) {
         let Some(conn) = self.connections.get_mut(token) else {
             return;
         };
         while !conn.session.pending_output().is_empty() {
             match conn.stream.write(conn.session.pending_output()) {
-                Ok(n) => conn.session.consume_output(n, Instant::now()),
+                Ok(n) => conn.session.consume_output(n, now),
                 Err(e) if would_block(&e) => break,
                 Err(e) if interrupted(&e) => continue,
                 Err(e) => return self.close(token, poller, Some(e)),

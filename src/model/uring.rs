@@ -221,7 +221,7 @@ impl Ring {
                 match op {
                     Some(Op::Accept) => self.accepted(cqe, service, now)?,
                     Some(Op::Recv) => self.received(token, cqe, now)?,
-                    Some(Op::Send) => self.sent(token, cqe)?,
+                    Some(Op::Send) => self.sent(token, cqe, now)?,
                     Some(Op::Shutdown) if grace.is_none() => {
                         grace = Some(now.instant + self.grace);
                         self.begin_shutdown()?;
@@ -420,13 +420,13 @@ impl Ring {
         self.push(entry)
     }
 
-    fn sent(&mut self, token: usize, cqe: cqueue::Entry) -> anyhow::Result<()> {
+    fn sent(&mut self, token: usize, cqe: cqueue::Entry, now: Now) -> anyhow::Result<()> {
         let Some(conn) = self.conns.get_mut(token) else {
             return Ok(());
         };
         conn.sending = false;
         match cqe.result() {
-            n if n >= 0 => conn.session.consume_output(n as usize, Instant::now()),
+            n if n >= 0 => conn.session.consume_output(n as usize, now.instant),
             e => {
                 tracing::debug!("send: {}", io::Error::from_raw_os_error(-e));
                 return self.release(token);
