@@ -20,6 +20,7 @@ mod pool;
 mod prefork;
 mod process;
 mod select;
+pub mod spread;
 mod thread;
 mod uring;
 
@@ -107,6 +108,20 @@ impl ModelKind {
             other => other.name(),
         };
         format!("src/model/{stem}.rs")
+    }
+
+    /// The model's row in UNP (Stevens, Unix Network Programming vol. 1, 3rd
+    /// ed.) figure 30.1, the table of TCP server designs the `unp` lab
+    /// scenario re-runs; `None` for designs the book does not measure.
+    pub fn unp_row(self) -> Option<u8> {
+        match self {
+            ModelKind::Iterative => Some(0),
+            ModelKind::Fork => Some(1),
+            ModelKind::Prefork => Some(2),
+            ModelKind::Thread => Some(6),
+            ModelKind::Pool => Some(7),
+            _ => None,
+        }
     }
 
     /// Whether connections are served in separate processes, which share no

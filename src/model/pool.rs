@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use super::blocking::{serve_connection, Acceptor, Slots};
+use super::spread::AcceptSpread;
 use super::ServerConfig;
 use crate::net::Listener;
 use crate::service::Service;
@@ -18,13 +19,15 @@ pub fn serve(
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let acceptor = Acceptor::new(listener, shutdown.clone(), Slots::new(config.max_conns))?;
+    let spread = AcceptSpread::new(config.workers)?;
     std::thread::scope(|scope| {
         for i in 0..config.workers.max(1) {
-            let (acceptor, service) = (&acceptor, &service);
+            let (acceptor, service, spread) = (&acceptor, &service, &spread);
             let worker = std::thread::Builder::new()
                 .name(format!("worker-{i}"))
                 .spawn_scoped(scope, move || {
                     while let Some((stream, _slot)) = acceptor.accept() {
+                        spread.record(i);
                         serve_connection(stream, service, acceptor.shutdown());
                     }
                 });
@@ -33,5 +36,6 @@ pub fn serve(
             }
         }
     });
+    spread.log();
     Ok(())
 }

@@ -3,11 +3,13 @@
 //! get, as Apache's pre-fork MPM does (seed 002). The parent only keeps the
 //! pool full: a worker that dies is replaced.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::blocking::{serve_connection, Acceptor, Slots};
 use super::process::Children;
+use super::spread::AcceptSpread;
 use super::ServerConfig;
 use crate::net::Listener;
 use crate::service::Service;
@@ -21,13 +23,20 @@ pub fn serve(
 ) -> anyhow::Result<()> {
     let children = Children::new(shutdown)?;
     let acceptor = Acceptor::new(listener, shutdown.clone(), Slots::new(config.max_conns))?;
-    let worker = || {
-        while let Some((stream, _slot)) = acceptor.accept() {
-            serve_connection(stream, &service, shutdown);
+    let spread = AcceptSpread::new(config.workers)?;
+    let (acceptor, service, spread) = (&acceptor, &service, &spread);
+    let worker = |i: usize| {
+        move || {
+            while let Some((stream, _slot)) = acceptor.accept() {
+                spread.record(i);
+                serve_connection(stream, service, shutdown);
+            }
         }
     };
-    for _ in 0..config.workers.max(1) {
-        children.spawn(worker)?;
+    // Which worker each child is, so a replacement counts where it left off.
+    let mut workers = HashMap::new();
+    for i in 0..config.workers.max(1) {
+        workers.insert(children.spawn(worker(i))?, i);
     }
     while !shutdown.is_triggered() {
         // Woken by a worker's exit; the timeout only re-checks shutdown.
@@ -38,10 +47,15 @@ pub fn serve(
             break;
         }
         tracing::warn!(%pid, "a worker died; starting another");
-        if let Err(e) = children.spawn(worker) {
-            tracing::error!("cannot replace the worker: {e}");
+        let i = workers.remove(&pid).unwrap_or_default();
+        match children.spawn(worker(i)) {
+            Ok(pid) => {
+                workers.insert(pid, i);
+            }
+            Err(e) => tracing::error!("cannot replace the worker: {e}"),
         }
     }
     children.wind_down(config.grace);
+    spread.log();
     Ok(())
 }
