@@ -213,8 +213,11 @@ impl Conn {
     async fn open(target: &Target) -> io::Result<Conn> {
         let stream = match target {
             Target::Tcp(sa) => {
-                let s = tokio::net::TcpStream::connect(sa).await?;
-                s.set_nodelay(true)?;
+                let socket = net::client_socket(*sa)?;
+                socket.set_nonblocking(true)?;
+                let s = tokio::net::TcpSocket::from_std_stream(socket.into())
+                    .connect(*sa)
+                    .await?;
                 Stream::Tcp(s.into_std()?)
             }
             Target::Unix(path) => Stream::Unix(tokio::net::UnixStream::connect(path).await?.into_std()?),

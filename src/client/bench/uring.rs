@@ -253,13 +253,10 @@ impl Engine<'_> {
         if client.socket.is_some() {
             return self.send_and_receive(c);
         }
-        let domain = self.peer.domain();
-        let socket = Socket::new(domain, Type::STREAM, None).and_then(|s| {
-            if domain != Domain::UNIX {
-                s.set_nodelay(true)?;
-            }
-            Ok(s)
-        });
+        let socket = match self.peer.as_socket() {
+            Some(sa) => crate::net::client_socket(sa),
+            None => Socket::new(Domain::UNIX, Type::STREAM, None),
+        };
         let socket = match socket {
             Ok(socket) => socket,
             // Out of descriptors, say: this request fails, the run goes on.
