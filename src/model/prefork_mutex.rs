@@ -67,35 +67,9 @@ impl SharedMutex {
             )
         }?;
         let mutex = map.cast::<libc::pthread_mutex_t>();
-        // SAFETY: the attributes live on this stack frame and are destroyed
-        // below; the mutex is initialised once, in memory big enough and
-        // suitably aligned (a page), before any child can see it.
-        let made = unsafe {
-            let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
-            check(
-                "pthread_mutexattr_init",
-                libc::pthread_mutexattr_init(attr.as_mut_ptr()),
-            )?;
-            let attr = attr.as_mut_ptr();
-            let made = check(
-                "PTHREAD_PROCESS_SHARED",
-                libc::pthread_mutexattr_setpshared(attr, libc::PTHREAD_PROCESS_SHARED),
-            )
-            .and_then(|()| {
-                check(
-                    "PTHREAD_MUTEX_ROBUST",
-                    libc::pthread_mutexattr_setrobust(attr, libc::PTHREAD_MUTEX_ROBUST),
-                )
-            })
-            .and_then(|()| {
-                check(
-                    "pthread_mutex_init",
-                    libc::pthread_mutex_init(mutex.as_ptr(), attr),
-                )
-            });
-            libc::pthread_mutexattr_destroy(attr);
-            made
-        };
+        // SAFETY: the mapping is big enough and suitably aligned (a page),
+        // and no child can see it yet.
+        let made = unsafe { init_robust_shared(mutex.as_ptr()) };
         if let Err(e) = made {
             // SAFETY: the mapping made above, not shared with anyone yet.
             let _ = unsafe { munmap(map, SIZE) };
@@ -103,6 +77,31 @@ impl SharedMutex {
         }
         Ok(SharedMutex { mutex })
     }
+}
+
+/// Initialises `mutex` as process-shared and robust.
+///
+/// # Safety
+/// `mutex` points to writable memory for a `pthread_mutex_t` that no other
+/// thread or process uses yet.
+unsafe fn init_robust_shared(mutex: *mut libc::pthread_mutex_t) -> std::io::Result<()> {
+    let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+    let attr = attr.as_mut_ptr();
+    check("pthread_mutexattr_init", libc::pthread_mutexattr_init(attr))?;
+    let made = check(
+        "PTHREAD_PROCESS_SHARED",
+        libc::pthread_mutexattr_setpshared(attr, libc::PTHREAD_PROCESS_SHARED),
+    )
+    .and_then(|()| {
+        check(
+            "PTHREAD_MUTEX_ROBUST",
+            libc::pthread_mutexattr_setrobust(attr, libc::PTHREAD_MUTEX_ROBUST),
+        )
+    })
+    .and_then(|()| check("pthread_mutex_init", libc::pthread_mutex_init(mutex, attr)));
+    // The mutex keeps what it needs; the attributes can go.
+    libc::pthread_mutexattr_destroy(attr);
+    made
 }
 
 impl AcceptLock for SharedMutex {
