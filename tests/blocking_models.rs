@@ -144,3 +144,31 @@ fn pool_queue_at_sigterm_closes_the_queued_unserved_and_logs_its_spread() {
     let spread = log.lines().find_map(socklab::model::spread::parse_line);
     assert_eq!(spread, Some(vec![1]), "{log}");
 }
+
+#[test]
+fn every_service_works_on_pool_queue() {
+    let hello = Server::unix(&["--model", "pool-queue", "--service", "hello"]);
+    assert_eq!(
+        hello.connect().recv_to_end(),
+        "hello! this is the pool-queue socklab server!!"
+    );
+    let reverse = Server::unix(&["--model", "pool-queue", "--service", "reverse"]);
+    assert_eq!(reverse.ask(b"queue"), "eueuq");
+    let welcome = Server::tcp(&["--model", "pool-queue", "--service", "welcome"]);
+    let mut conn = welcome.connect();
+    assert_eq!(conn.recv_some(), "Welcome!");
+    conn.send(b"x");
+    assert_eq!(conn.recv_some(), "Received x;");
+    let calc = Server::tcp(&["--model", "pool-queue", "--service", "calc"]);
+    assert_eq!(calc.ask(b"(1+2)*3\n"), "9\n");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let db = db.to_str().unwrap();
+    let contacts = Server::tcp(&["--model", "pool-queue", "--service", "contacts", "--db", db]);
+    let mut a = contacts.connect();
+    a.send(b"ADD ann 1\n");
+    assert_eq!(a.recv_exact(3), b"OK\n");
+    let mut b = contacts.connect();
+    b.send(b"FIND ann\n");
+    assert_eq!(b.recv_exact(9), b"OK ann 1\n", "another worker sees the change");
+}
