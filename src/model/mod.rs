@@ -107,13 +107,13 @@ impl ModelKind {
             ModelKind::Fork => "the parent accepts; a new child process serves each connection",
             ModelKind::Prefork => "N worker processes (--workers, default 3) each accept and serve",
             ModelKind::PreforkFlock => {
-                "prefork, each worker taking an fcntl file lock around accept (UNP row 3)"
+                "N worker processes (--workers, default 3) accept under an fcntl file lock (UNP row 3)"
             }
             ModelKind::PreforkMutex => {
-                "prefork, each worker taking a robust mutex in shared memory around accept (UNP row 4)"
+                "N worker processes (--workers, default 3) accept under a robust shared mutex (UNP row 4)"
             }
             ModelKind::PreforkPass => {
-                "the parent accepts and passes each connection to an idle worker process (UNP row 5)"
+                "the parent accepts and passes each connection to an idle one of N worker processes (UNP row 5)"
             }
             ModelKind::PoolQueue => {
                 "the main thread accepts and queues each connection to N worker threads (UNP row 8)"
