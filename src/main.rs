@@ -35,7 +35,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             for model in ModelKind::all() {
                 writeln!(
                     out,
-                    "{:<10} {}  ({})",
+                    "{:<13} {}  ({})",
                     model.name(),
                     model.summary(),
                     model.source_file()

@@ -1,9 +1,11 @@
-//! The blocking models (iterative, thread, pool): the seeds' delay
-//! experiment, and bad peers that must not stop the next client.
+//! The blocking models (iterative, thread, pool, pool-queue): the seeds'
+//! delay experiment, and bad peers that must not stop the next client.
 
 mod common;
 
-use common::{connect_and_reset, makespan, sigterm_mid_delay, Server};
+use std::io::Read;
+
+use common::{connect_and_reset, makespan, sigterm_mid_delay, Conn, Server};
 
 const DELAY: f64 = 0.4;
 
@@ -35,21 +37,28 @@ fn thread_serves_all_at_once() {
 
 #[test]
 fn pool_of_three_serves_in_two_rounds() {
-    let a = hello("pool", &["--workers", "3"]);
-    for server in [Server::tcp(&a), Server::unix(&a)] {
-        let t = makespan(&server, 5);
-        assert!(t >= 2.0 * DELAY, "pool of 3 took {t} s, less than 2 rounds");
-        assert!(t < 4.5 * DELAY, "pool of 3 took {t} s: workers not concurrent");
+    // Workers that accept (UNP row 7), or a main thread that accepts and
+    // queues to them (row 8): the same two rounds.
+    for model in ["pool", "pool-queue"] {
+        let a = hello(model, &["--workers", "3"]);
+        for server in [Server::tcp(&a), Server::unix(&a)] {
+            let t = makespan(&server, 5);
+            assert!(t >= 2.0 * DELAY, "{model} of 3 took {t} s, less than 2 rounds");
+            assert!(t < 4.5 * DELAY, "{model} of 3 took {t} s: workers not concurrent");
+        }
     }
 }
 
 #[test]
 fn max_conns_holds_back_the_next_connection() {
-    // With one slot, the thread model queues like the iterative one.
-    let a = hello("thread", &["--max-conns", "1"]);
-    let server = Server::tcp(&a);
-    let t = makespan(&server, 5);
-    assert!(t >= 5.0 * DELAY, "--max-conns 1 took {t} s");
+    // With one slot, the thread model queues like the iterative one; so
+    // does pool-queue, whose queued connections hold a slot too.
+    for model in ["thread", "pool-queue"] {
+        let a = hello(model, &["--max-conns", "1"]);
+        let server = Server::tcp(&a);
+        let t = makespan(&server, 5);
+        assert!(t >= 5.0 * DELAY, "{model}: --max-conns 1 took {t} s");
+    }
 }
 
 fn assert_serves(server: &Server) {
@@ -58,7 +67,7 @@ fn assert_serves(server: &Server) {
 
 #[test]
 fn bad_peers_never_stop_the_next_client() {
-    for model in ["iterative", "thread", "pool"] {
+    for model in ["iterative", "thread", "pool", "pool-queue"] {
         let server = Server::tcp(&["--model", model, "--service", "echo"]);
         // Closes early, without a word.
         drop(server.connect());
@@ -76,7 +85,7 @@ fn bad_peers_never_stop_the_next_client() {
 
 #[test]
 fn a_silent_peer_does_not_block_a_concurrent_model() {
-    for model in ["thread", "pool"] {
+    for model in ["thread", "pool", "pool-queue"] {
         let server = Server::tcp(&["--model", model, "--service", "echo"]);
         let _silent = server.connect();
         assert_serves(&server);
@@ -94,7 +103,72 @@ fn a_peer_that_never_reads_does_not_block_a_concurrent_model() {
 
 #[test]
 fn sigterm_lets_delayed_replies_finish_and_exits_zero() {
-    for model in ["iterative", "thread", "pool"] {
+    for model in ["iterative", "thread", "pool", "pool-queue"] {
         sigterm_mid_delay(model, "500ms");
     }
+}
+
+#[test]
+fn pool_queue_at_sigterm_closes_the_queued_unserved_and_logs_its_spread() {
+    // One worker, busy with a delayed reply; one connection queued behind
+    // it (accepted, never served), the rest in the backlog.
+    let args = [
+        "--model",
+        "pool-queue",
+        "--workers",
+        "1",
+        "--service",
+        "welcome",
+        "--delay",
+        "300ms",
+    ];
+    let configure = |c: &mut std::process::Command| {
+        c.stderr(std::process::Stdio::piped());
+    };
+    let mut server = Server::start_with(&args, &["tcp:127.0.0.1:0"], None, configure);
+    let log = server.child.stderr.take().unwrap();
+    let mut held = server.connect();
+    assert_eq!(held.recv_some(), "Welcome!");
+    held.send(b"x");
+    let queued: Vec<Conn> = (0..3).map(|_| server.connect()).collect();
+    let status = server.terminate();
+    assert!(status.success(), "{status}");
+    assert_eq!(held.recv_to_end(), "Received x;", "the one held finishes");
+    for mut c in queued {
+        let mut got = Vec::new();
+        // A reset or an empty close: either way, never served.
+        let _ = c.read_to_end(&mut got);
+        assert_eq!(String::from_utf8_lossy(&got), "", "a queued client was served");
+    }
+    let log = std::io::read_to_string(log).unwrap();
+    let spread = log.lines().find_map(socklab::model::spread::parse_line);
+    assert_eq!(spread, Some(vec![1]), "{log}");
+}
+
+#[test]
+fn every_service_works_on_pool_queue() {
+    let hello = Server::unix(&["--model", "pool-queue", "--service", "hello"]);
+    assert_eq!(
+        hello.connect().recv_to_end(),
+        "hello! this is the pool-queue socklab server!!"
+    );
+    let reverse = Server::unix(&["--model", "pool-queue", "--service", "reverse"]);
+    assert_eq!(reverse.ask(b"queue"), "eueuq");
+    let welcome = Server::tcp(&["--model", "pool-queue", "--service", "welcome"]);
+    let mut conn = welcome.connect();
+    assert_eq!(conn.recv_some(), "Welcome!");
+    conn.send(b"x");
+    assert_eq!(conn.recv_some(), "Received x;");
+    let calc = Server::tcp(&["--model", "pool-queue", "--service", "calc"]);
+    assert_eq!(calc.ask(b"(1+2)*3\n"), "9\n");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let db = db.to_str().unwrap();
+    let contacts = Server::tcp(&["--model", "pool-queue", "--service", "contacts", "--db", db]);
+    let mut a = contacts.connect();
+    a.send(b"ADD ann 1\n");
+    assert_eq!(a.recv_exact(3), b"OK\n");
+    let mut b = contacts.connect();
+    b.send(b"FIND ann\n");
+    assert_eq!(b.recv_exact(9), b"OK ann 1\n", "another worker sees the change");
 }

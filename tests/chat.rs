@@ -42,6 +42,10 @@ fn lines_reach_everyone_else_under_threads_and_event_loops() {
             "pool",
             Server::unix(&["--service", "chat", "--model", "pool", "--workers", "3"]),
         ),
+        (
+            "pool-queue",
+            Server::tcp(&["--service", "chat", "--model", "pool-queue", "--workers", "3"]),
+        ),
     ] {
         let mut alice = Member::join(&server);
         let mut bob = Member::join(&server);

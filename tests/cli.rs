@@ -145,6 +145,21 @@ fn models_lists_one_line_each() {
     for model in ["iterative", "thread", "pool"] {
         assert!(text.lines().any(|l| l.starts_with(model)), "{text}");
     }
+    // The designs UNP chapter 30 adds, each with its row in the book.
+    for (model, row) in [
+        ("prefork-flock", 3),
+        ("prefork-mutex", 4),
+        ("prefork-pass", 5),
+        ("pool-queue", 8),
+    ] {
+        let line = text.lines().find(|l| l.starts_with(&format!("{model} ")));
+        let line = line.unwrap_or_else(|| panic!("no {model} in {text}"));
+        assert!(line.contains(&format!("(UNP row {row})")), "{line}");
+        assert!(
+            line.ends_with(&format!("(src/model/{}.rs)", model.replace('-', "_"))),
+            "{line}"
+        );
+    }
 }
 
 /// Runs `socklab ARGS` to completion, killing it if it has not ended within

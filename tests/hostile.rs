@@ -34,7 +34,7 @@ const DELAYED: &[&str] = &["--delay", "1s"];
 /// What a peer may cost the server, at most, after the attacks.
 const RSS_GROWTH_KB: u64 = 48 * 1024;
 
-/// The server's process and its children (fork, prefork).
+/// The server's process and its children (fork, the preforks).
 fn tree(pid: i32) -> Vec<i32> {
     let mut pids = vec![pid];
     let mut i = 0;
@@ -364,6 +364,11 @@ fn attack_model(model: &str, start: fn(&[&str]) -> Server) {
     delay_flood(model, start(&[&["--model", model], ARGS, DELAYED].concat()));
 }
 
+/// A model's name from its test's: `r#async` is `async`, `pool_queue` is `pool-queue`.
+fn model_name(test: &str) -> String {
+    test.trim_start_matches("r#").replace('_', "-")
+}
+
 /// One test per model and transport: `tcp::epoll`, `unix::epoll`, ...
 macro_rules! every_model {
     ($transport:ident: $($model:ident),*) => {
@@ -371,14 +376,16 @@ macro_rules! every_model {
             use super::*;
             $(#[test]
             fn $model() {
-                attack_model(stringify!($model).trim_start_matches("r#"), Server::$transport);
+                attack_model(&model_name(stringify!($model)), Server::$transport);
             })*
         }
     };
 }
 
-every_model!(tcp: iterative, thread, pool, fork, prefork, busy, select, poll, epoll, r#async, uring);
-every_model!(unix: iterative, thread, pool, fork, prefork, busy, select, poll, epoll, r#async, uring);
+every_model!(tcp: iterative, thread, pool, fork, prefork, busy, select, poll, epoll, r#async, uring,
+    prefork_flock, prefork_mutex, prefork_pass, pool_queue);
+every_model!(unix: iterative, thread, pool, fork, prefork, busy, select, poll, epoll, r#async, uring,
+    prefork_flock, prefork_mutex, prefork_pass, pool_queue);
 
 macro_rules! every_chat_model {
     ($($model:ident),*) => {
@@ -386,12 +393,12 @@ macro_rules! every_chat_model {
             use super::*;
             $(#[test]
             fn $model() {
-                let model = stringify!($model).trim_start_matches("r#");
-                let server = Server::tcp(&["--model", model, "--service", "chat"]);
-                chat_with_a_deaf_member(model, server);
+                let model = model_name(stringify!($model));
+                let server = Server::tcp(&["--model", &model, "--service", "chat"]);
+                chat_with_a_deaf_member(&model, server);
             })*
         }
     };
 }
 
-every_chat_model!(thread, pool, busy, select, poll, epoll, r#async, uring);
+every_chat_model!(thread, pool, busy, select, poll, epoll, r#async, uring, pool_queue);

@@ -1,5 +1,6 @@
-//! The process models, fork and prefork: the delay experiment, no zombies,
-//! no leaked descriptors, graceful shutdown, and a pool that heals.
+//! The process models, fork and the preforks (UNP rows 1 to 5): the delay
+//! experiment, no zombies, no leaked descriptors, graceful shutdown, a pool
+//! that heals, and an accept lock that a dead worker cannot keep.
 
 mod common;
 
@@ -7,6 +8,19 @@ use std::io::{BufRead, BufReader, Read};
 use std::time::{Duration, Instant};
 
 use common::{fails_with, makespan, socklab, stdout, Conn, Server};
+
+/// The preforks: N worker processes, differing in who accepts and under
+/// which lock (UNP rows 2 to 5).
+const PREFORKS: [&str; 4] = ["prefork", "prefork-flock", "prefork-mutex", "prefork-pass"];
+
+/// Every model that serves connections in child processes.
+const PROCESS_MODELS: [&str; 5] = [
+    "fork",
+    "prefork",
+    "prefork-flock",
+    "prefork-mutex",
+    "prefork-pass",
+];
 
 /// The pids of `parent`'s children, with their state letter (`Z` = zombie).
 fn children(parent: i32) -> Vec<(i32, char)> {
@@ -44,25 +58,27 @@ fn delay_experiment_fork_is_one_round_prefork_of_three_is_two() {
         let t = makespan(&server, 5);
         assert!((DELAY..3.5 * DELAY).contains(&t), "fork took {t} s");
     }
-    let prefork = [
-        "--model",
-        "prefork",
-        "--workers",
-        "3",
-        "--service",
-        "hello",
-        "--delay",
-        "400ms",
-    ];
-    for server in [Server::tcp(&prefork), Server::unix(&prefork)] {
-        let t = makespan(&server, 5);
-        assert!((2.0 * DELAY..4.5 * DELAY).contains(&t), "prefork of 3 took {t} s");
+    for model in PREFORKS {
+        let prefork = [
+            "--model",
+            model,
+            "--workers",
+            "3",
+            "--service",
+            "hello",
+            "--delay",
+            "400ms",
+        ];
+        for server in [Server::tcp(&prefork), Server::unix(&prefork)] {
+            let t = makespan(&server, 5);
+            assert!((2.0 * DELAY..4.5 * DELAY).contains(&t), "{model} of 3 took {t} s");
+        }
     }
 }
 
 #[test]
 fn every_service_works_in_a_child_process() {
-    for model in ["fork", "prefork"] {
+    for model in PROCESS_MODELS {
         let server = Server::unix(&["--model", model, "--service", "reverse"]);
         assert_eq!(stdout(&socklab(&["send", &server.addr, "fork"])), "krof\n");
         let server = Server::tcp(&["--model", model, "--service", "welcome"]);
@@ -95,25 +111,29 @@ fn every_service_works_in_a_child_process() {
 
 #[test]
 fn fork_leaves_no_zombies_and_no_descriptors_behind() {
-    let server = Server::tcp(&["--model", "fork", "--service", "echo"]);
-    let pid = server.pid();
-    assert_eq!(server.ask(b"1"), "1");
-    settle(pid, 0);
-    let after_first = fds(pid);
-    for i in 0..200 {
-        assert_eq!(server.ask(i.to_string().as_bytes()), i.to_string());
+    // fork's parent accepts and forks; prefork-pass's accepts and passes:
+    // either way its copy of each connection must close.
+    for (model, kids) in [("fork", 0), ("prefork-pass", 3)] {
+        let server = Server::tcp(&["--model", model, "--service", "echo"]);
+        let pid = server.pid();
+        assert_eq!(server.ask(b"1"), "1");
+        settle(pid, kids);
+        let after_first = fds(pid);
+        for i in 0..200 {
+            assert_eq!(server.ask(i.to_string().as_bytes()), i.to_string());
+        }
+        settle(pid, kids);
+        assert_eq!(
+            fds(pid),
+            after_first,
+            "{model}: the parent's descriptors grew with the connections served"
+        );
     }
-    settle(pid, 0);
-    assert_eq!(
-        fds(pid),
-        after_first,
-        "the parent's descriptors grew with the connections served"
-    );
 }
 
 #[test]
 fn sigterm_mid_delay_every_client_gets_its_reply_and_nothing_is_left() {
-    for model in ["fork", "prefork"] {
+    for model in PROCESS_MODELS {
         let server = Server::tcp(&[
             "--model",
             model,
@@ -142,23 +162,124 @@ fn sigterm_mid_delay_every_client_gets_its_reply_and_nothing_is_left() {
 
 #[test]
 fn a_killed_prefork_worker_is_replaced() {
-    let server = Server::tcp(&["--model", "prefork", "--workers", "2", "--service", "greet"]);
-    let pid = server.pid();
-    let before = settle(pid, 2);
-    let victim = before[0].0;
-    std::process::Command::new("kill")
-        .args(["-KILL", &victim.to_string()])
-        .status()
-        .unwrap();
-    // Until it has exited, the victim still counts as one of the two.
-    assert!(
-        common::wait_gone(victim, Duration::from_secs(10)),
-        "{victim} survived SIGKILL"
-    );
-    let after = settle(pid, 2);
-    assert!(after.iter().all(|(p, _)| *p != victim), "{after:?}");
-    for i in 0..4 {
-        assert_eq!(server.ask(format!("{i}").as_bytes()), format!("Hello, {i}!"));
+    for model in PREFORKS {
+        let server = Server::tcp(&["--model", model, "--workers", "2", "--service", "greet"]);
+        let pid = server.pid();
+        let before = settle(pid, 2);
+        let victim = before[0].0;
+        signal(victim, "KILL");
+        // Until it has exited, the victim still counts as one of the two.
+        assert!(
+            common::wait_gone(victim, Duration::from_secs(10)),
+            "{model}: {victim} survived SIGKILL"
+        );
+        let after = settle(pid, 2);
+        assert!(after.iter().all(|(p, _)| *p != victim), "{model}: {after:?}");
+        for i in 0..4 {
+            assert_eq!(
+                server.ask(format!("{i}").as_bytes()),
+                format!("Hello, {i}!"),
+                "{model}"
+            );
+        }
+    }
+}
+
+/// The system call `pid` is blocked in (`/proc/PID/syscall`'s first field),
+/// if it is blocked in one.
+fn blocked_in(pid: i32) -> Option<i64> {
+    let call = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    call.split_whitespace().next()?.parse().ok()
+}
+
+/// Of `parent`'s `n` workers, the one holding the accept lock: the others
+/// are blocked in `waiting` (the lock's system call), the holder in poll
+/// on the listener. Waits (bounded) for the workers to get there.
+fn lock_holder(parent: i32, n: usize, waiting: i64) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let kids = settle(parent, n);
+        let calls: Vec<(i32, Option<i64>)> = kids.iter().map(|(p, _)| (*p, blocked_in(*p))).collect();
+        let holders: Vec<i32> = calls
+            .iter()
+            .filter(|(_, c)| c.is_some_and(|c| c != waiting))
+            .map(|(p, _)| *p)
+            .collect();
+        let waiters = calls.iter().filter(|(_, c)| *c == Some(waiting)).count();
+        if holders.len() == 1 && waiters == n - 1 {
+            return holders[0];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single lock holder among {calls:?} (waiting in {waiting})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_worker_killed_holding_the_accept_lock_wedges_nobody() {
+    for (model, waiting) in [
+        ("prefork-flock", libc::SYS_fcntl),
+        ("prefork-mutex", libc::SYS_futex),
+    ] {
+        let args = ["--model", model, "--workers", "3", "--service", "welcome"];
+        let (mut server, log) = logged_with(&args, "tcp");
+        let pid = server.pid();
+        let holder = lock_holder(pid, 3, waiting);
+        if model == "prefork-flock" {
+            // The kernel's own list agrees: the holder's lock is granted,
+            // the others' requests wait behind it (`->`).
+            let locks = std::fs::read_to_string("/proc/locks").unwrap();
+            let granted = format!("WRITE {holder} ");
+            assert!(
+                locks.lines().any(|l| l.contains(&granted) && !l.contains("->")),
+                "{model}: {holder} holds no lock in\n{locks}"
+            );
+        }
+        // Killed while it waits in accept, the lock in hand.
+        signal(holder, "KILL");
+        assert!(common::wait_gone(holder, Duration::from_secs(10)));
+        // Three at once: every worker, the two that were waiting for the
+        // lock and the one started in the holder's place, takes one.
+        let conns: Vec<Conn> = (0..3)
+            .map(|i| {
+                let mut c = server.connect();
+                assert_eq!(c.recv_some(), "Welcome!", "{model}: client {i} was not taken");
+                c
+            })
+            .collect();
+        let served = settle(pid, 3);
+        assert!(served.iter().all(|(p, _)| *p != holder), "{model}");
+        drop(conns);
+        signal(pid, "TERM");
+        assert!(server.child.wait().unwrap().success(), "{model}");
+        let log = std::io::read_to_string(log).unwrap();
+        if model == "prefork-mutex" {
+            assert!(log.contains("EOWNERDEAD"), "{model}: no EOWNERDEAD in\n{log}");
+        }
+        let spread = log.lines().find_map(socklab::model::spread::parse_line);
+        assert_eq!(spread.map(|s| s.len()), Some(3), "{model}: {log}");
+    }
+}
+
+#[test]
+fn each_prefork_logs_how_its_workers_shared_the_connections() {
+    for model in PREFORKS {
+        let args = ["--model", model, "--workers", "3", "--service", "greet"];
+        let (mut server, log) = logged_with(&args, "unix");
+        for i in 0..10 {
+            assert_eq!(server.ask(format!("{i}").as_bytes()), format!("Hello, {i}!"));
+        }
+        signal(server.pid(), "TERM");
+        assert!(server.child.wait().unwrap().success(), "{model}");
+        let log = std::io::read_to_string(log).unwrap();
+        let spread = log
+            .lines()
+            .find_map(socklab::model::spread::parse_line)
+            .unwrap_or_else(|| panic!("{model}: no spread in\n{log}"));
+        assert_eq!(spread.len(), 3, "{model}: {spread:?}");
+        assert_eq!(spread.iter().sum::<u64>(), 10, "{model}: {spread:?}");
     }
 }
 
@@ -171,7 +292,7 @@ fn a_silent_client_costs_one_child_and_blocks_nobody() {
 
 #[test]
 fn a_room_cannot_be_shared_between_processes() {
-    for model in ["fork", "prefork"] {
+    for model in PROCESS_MODELS {
         let err = fails_with(
             1,
             socklab(&[
@@ -226,7 +347,7 @@ fn all_gone(pids: &[(i32, char)], what: &str) {
 
 #[test]
 fn kill_9_takes_every_child_down_and_frees_the_port() {
-    for model in ["fork", "prefork"] {
+    for model in PROCESS_MODELS {
         let (mut server, conns) = serving_three(model, "tcp");
         let pid = server.pid();
         let port = server.port();
@@ -256,15 +377,20 @@ fn logged(model: &str, listen: &str) -> (Server, BufReader<std::process::ChildSt
         "--grace",
         "60s",
     ];
+    logged_with(&args, listen)
+}
+
+/// `socklab serve ARGS` on `listen` (`tcp` or `unix`), its stderr piped.
+fn logged_with(args: &[&str], listen: &str) -> (Server, BufReader<std::process::ChildStderr>) {
     let configure = |c: &mut std::process::Command| {
         c.stderr(std::process::Stdio::piped());
     };
     let mut server = if listen == "unix" {
         let dir = tempfile::tempdir().unwrap();
         let path = format!("unix:{}", dir.path().join("s.sock").display());
-        Server::start_with(&args, &[&path], Some(dir), configure)
+        Server::start_with(args, &[&path], Some(dir), configure)
     } else {
-        Server::start_with(&args, &["tcp:127.0.0.1:0"], None, configure)
+        Server::start_with(args, &["tcp:127.0.0.1:0"], None, configure)
     };
     let log = BufReader::new(server.child.stderr.take().unwrap());
     (server, log)
@@ -285,6 +411,10 @@ fn a_second_signal_exits_at_once_and_takes_every_child_down() {
         ("prefork", "TERM", "unix"),
         ("fork", "INT", "unix"),
         ("prefork", "INT", "tcp"),
+        ("prefork-flock", "TERM", "tcp"),
+        ("prefork-mutex", "INT", "unix"),
+        ("prefork-pass", "TERM", "unix"),
+        ("prefork-pass", "INT", "tcp"),
     ] {
         let what = format!("{model}, SIG{sig} twice, {listen}");
         let (mut server, mut log) = logged(model, listen);
@@ -322,11 +452,15 @@ fn a_second_signal_exits_at_once_and_takes_every_child_down() {
 
 #[test]
 fn after_sigterm_no_queued_client_is_taken() {
-    // fork at --max-conns 1 and prefork of one worker: one client is served,
-    // the others wait in the backlog when SIGTERM comes.
+    // fork at --max-conns 1 and the preforks of one worker: one client is
+    // served, the others wait in the backlog when SIGTERM comes.
     for args in [
         ["--model", "fork", "--max-conns", "1"],
         ["--model", "prefork", "--workers", "1"],
+        ["--model", "prefork-flock", "--workers", "1"],
+        ["--model", "prefork-mutex", "--workers", "1"],
+        ["--model", "prefork-pass", "--workers", "1"],
+        ["--model", "prefork-pass", "--max-conns", "1"],
     ] {
         let mut all = vec!["--service", "welcome", "--delay", "300ms"];
         all.extend_from_slice(&args);

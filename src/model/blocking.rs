@@ -1,5 +1,5 @@
-//! The blocking connection loop shared by iterative, thread, pool, fork and
-//! prefork: read, answer, write, in plain blocking calls. The models differ
+//! The blocking connection loop shared by iterative, thread, the pools, fork
+//! and the preforks: read, answer, write, in plain blocking calls. The models differ
 //! only in who calls [`Acceptor::accept`] and on which thread or process
 //! [`serve_connection`] runs.
 //!

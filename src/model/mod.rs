@@ -17,7 +17,11 @@ mod fork;
 mod iterative;
 mod poll;
 mod pool;
+mod pool_queue;
 mod prefork;
+mod prefork_flock;
+mod prefork_mutex;
+mod prefork_pass;
 mod process;
 mod select;
 pub mod spread;
@@ -47,6 +51,14 @@ pub enum ModelKind {
     Epoll,
     Async,
     Uring,
+    #[value(name = "prefork-flock")]
+    PreforkFlock,
+    #[value(name = "prefork-mutex")]
+    PreforkMutex,
+    #[value(name = "prefork-pass")]
+    PreforkPass,
+    #[value(name = "pool-queue")]
+    PoolQueue,
 }
 
 impl ModelKind {
@@ -73,6 +85,10 @@ impl ModelKind {
             ModelKind::Pool => "pool",
             ModelKind::Fork => "fork",
             ModelKind::Prefork => "prefork",
+            ModelKind::PreforkFlock => "prefork-flock",
+            ModelKind::PreforkMutex => "prefork-mutex",
+            ModelKind::PreforkPass => "prefork-pass",
+            ModelKind::PoolQueue => "pool-queue",
             ModelKind::Busy => "busy",
             ModelKind::Select => "select",
             ModelKind::Poll => "poll",
@@ -90,6 +106,18 @@ impl ModelKind {
             ModelKind::Pool => "N worker threads (--workers, default 3) each accept and serve",
             ModelKind::Fork => "the parent accepts; a new child process serves each connection",
             ModelKind::Prefork => "N worker processes (--workers, default 3) each accept and serve",
+            ModelKind::PreforkFlock => {
+                "N worker processes (--workers, default 3) accept under an fcntl file lock (UNP row 3)"
+            }
+            ModelKind::PreforkMutex => {
+                "N worker processes (--workers, default 3) accept under a robust shared mutex (UNP row 4)"
+            }
+            ModelKind::PreforkPass => {
+                "the parent accepts and passes each connection to an idle one of N worker processes (UNP row 5)"
+            }
+            ModelKind::PoolQueue => {
+                "the main thread accepts and queues each connection to N worker threads (UNP row 8)"
+            }
             ModelKind::Busy => "one thread tries every non-blocking socket in an endless loop",
             ModelKind::Select => "one thread waits for readiness with select(2)",
             ModelKind::Poll => "one thread waits for readiness with poll(2)",
@@ -104,8 +132,8 @@ impl ModelKind {
     /// Where the model's idea lives, for `socklab models` and the lab report.
     pub fn source_file(self) -> String {
         let stem = match self {
-            ModelKind::Async => "async_tokio",
-            other => other.name(),
+            ModelKind::Async => "async_tokio".to_string(),
+            other => other.name().replace('-', "_"),
         };
         format!("src/model/{stem}.rs")
     }
@@ -118,23 +146,35 @@ impl ModelKind {
             ModelKind::Iterative => Some(0),
             ModelKind::Fork => Some(1),
             ModelKind::Prefork => Some(2),
+            ModelKind::PreforkFlock => Some(3),
+            ModelKind::PreforkMutex => Some(4),
+            ModelKind::PreforkPass => Some(5),
             ModelKind::Thread => Some(6),
             ModelKind::Pool => Some(7),
+            ModelKind::PoolQueue => Some(8),
             _ => None,
         }
     }
 
     /// Whether connections are served in separate processes, which share no
-    /// memory (fork, prefork): a service with shared state cannot run there.
+    /// memory (fork and the preforks): a service with shared state cannot
+    /// run there.
     pub fn runs_in_processes(self) -> bool {
-        matches!(self, ModelKind::Fork | ModelKind::Prefork)
+        matches!(
+            self,
+            ModelKind::Fork
+                | ModelKind::Prefork
+                | ModelKind::PreforkFlock
+                | ModelKind::PreforkMutex
+                | ModelKind::PreforkPass
+        )
     }
 
     /// Whether the model can wake a connection's driver when another
     /// connection gives it work (a chat line), and serves connections at once
     /// in one process, so that a room means something.
     pub fn wakes_sessions(self) -> bool {
-        !matches!(self, ModelKind::Iterative | ModelKind::Fork | ModelKind::Prefork)
+        !(self == ModelKind::Iterative || self.runs_in_processes())
     }
 
     /// Whether the model can serve a UDP socket (DESIGN: where it means
@@ -156,11 +196,16 @@ impl ModelKind {
     }
 
     /// How many connections the model serves at the same time, when that
-    /// is bounded: one for iterative, the workers for pool and prefork.
+    /// is bounded: one for iterative, the workers for the pools and preforks.
     pub fn serves_at_once(self, workers: usize) -> Option<usize> {
         match self {
             ModelKind::Iterative => Some(1),
-            ModelKind::Pool | ModelKind::Prefork => Some(workers.max(1)),
+            ModelKind::Pool
+            | ModelKind::PoolQueue
+            | ModelKind::Prefork
+            | ModelKind::PreforkFlock
+            | ModelKind::PreforkMutex
+            | ModelKind::PreforkPass => Some(workers.max(1)),
             _ => None,
         }
     }
@@ -179,7 +224,12 @@ impl ModelKind {
     /// `--workers` when the user gives none.
     pub fn default_workers(self) -> usize {
         match self {
-            ModelKind::Pool | ModelKind::Prefork => 3,
+            ModelKind::Pool
+            | ModelKind::PoolQueue
+            | ModelKind::Prefork
+            | ModelKind::PreforkFlock
+            | ModelKind::PreforkMutex
+            | ModelKind::PreforkPass => 3,
             ModelKind::Async => std::thread::available_parallelism().map_or(1, |n| n.get()),
             _ => 1,
         }
@@ -208,6 +258,10 @@ impl ModelKind {
             ModelKind::Pool => pool::serve(listener, service, config, shutdown),
             ModelKind::Fork => fork::serve(listener, service, config, shutdown),
             ModelKind::Prefork => prefork::serve(listener, service, config, shutdown),
+            ModelKind::PreforkFlock => prefork_flock::serve(listener, service, config, shutdown),
+            ModelKind::PreforkMutex => prefork_mutex::serve(listener, service, config, shutdown),
+            ModelKind::PreforkPass => prefork_pass::serve(listener, service, config, shutdown),
+            ModelKind::PoolQueue => pool_queue::serve(listener, service, config, shutdown),
             ModelKind::Busy => busy::serve(listener, service, config, shutdown),
             ModelKind::Select => select::serve(listener, service, config, shutdown),
             ModelKind::Poll => poll::serve(listener, service, config, shutdown),
@@ -306,6 +360,14 @@ mod tests {
         assert_eq!(theory(ModelKind::Iterative), 5);
         assert_eq!(theory(ModelKind::Pool), 2);
         assert_eq!(theory(ModelKind::Prefork), 2);
+        for m in [
+            ModelKind::PreforkFlock,
+            ModelKind::PreforkMutex,
+            ModelKind::PreforkPass,
+            ModelKind::PoolQueue,
+        ] {
+            assert_eq!(theory(m), 2, "{m}");
+        }
         for m in [
             ModelKind::Thread,
             ModelKind::Fork,

@@ -1,4 +1,4 @@
-//! Child processes for the process models (fork, prefork): starting them,
+//! Child processes for the process models (fork, the preforks): starting them,
 //! reaping them the moment they exit (no zombies, ever), and taking them
 //! down at shutdown.
 //!

@@ -164,7 +164,7 @@ pub fn within_noise(rows: &[&Row]) -> Vec<String> {
 
 /// One line for the progress log: the row's headline number.
 pub fn summary_line(row: &Row) -> String {
-    let head = format!("{:<10} {:<10}", row.model, row.scenario);
+    let head = format!("{:<13} {:<10}", row.model, row.scenario);
     if let Some(e) = &row.error {
         return format!("{head} failed: {e}");
     }
