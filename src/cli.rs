@@ -484,7 +484,7 @@ pub struct LabArgs {
     /// Models to compare, comma-separated [default: all]
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     pub models: Vec<ModelKind>,
-    /// Scenarios to run, comma-separated: delay, throughput, idle, c10k [default: all]
+    /// Scenarios to run, comma-separated: delay, throughput, idle, c10k, unp [default: all]
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub scenarios: Vec<Scenario>,
     /// Write the rows as JSON
@@ -527,6 +527,12 @@ pub struct LabArgs {
     /// idle: connections held open (at most 100000)
     #[arg(long, default_value_t = 1000, value_parser = parse_clients)]
     pub idle_connections: usize,
+    /// unp: Stevens' clients at once (at most 100000)
+    #[arg(long, default_value_t = 5, value_parser = parse_clients)]
+    pub unp_clients: usize,
+    /// unp: rounds (connect, ask for 4000 bytes, read them, close) per client
+    #[arg(long, default_value_t = 500, value_parser = |s: &str| parse_count(s, MAX_REQUESTS))]
+    pub unp_rounds: usize,
 }
 
 impl LabArgs {
@@ -551,6 +557,8 @@ impl LabArgs {
                 idle_connections: self.idle_connections,
                 c10k_levels: self.c10k_levels,
                 runs: self.runs,
+                unp_clients: self.unp_clients,
+                unp_rounds: self.unp_rounds,
             },
             json: self.json,
             markdown: self.markdown,

@@ -218,6 +218,50 @@ fn c10k_steps_and_select_past_fd_setsize() {
 }
 
 #[test]
+fn unp_cpu_per_connection_over_iterative_and_the_accept_spread() {
+    let (out, report) = lab_report(&[
+        "--models",
+        "iterative,prefork,pool,epoll",
+        "--scenarios",
+        "unp",
+        "--unp-clients",
+        "3",
+        "--unp-rounds",
+        "40",
+    ]);
+    assert!(
+        report.rows.iter().all(|r| r.model != "epoll"),
+        "unp is for the designs of the book's table"
+    );
+    let row = |m: &str| report.rows.iter().find(|r| r.model == m).unwrap();
+    for (model, unp_row) in [("iterative", 0), ("prefork", 2), ("pool", 7)] {
+        let r = row(model);
+        assert_eq!(r.error, None, "{r:?}");
+        assert_eq!(r.unp_row, Some(unp_row));
+        assert_eq!((r.connections, r.errors), (Some(120), Some(0)), "{r:?}");
+        assert!(r.cpu_per_conn_us.is_some_and(|c| c > 0.0), "{r:?}");
+        assert!(r.cpu_per_conn_over_iterative_us.is_some(), "{r:?}");
+        assert!(r.connections_per_s.is_some_and(|c| c > 0.0), "{r:?}");
+    }
+    assert_eq!(row("iterative").cpu_per_conn_over_iterative_us, Some(0.0));
+    // Each worker's accepts, from the line the server logs at shutdown:
+    // three workers, every connection counted once.
+    for model in ["prefork", "pool"] {
+        let spread = row(model).accepts_per_worker.clone().expect("accepts per worker");
+        assert_eq!(spread.len(), 3, "{model}: {spread:?}");
+        assert_eq!(spread.iter().sum::<u64>(), 120, "{model}: {spread:?}");
+    }
+    assert_eq!(row("iterative").accepts_per_worker, None);
+    assert_eq!(report.meta.parameters["unp"]["rounds_per_client"], 40);
+    let table = stdout(&out);
+    assert!(
+        table.contains("| 0 | iterative server (the baseline) | iterative | 120 |"),
+        "{table}"
+    );
+    assert!(table.contains("Accepts per worker: prefork "), "{table}");
+}
+
+#[test]
 fn every_model_names_a_source_file_that_exists() {
     let out = socklab(&["models"]);
     assert!(out.status.success());

@@ -124,6 +124,25 @@ pub struct Row {
     pub peak_threads: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub peak_children: Option<u64>,
+    /// unp: the design's row in UNP figure 30.1 (0 iterative ... 8).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unp_row: Option<u64>,
+    /// unp: connections served (connect, `4000\n`, 4000 bytes, close),
+    /// and how many per second.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub connections: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub connections_per_s: Option<f64>,
+    /// unp: server CPU (user + system, children included) per connection,
+    /// and the same minus the iterative server's, as the book reports it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cpu_per_conn_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cpu_per_conn_over_iterative_us: Option<f64>,
+    /// How the server's workers shared the connections: each worker's
+    /// accepts, from the `accepts per worker:` line it logs at shutdown.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub accepts_per_worker: Option<Vec<u64>>,
     /// Why the row has no numbers (the server would not start, hung, ...).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
@@ -268,6 +287,8 @@ pub fn run(options: LabOptions) -> anyhow::Result<()> {
                 report.rows.push(row);
             }
         }
+        // unp's figures relative to iterative's, once both are in.
+        scenario::relate_to_iterative(&mut report.rows);
         // After every model: a late failure loses nothing.
         report.meta.engine = engines(&report.rows);
         export::write_all(&report, &options)?;
@@ -425,6 +446,13 @@ pub struct ServerProcess {
     /// Keeps sampling /proc until dropped; holds the peaks seen.
     peaks: Arc<Mutex<probe::Sample>>,
     sampling: Arc<AtomicBool>,
+    /// The `accepts per worker:` counts the server logged (at shutdown).
+    spread: Arc<Mutex<Option<Vec<u64>>>>,
+    /// Closed when the server's stderr has been read to its end.
+    stderr_done: mpsc::Receiver<()>,
+    /// The server's whole CPU time (user + system, its reaped children
+    /// included), from wait4's rusage once it has exited.
+    exit_cpu: Option<Duration>,
 }
 
 impl ServerProcess {
@@ -464,12 +492,18 @@ impl ServerProcess {
         // The server's last words, if it dies before announcing itself.
         let last_error = Arc::new(Mutex::new(String::new()));
         let sink = last_error.clone();
+        let spread = Arc::new(Mutex::new(None));
+        let spread_sink = spread.clone();
+        let (done, stderr_done) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.starts_with("error:") {
                     *sink.lock().unwrap_or_else(|e| e.into_inner()) = line;
+                } else if let Some(counts) = crate::model::spread::parse_line(&line) {
+                    *spread_sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(counts);
                 }
             }
+            drop(done);
         });
         let line = rx.recv_timeout(Self::START_TIMEOUT).unwrap_or_default();
         let Some(addr) = line.trim().strip_prefix("listening on ") else {
@@ -491,6 +525,9 @@ impl ServerProcess {
             child,
             peaks: Arc::default(),
             sampling: Arc::new(AtomicBool::new(true)),
+            spread,
+            stderr_done,
+            exit_cpu: None,
         };
         server.watch();
         Ok(server)
@@ -539,25 +576,79 @@ impl ServerProcess {
     /// SIGTERM, then SIGKILL if it does not exit within a few seconds.
     pub fn stop(&mut self) {
         self.sampling.store(false, Ordering::Relaxed);
+        if self.exited() {
+            return;
+        }
         let pid = nix::unistd::Pid::from_raw(self.pid());
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(8);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if self.reap(false) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.reap(true);
+    }
+
+    fn exited(&self) -> bool {
+        self.exit_cpu.is_some()
+    }
+
+    /// Waits for the server (at once, or `block`ing) with wait4(2), which
+    /// also says what CPU it used in all: its own and that of every child
+    /// it reaped, to the microsecond, as Stevens' servers printed from
+    /// getrusage when stopped. Whether it is gone.
+    fn reap(&mut self, block: bool) -> bool {
+        if self.exited() {
+            return true;
+        }
+        let flags = if block { 0 } else { libc::WNOHANG };
+        let mut status = 0;
+        // SAFETY: a zeroed rusage is a valid value; wait4 only writes it.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: wait4 writes only `status` and `usage`, both ours.
+            let r = unsafe { libc::wait4(self.pid(), &mut status, flags, &mut usage) };
+            if r == self.pid() {
+                let time = |t: libc::timeval| {
+                    Duration::from_secs(t.tv_sec.max(0) as u64)
+                        + Duration::from_micros(t.tv_usec.max(0) as u64)
+                };
+                self.exit_cpu = Some(time(usage.ru_utime) + time(usage.ru_stime));
+                return true;
+            }
+            if r == 0 {
+                return false; // Still running.
+            }
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                // Reaped already (ECHILD): gone, its rusage unknown.
+                self.exit_cpu.get_or_insert(Duration::ZERO);
+                return true;
+            }
+        }
+    }
+
+    /// The server's CPU in all (user + system, reaped children included),
+    /// once [`stop`](ServerProcess::stop) has seen it exit.
+    pub fn exit_cpu(&self) -> Option<Duration> {
+        self.exit_cpu.filter(|c| !c.is_zero())
+    }
+
+    /// How its workers shared the connections, from the `accepts per
+    /// worker:` line it logged at shutdown (after [`stop`](ServerProcess::stop));
+    /// `None` for a model that has no workers to count.
+    pub fn accepts_per_worker(&self) -> Option<Vec<u64>> {
+        // The line comes as the server exits: wait for its stderr to end.
+        let _ = self.stderr_done.recv_timeout(Duration::from_secs(2));
+        self.spread.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.stop();
-        }
+        self.stop();
     }
 }
 

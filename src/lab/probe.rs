@@ -112,6 +112,42 @@ pub fn sample(pid: i32) -> Option<Sample> {
     })
 }
 
+/// CPU time used so far by `pid` and its descendants, to the nanosecond
+/// where the kernel keeps it: each live thread's run time
+/// (`/proc/PID/task/TID/schedstat`), plus the children each process has
+/// reaped (`cutime + cstime`, in clock ticks). Falls back to [`sample`]'s
+/// ticks where schedstat is missing.
+pub fn cpu_precise(pid: i32) -> Option<Duration> {
+    let hz = ticks_per_second();
+    let field = |f: &[u64], n: usize| f.get(n - 4).copied().unwrap_or(0);
+    let mut total = Duration::ZERO;
+    for p in tree(pid) {
+        let Some(stat) = stat_fields(p) else {
+            continue; // Gone between the listing and the look.
+        };
+        let reaped = field(&stat, 16) + field(&stat, 17);
+        total += Duration::from_secs_f64(reaped as f64 / hz);
+        let mut threads = Duration::ZERO;
+        let mut counted = false;
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for task in tasks.flatten() {
+                let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                    continue;
+                };
+                if let Some(ns) = text.split_whitespace().next().and_then(|n| n.parse().ok()) {
+                    threads += Duration::from_nanos(ns);
+                    counted = true;
+                }
+            }
+        }
+        if !counted {
+            threads = Duration::from_secs_f64((field(&stat, 14) + field(&stat, 15)) as f64 / hz);
+        }
+        total += threads;
+    }
+    (total > Duration::ZERO || stat_fields(pid).is_some()).then_some(total)
+}
+
 /// The process and every descendant.
 pub fn tree(pid: i32) -> Vec<i32> {
     let mut all = vec![pid];

@@ -13,6 +13,11 @@
 //!   client meanwhile.
 //! - `c10k`: the readiness and completion models holding 0, 1,000, 5,000,
 //!   10,000 idle connections: one active client's latency at each.
+//! - `unp`: Stevens' experiment (UNP vol. 1, chapter 30) on the designs of
+//!   his table: C clients at once, each L rounds of connect, `4000\n`, read
+//!   4000 bytes, close, against `bytes`: the server's CPU per connection
+//!   (and over the iterative server's, as the book gives it), connections
+//!   per second, and how the workers shared the accepts.
 
 use std::fmt;
 use std::net::TcpStream;
@@ -23,7 +28,7 @@ use anyhow::Context;
 
 use super::probe::{self, Costs, PerfCounter, Sample, SyscallMethod};
 use super::{Lane, Row, ServerProcess};
-use crate::client::bench::{self, BenchOptions, BenchReport, Load, Payload};
+use crate::client::bench::{self, BenchOptions, BenchReport, Expect, Load, Payload};
 use crate::model::ModelKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,20 +37,24 @@ pub enum Scenario {
     Throughput,
     Idle,
     C10k,
+    Unp,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::Delay,
         Scenario::Throughput,
         Scenario::Idle,
         Scenario::C10k,
+        Scenario::Unp,
     ];
 
     /// The models a scenario is about; others have no row for it.
     pub fn applies_to(self, model: ModelKind) -> bool {
         match self {
             Scenario::C10k => C10K_MODELS.contains(&model),
+            // The designs of the book's table, whichever exist.
+            Scenario::Unp => model.unp_row().is_some(),
             _ => true,
         }
     }
@@ -68,6 +77,7 @@ impl fmt::Display for Scenario {
             Scenario::Throughput => "throughput",
             Scenario::Idle => "idle",
             Scenario::C10k => "c10k",
+            Scenario::Unp => "unp",
         })
     }
 }
@@ -80,8 +90,9 @@ impl FromStr for Scenario {
             "throughput" => Ok(Scenario::Throughput),
             "idle" => Ok(Scenario::Idle),
             "c10k" => Ok(Scenario::C10k),
+            "unp" => Ok(Scenario::Unp),
             _ => Err(format!(
-                "unknown scenario '{s}' (expected delay, throughput, idle or c10k)"
+                "unknown scenario '{s}' (expected delay, throughput, idle, c10k or unp)"
             )),
         }
     }
@@ -100,6 +111,9 @@ pub struct Knobs {
     pub c10k_levels: Vec<usize>,
     /// `--runs N` for every scenario; `None`: throughput 3, the others 1.
     pub runs: Option<usize>,
+    /// unp: clients at once, and rounds (connections) each.
+    pub unp_clients: usize,
+    pub unp_rounds: usize,
 }
 
 impl Default for Knobs {
@@ -113,6 +127,8 @@ impl Default for Knobs {
             idle_connections: 1000,
             c10k_levels: vec![0, 1000, 5000, 10_000],
             runs: None,
+            unp_clients: 5,
+            unp_rounds: 500,
         }
     }
 }
@@ -157,6 +173,14 @@ impl Knobs {
                     "active_duration_ms": C10K_ACTIVE_FOR.as_millis() as u64,
                     "models": C10K_MODELS.iter().map(|m| m.name()).collect::<Vec<_>>(),
                 }),
+                Scenario::Unp => serde_json::json!({
+                    "service": "bytes",
+                    "clients": self.unp_clients,
+                    "rounds_per_client": self.unp_rounds,
+                    "request": "4000\\n",
+                    "reply_bytes": UNP_REPLY,
+                    "cpu": "wait4 rusage of the server at exit (its reaped children included) minus /proc schedstat before the load",
+                }),
             };
             p["runs"] = self.runs_for(s).into();
             all.insert(s.to_string(), p);
@@ -199,6 +223,7 @@ pub fn measure(
         Scenario::Throughput => throughput(model, knobs, kernel_cost, &mut row)?,
         Scenario::Idle => idle(model, knobs, &mut row)?,
         Scenario::C10k => return c10k(model, knobs),
+        Scenario::Unp => unp(model, knobs, &mut row)?,
     }
     Ok(vec![row])
 }
@@ -373,6 +398,62 @@ fn c10k(model: ModelKind, knobs: &Knobs) -> anyhow::Result<Vec<Row>> {
     drop(held);
     server.process.stop();
     Ok(rows)
+}
+
+/// unp: the bytes each of Stevens' clients asks for.
+const UNP_REPLY: usize = 4000;
+
+fn unp(model: ModelKind, knobs: &Knobs, row: &mut Row) -> anyhow::Result<()> {
+    let mut server = start(model, "bytes", &[])?;
+    let options = BenchOptions {
+        new_connection: true,
+        expect: Expect::Bytes(UNP_REPLY),
+        ..bench_options(
+            &server.process.addr,
+            knobs.unp_clients,
+            Load::Requests(knobs.unp_rounds),
+            Payload::Text(format!("{UNP_REPLY}\n").into_bytes()),
+            STARVED_AFTER,
+        )?
+    };
+    let before = probe::cpu_precise(server.process.pid()).context("the server died")?;
+    let report = server.drive(&options)?;
+    server.record(row, &report, None);
+    // As the book measures it: the server's CPU, children included, read
+    // when it is stopped (getrusage there, wait4's rusage here).
+    server.process.stop();
+    let connections = report.replies;
+    row.unp_row = model.unp_row().map(u64::from);
+    row.connections = Some(connections);
+    if report.elapsed_s > 0.0 {
+        row.connections_per_s = Some(connections as f64 / report.elapsed_s);
+    }
+    if let Some(total) = server.process.exit_cpu() {
+        let cpu = total.saturating_sub(before).as_secs_f64();
+        row.cpu_s = Some(cpu);
+        row.cpu_per_request_us = None;
+        if connections > 0 {
+            row.cpu_per_conn_us = Some(cpu * 1e6 / connections as f64);
+        }
+    }
+    row.accepts_per_worker = server.process.accepts_per_worker();
+    Ok(())
+}
+
+/// unp: each design's CPU per connection over the iterative server's, the
+/// book's baseline, once iterative's row is in (a run without iterative
+/// has none).
+pub fn relate_to_iterative(rows: &mut [Row]) {
+    let baseline = rows
+        .iter()
+        .find(|r| r.scenario == "unp" && r.model == ModelKind::Iterative.name() && r.error.is_none())
+        .and_then(|r| r.cpu_per_conn_us);
+    let Some(baseline) = baseline else {
+        return;
+    };
+    for r in rows.iter_mut().filter(|r| r.scenario == "unp") {
+        r.cpu_per_conn_over_iterative_us = r.cpu_per_conn_us.map(|c| c - baseline);
+    }
 }
 
 /// Opens idle connections until `held` has `total`.

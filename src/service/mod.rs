@@ -18,6 +18,7 @@
 pub mod framing;
 pub mod room;
 
+mod bytes;
 mod calc;
 mod chat;
 mod contacts;
@@ -86,6 +87,8 @@ pub enum ServiceKind {
     Contacts,
     /// a room: every line goes to everyone else as `<nick> text`
     Chat,
+    /// Stevens' web_child (UNP ch. 30): a line holding N (at most 16 MiB) gets exactly N bytes back
+    Bytes,
 }
 
 impl ServiceKind {
@@ -100,13 +103,16 @@ impl ServiceKind {
             ServiceKind::Calc => "calc",
             ServiceKind::Contacts => "contacts",
             ServiceKind::Chat => "chat",
+            ServiceKind::Bytes => "bytes",
         }
     }
 
     /// The framing a service speaks unless `--framing` says otherwise.
     pub fn default_framing(self) -> Framing {
         match self {
-            ServiceKind::Calc | ServiceKind::Contacts | ServiceKind::Chat => Framing::Line,
+            ServiceKind::Calc | ServiceKind::Contacts | ServiceKind::Chat | ServiceKind::Bytes => {
+                Framing::Line
+            }
             _ => Framing::Chunk,
         }
     }
@@ -252,6 +258,10 @@ impl Service {
         let mut protocol = self.protocol();
         let mut replies = Replies::new(self.config.framing);
         protocol.message(msg, now, &mut replies);
+        if protocol.has_more() {
+            // A reply made in pieces (bytes) is larger than any datagram.
+            return Some(b"ERR reply too large for a datagram".to_vec());
+        }
         let mut reply = replies.out;
         if self.config.framing == Framing::Line && reply.ends_with(b"\n") {
             reply.pop(); // The datagram ends the last line.
@@ -269,6 +279,7 @@ impl Service {
             ServiceKind::Greet => Box::new(greet::Greet),
             ServiceKind::Calc => Box::new(calc::Calc),
             ServiceKind::Chat => Box::new(chat::Chat::join(self.room.clone())),
+            ServiceKind::Bytes => Box::new(bytes::Bytes::default()),
             ServiceKind::Contacts => Box::new(contacts::Contacts {
                 store: self
                     .store
@@ -304,6 +315,20 @@ pub trait Protocol: Send {
     /// wake says when.
     fn accepts_input(&self) -> bool {
         true
+    }
+
+    /// More of a reply too large to make at once (bytes' 16 MiB): called
+    /// whenever the connection's output has drained while
+    /// [`has_more`](Protocol::has_more), with how many bytes it may add.
+    /// Its output goes out at once, behind what went before (a `--delay`
+    /// held the reply's first part).
+    fn more(&mut self, _room: usize, _out: &mut Replies) {}
+
+    /// Whether the protocol still owes output it will make in
+    /// [`more`](Protocol::more). A close asked meanwhile (EOF, shutdown)
+    /// waits for it.
+    fn has_more(&self) -> bool {
+        false
     }
 }
 
@@ -358,6 +383,21 @@ impl Replies {
         if self.framing == Framing::Line {
             self.out.push(b'\n');
         }
+    }
+
+    /// Bytes as they are, not framed: `n` copies of `byte` (part of a
+    /// reply made in pieces).
+    pub fn raw_fill(&mut self, byte: u8, n: usize) {
+        self.out.resize(self.out.len() + n, byte);
+    }
+
+    /// How many bytes of replies this call has made so far.
+    pub fn len(&self) -> usize {
+        self.out.len() - self.base
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// A protocol error: one `ERR <reason>` reply; the connection stays open.
@@ -421,6 +461,9 @@ pub struct Session {
     held_cost: usize,
     /// Set once the protocol asked to close and every reply before it is out.
     closing: bool,
+    /// A close was asked while the protocol still had more to make
+    /// ([`Protocol::more`]): it comes once that is made.
+    close_after_more: bool,
     /// The peer sent EOF; nothing more will be read.
     peer_finished: bool,
     /// When the connection is closed for want of a complete request.
@@ -458,6 +501,7 @@ impl Session {
             held: VecDeque::new(),
             held_cost: 0,
             closing: false,
+            close_after_more: false,
             peer_finished: false,
             idle_deadline: None,
             write_deadline: None,
@@ -593,7 +637,36 @@ impl Session {
         }
         match self.held.back_mut() {
             Some(last) => last.close = true,
-            None => self.closing = true,
+            None => self.set_closing(),
+        }
+    }
+
+    /// Close once everything owed is out, including what the protocol has
+    /// still to make ([`Protocol::more`]).
+    fn set_closing(&mut self) {
+        if self.protocol.has_more() {
+            self.close_after_more = true;
+        } else {
+            self.closing = true;
+        }
+    }
+
+    /// The output has drained and the protocol has more of a reply to
+    /// make: its next piece, within the budget. Every driver gets it the
+    /// same way, from [`consume_output`](Session::consume_output).
+    fn fill(&mut self, now: Instant) {
+        if self.closing || !self.held.is_empty() || self.out_pos < self.out.len() || !self.protocol.has_more()
+        {
+            return;
+        }
+        let room = CONNECTION_BUDGET.saturating_sub(self.cost());
+        let mut replies = self.replies();
+        self.protocol.more(room, &mut replies);
+        let close = replies.close;
+        self.out = replies.out;
+        self.output_added(true, now);
+        if close || self.close_after_more {
+            self.set_closing();
         }
     }
 
@@ -689,6 +762,7 @@ impl Session {
             self.write_deadline = Some(now + self.write_timeout);
         }
         self.active(now);
+        self.fill(now);
         self.take_inbox(now);
     }
 
@@ -733,8 +807,11 @@ impl Session {
             // Already in place behind the earlier output.
             let was_empty = self.out_pos == base;
             self.out = out;
-            self.closing = close;
+            if close {
+                self.set_closing();
+            }
             self.output_added(was_empty, now.instant);
+            self.fill(now.instant);
             return;
         }
         let new = out.split_off(base);
@@ -744,7 +821,8 @@ impl Session {
         }
         if new.is_empty() && self.held.is_empty() {
             // A close with nothing owed before it: no reply to delay.
-            self.closing = true;
+            self.set_closing();
+            self.fill(now.instant);
             return;
         }
         let held = Held {
@@ -766,9 +844,12 @@ impl Session {
         } else {
             self.out.extend_from_slice(&bytes);
         }
-        self.closing = close;
+        if close {
+            self.set_closing();
+        }
         self.output_added(was_empty, now);
         self.active(now); // The clock starts when the reply can go out.
+        self.fill(now);
     }
 
     /// Output was appended: if there was none before, the write clock starts.

@@ -8,8 +8,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    bytes, memory_per_connection, meta_lines, micros, rps_with_range, seconds, served_label, thousands,
-    within_noise,
+    bytes, memory_per_connection, meta_lines, micros, rps_with_range, seconds, served_label, spread_summary,
+    spread_text, thousands, unp_rows, within_noise, UNP_DESIGNS,
 };
 use crate::lab::{Report, Row};
 use crate::model::ModelKind;
@@ -328,6 +328,66 @@ pub fn render(report: &Report) -> String {
                 page,
                 "<p class=\"note\">Not measured: {}.</p>",
                 escape(&skipped.join("; "))
+            );
+        }
+    }
+
+    let unp: Vec<&Row> = unp_rows(rows);
+    if !unp.is_empty() {
+        page += "<h2>Stevens' table, re-run: the server designs of UNP chapter 30</h2>\n";
+        page += "<p>Stevens' client: clients at once, each connecting, asking for 4000 bytes \
+                 (<code>bytes</code>: a line holding N, N bytes back), reading them and closing, again and \
+                 again. The bar is the server's CPU time per connection (user + system, its children \
+                 included, read when it exits as the book's servers read getrusage), in the book's order; \
+                 the text adds the same over the iterative server's (the book's column) and connections \
+                 per second.</p>\n";
+        let bars: Vec<Bar> = unp
+            .iter()
+            .filter(ok)
+            .filter_map(|r| {
+                let c = r.cpu_per_conn_us?;
+                let over = r
+                    .cpu_per_conn_over_iterative_us
+                    .map_or(String::new(), |o| format!(", {o:+.1} µs over iterative"));
+                let text = format!(
+                    "{c:.1} µs{over}, {}/s",
+                    thousands(r.connections_per_s.unwrap_or(0.0).round() as u64)
+                );
+                Some(Bar::new(&r.model, c, text))
+            })
+            .collect();
+        let axis = Axis {
+            title: "µs of server CPU per connection",
+            log: false,
+            tick: tick_plain,
+        };
+        page += &chart(&mut charts, &bars, &axis, &legend_bars(&bars));
+        let designs: Vec<String> = UNP_DESIGNS
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let model = unp
+                    .iter()
+                    .find(|r| r.unp_row == Some(i as u64))
+                    .map_or("not in this run".to_string(), |r| r.model.clone());
+                format!("{i} {d} ({model})")
+            })
+            .collect();
+        let _ = writeln!(
+            page,
+            "<p class=\"note\">The book's rows: {}. socklab's pool is row 7 without the mutex: its \
+             workers wait in poll(2) and accept without blocking.</p>",
+            escape(&designs.join("; "))
+        );
+        if let Some(spread) = spread_summary(rows) {
+            let _ = writeln!(
+                page,
+                "<p><b>The thundering herd.</b> {} Rows 3 and 4 put a lock around accept because, when the \
+                 book was written, every process blocked in accept(2) woke for each connection. Linux \
+                 wakes one waiter of a blocking accept(2) per connection; a worker that waits in poll(2) or \
+                 select(2) first, as socklab's do, is still woken with all the others, and the losers \
+                 find nothing to accept. The counts show who won.</p>",
+                escape(&spread)
             );
         }
     }
@@ -863,6 +923,24 @@ fn story(model: &str, rows: &[Row]) -> String {
             c10k.join(", ")
         ));
     }
+    if let Some(r) = find("unp").filter(|r| r.error.is_none()) {
+        if let Some(c) = r.cpu_per_conn_us {
+            let mut s = format!(
+                "in Stevens' experiment (UNP row {}) it used {c:.1} µs of CPU per connection",
+                r.unp_row.map_or("-".into(), |n| n.to_string())
+            );
+            if let Some(o) = r.cpu_per_conn_over_iterative_us {
+                s += &format!(" ({o:+.1} µs over iterative)");
+            }
+            if let Some(cps) = r.connections_per_s {
+                s += &format!(" and served {}/s", thousands(cps.round() as u64));
+            }
+            if let Some(a) = &r.accepts_per_worker {
+                s += &format!(", its workers accepting {}", spread_text(a));
+            }
+            parts.push(s);
+        }
+    }
     if parts.is_empty() {
         return "No measurements.".into();
     }
@@ -968,6 +1046,16 @@ mod tests {
                 ..Row::default()
             },
             Row {
+                model: "prefork".into(),
+                scenario: "unp".into(),
+                unp_row: Some(2),
+                cpu_per_conn_us: Some(41.5),
+                cpu_per_conn_over_iterative_us: Some(8.0),
+                connections_per_s: Some(9_000.0),
+                accepts_per_worker: Some(vec![10, 12, 11]),
+                ..Row::default()
+            },
+            Row {
                 model: "poll".into(),
                 scenario: "c10k".into(),
                 idle_connections: Some(1000),
@@ -998,6 +1086,15 @@ mod tests {
         assert!(page.contains("href=\"src/model/epoll.rs\""));
         assert!(page.contains("class=\"tick\""));
         assert!(page.contains("<polyline"), "the c10k curve");
+        assert!(
+            page.contains("41.5 µs, +8.0 µs over iterative, 9,000/s"),
+            "the unp chart"
+        );
+        assert!(
+            page.contains("Accepts per worker: prefork 10 12 11"),
+            "the spread"
+        );
+        assert!(page.contains("2 prefork, each child calling accept (prefork)"));
     }
 
     #[test]

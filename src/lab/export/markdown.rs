@@ -1,7 +1,10 @@
 //! The report as Markdown: where the figures came from, then one table per
 //! scenario with the columns that apply.
 
-use super::{bytes, meta_lines, micros, rps_with_range, seconds, served_label, thousands, within_noise};
+use super::{
+    bytes, meta_lines, micros, rps_with_range, seconds, served_label, spread_summary, spread_text, thousands,
+    unp_rows, within_noise, UNP_DESIGNS,
+};
 use crate::lab::{Report, Row};
 
 pub fn render(report: &Report) -> String {
@@ -157,7 +160,67 @@ pub fn table(rows: &[Row]) -> String {
             }
         }
     }
-    out + &c10k_table(rows)
+    out + &c10k_table(rows) + &unp_table(rows)
+}
+
+/// unp: the book's table, row 0 to 8, with the design's model where this
+/// run measured one.
+fn unp_table(rows: &[Row]) -> String {
+    let these = unp_rows(rows);
+    if these.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "## unp\n\nStevens' table (UNP vol. 1, figure 30.1), re-run: server CPU (user + system, children \
+         included) per connection of `4000\\n` and 4000 bytes back, and the same over the iterative \
+         server's, as the book gives it.\n\n\
+         | row | design | model | connections | connections/s | CPU/connection | over iterative | accepts per worker |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    let us = |x: Option<f64>| x.map_or("-".into(), |c| format!("{c:.1} µs"));
+    for (i, design) in UNP_DESIGNS.iter().enumerate() {
+        let row = these.iter().find(|r| r.unp_row == Some(i as u64));
+        let cells = match row {
+            None => {
+                let model = crate::model::ModelKind::all()
+                    .iter()
+                    .find(|m| m.unp_row() == Some(i as u8))
+                    .map_or("-".to_string(), |m| m.to_string());
+                let why = if model == "-" {
+                    "no model yet"
+                } else {
+                    "not in this run"
+                };
+                vec![model, why.into(), "-".into(), "-".into(), "-".into(), "-".into()]
+            }
+            Some(r) => match &r.error {
+                Some(e) => vec![
+                    r.model.clone(),
+                    format!("failed: {}", e.replace('|', "/")),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ],
+                None => vec![
+                    r.model.clone(),
+                    count(r.connections),
+                    r.connections_per_s
+                        .map_or("-".into(), |c| format!("{}/s", thousands(c.round() as u64))),
+                    us(r.cpu_per_conn_us),
+                    us(r.cpu_per_conn_over_iterative_us),
+                    r.accepts_per_worker.as_deref().map_or("-".into(), spread_text),
+                ],
+            },
+        };
+        out += &format!("| {i} | {design} | {} |\n", cells.join(" | "));
+    }
+    out += "\nsocklab's pool is row 7 without the mutex: each worker waits in poll(2) for the listener, \
+            then accepts without blocking (the kernel lets threads accept at once).\n\n";
+    if let Some(spread) = spread_summary(rows) {
+        out += &format!("{spread}\n\n");
+    }
+    out
 }
 
 /// c10k: a row per model, a column per number of idle connections.
@@ -239,6 +302,40 @@ mod tests {
             "{md}"
         );
         assert!(!md.contains("## throughput"));
+    }
+
+    #[test]
+    fn unp_in_the_books_order_with_every_design_named() {
+        let row = |model: &str, n: u64, cpu: f64, spread: Option<Vec<u64>>| Row {
+            model: model.into(),
+            scenario: "unp".into(),
+            unp_row: Some(n),
+            connections: Some(2500),
+            connections_per_s: Some(9000.0),
+            cpu_per_conn_us: Some(cpu),
+            accepts_per_worker: spread,
+            ..Row::default()
+        };
+        let mut rows = vec![
+            row("pool", 7, 40.0, Some(vec![900, 800, 800])),
+            row("iterative", 0, 30.0, None),
+            row("fork", 1, 160.0, None),
+        ];
+        crate::lab::scenario::relate_to_iterative(&mut rows);
+        let md = table(&rows);
+        let at = |s: &str| md.find(s).unwrap_or_else(|| panic!("{s} not in\n{md}"));
+        assert!(at("| 0 | iterative server") < at("| 1 | concurrent server, one fork"));
+        assert!(at("| 1 |") < at("| 7 | prethreaded, mutex"));
+        assert!(md.contains("| 1 | concurrent server, one fork per client | fork | 2,500 | 9,000/s | 160.0 µs | 130.0 µs | - |"), "{md}");
+        assert!(md.contains("| 7 | prethreaded, mutex locking to protect accept | pool | 2,500 | 9,000/s | 40.0 µs | 10.0 µs | 900 800 800 |"), "{md}");
+        assert!(
+            md.contains("| 6 | concurrent server, one thread per client | thread | not in this run |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("Accepts per worker: pool 900 800 800 (Jain 1.00)"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -67,6 +67,7 @@ fn scenario_label(name: &str) -> &'static str {
         "throughput" => "throughput scenario",
         "idle" => "idle scenario",
         "c10k" => "c10k scenario",
+        "unp" => "unp scenario",
         _ => "scenario",
     }
 }
@@ -185,12 +186,90 @@ pub fn summary_line(row: &Row) -> String {
             thousands(row.idle_connections.unwrap_or(0)),
             row.p50_us.map_or("starved".into(), micros)
         ),
+        "unp" => format!(
+            "{head} {} of CPU per connection, {} connections/s{}{served}",
+            row.cpu_per_conn_us.map_or("-".into(), |c| format!("{c:.1} µs")),
+            thousands(row.connections_per_s.unwrap_or(0.0).round() as u64),
+            row.accepts_per_worker.as_ref().map_or(String::new(), |a| format!(
+                ", accepts per worker {}",
+                spread_text(a)
+            ))
+        ),
         _ => format!(
             "{head} {}, active client p50 {}{served}",
             memory_per_connection(row),
             row.p50_us.map_or("starved".into(), micros)
         ),
     }
+}
+
+/// The names of UNP figure 30.1's rows, in the book's order.
+pub const UNP_DESIGNS: [&str; 9] = [
+    "iterative server (the baseline)",
+    "concurrent server, one fork per client",
+    "prefork, each child calling accept",
+    "prefork, file locking around accept",
+    "prefork, thread mutex locking around accept",
+    "prefork, parent passing descriptor to child",
+    "concurrent server, one thread per client",
+    "prethreaded, mutex locking to protect accept",
+    "prethreaded, main thread calling accept",
+];
+
+/// unp's rows in the book's order (row 0 to 8).
+pub fn unp_rows(rows: &[Row]) -> Vec<&Row> {
+    let mut these: Vec<&Row> = rows.iter().filter(|r| r.scenario == "unp").collect();
+    these.sort_by_key(|r| r.unp_row.unwrap_or(u64::MAX));
+    these
+}
+
+/// `412 398 390`.
+pub fn spread_text(counts: &[u64]) -> String {
+    counts.iter().map(|c| thousands(*c)).collect::<Vec<_>>().join(" ")
+}
+
+/// Whether `counts` are even: each worker within a quarter of the fair
+/// share, and Jain's index over them.
+pub fn spread_verdict(counts: &[u64]) -> (bool, f64) {
+    let total: u64 = counts.iter().sum();
+    if counts.len() < 2 || total == 0 {
+        return (true, 1.0);
+    }
+    let fair = total as f64 / counts.len() as f64;
+    let even = counts.iter().all(|&c| (c as f64 - fair).abs() <= 0.25 * fair);
+    (even, crate::client::bench::jain_fairness(counts))
+}
+
+/// The accept-spread paragraph: who took the connections, per model with
+/// workers, and whether today's kernel spread them evenly.
+pub fn spread_summary(rows: &[Row]) -> Option<String> {
+    let with: Vec<(&Row, &Vec<u64>)> = unp_rows(rows)
+        .into_iter()
+        .filter_map(|r| Some((r, r.accepts_per_worker.as_ref().filter(|a| a.len() > 1)?)))
+        .collect();
+    if with.is_empty() {
+        return None;
+    }
+    let mut parts = Vec::new();
+    let mut uneven = Vec::new();
+    for (r, counts) in &with {
+        let (even, jain) = spread_verdict(counts);
+        parts.push(format!("{} {} (Jain {jain:.2})", r.model, spread_text(counts)));
+        if !even {
+            uneven.push(r.model.as_str());
+        }
+    }
+    let verdict = if uneven.is_empty() {
+        "every worker took within a quarter of its fair share: today's kernel spread the connections \
+         evenly across the workers"
+            .to_string()
+    } else {
+        format!(
+            "uneven on {}: some workers took more than a quarter over or under their fair share",
+            uneven.join(", ")
+        )
+    };
+    Some(format!("Accepts per worker: {}; {verdict}.", parts.join(", ")))
 }
 
 /// idle: PSS per accepted connection, or why there is none.
