@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use super::{
     bytes, memory_per_connection, meta_lines, micros, rps_with_range, seconds, served_label, spread_summary,
-    spread_text, thousands, unp_rows, within_noise, UNP_DESIGNS,
+    spread_text, thousands, unp_rows, unp_verdicts, within_noise, UNP_DESIGNS,
 };
 use crate::lab::{Report, Row};
 use crate::model::ModelKind;
@@ -379,6 +379,14 @@ pub fn render(report: &Report) -> String {
              workers wait in poll(2) and accept without blocking.</p>",
             escape(&designs.join("; "))
         );
+        let verdicts = unp_verdicts(rows);
+        if !verdicts.is_empty() {
+            page += "<p><b>The book's conclusions on this kernel.</b></p>\n<ul>\n";
+            for verdict in verdicts {
+                let _ = writeln!(page, "<li>{}</li>", escape(&verdict));
+            }
+            page += "</ul>\n";
+        }
         if let Some(spread) = spread_summary(rows) {
             let _ = writeln!(
                 page,

@@ -3,7 +3,7 @@
 
 use super::{
     bytes, meta_lines, micros, rps_with_range, seconds, served_label, spread_summary, spread_text, thousands,
-    unp_rows, within_noise, UNP_DESIGNS,
+    unp_rows, unp_verdicts, within_noise, UNP_DESIGNS,
 };
 use crate::lab::{Report, Row};
 
@@ -217,6 +217,10 @@ fn unp_table(rows: &[Row]) -> String {
     }
     out += "\nsocklab's pool is row 7 without the mutex: each worker waits in poll(2) for the listener, \
             then accepts without blocking (the kernel lets threads accept at once).\n\n";
+    for verdict in unp_verdicts(rows) {
+        out += &format!("- {verdict}\n");
+    }
+    out += "\n";
     if let Some(spread) = spread_summary(rows) {
         out += &format!("{spread}\n\n");
     }

@@ -272,6 +272,94 @@ pub fn spread_summary(rows: &[Row]) -> Option<String> {
     Some(format!("Accepts per worker: {}; {verdict}.", parts.join(", ")))
 }
 
+/// The book's conclusions, each checked against this run's figures: a
+/// sentence per conclusion whose rows were measured, saying whether today's
+/// Linux agrees. Two costs closer than the spread of their runs count as
+/// the same.
+pub fn unp_verdicts(rows: &[Row]) -> Vec<String> {
+    let these = unp_rows(rows);
+    let at = |n: u64| {
+        these
+            .iter()
+            .find(|r| r.unp_row == Some(n) && r.error.is_none())
+            .and_then(|r| Some((r.model.as_str(), r.cpu_per_conn_us?, cpu_noise(r))))
+    };
+    let mut said = Vec::new();
+    let premade: Vec<(&str, f64, f64)> = [2, 3, 4, 5, 7, 8].into_iter().filter_map(at).collect();
+    let cheapest = premade.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1));
+    if let (Some((_, fork, _)), Some((model, best, _))) = (at(1), cheapest) {
+        let times = fork / best;
+        let verdict = if times >= 2.0 {
+            "as the book found"
+        } else {
+            "today's Linux disagrees with the book"
+        };
+        said.push(format!(
+            "Fork per client: {fork:.1} µs of CPU per connection, {times:.1} times the cheapest \
+             pre-made design ({model}, {best:.1} µs): {verdict}."
+        ));
+    }
+    if let (Some((_, fork, _)), Some((_, thread, _))) = (at(1), at(6)) {
+        let verdict = if thread < fork {
+            "threads are cheaper to create than processes, as the book found"
+        } else {
+            "a thread cost as much as a process: today's Linux disagrees with the book"
+        };
+        said.push(format!(
+            "A thread per client {thread:.1} µs against a process per client {fork:.1} µs: {verdict}."
+        ));
+    }
+    if let (Some((_, prefork, a)), Some((_, pool, b))) = (at(2), at(7)) {
+        let verdict = if (prefork - pool).abs() <= a.max(b) {
+            "the same within the spread of their runs: made in advance, a process costs what a thread \
+             does, where the book found threads cheaper"
+        } else if pool < prefork {
+            "threads cheaper, as the book found"
+        } else {
+            "processes cheaper: today's Linux disagrees with the book"
+        };
+        said.push(format!(
+            "Pre-made workers: processes (prefork) {prefork:.1} µs, threads (pool) {pool:.1} µs: {verdict}."
+        ));
+    }
+    if let (Some((_, prefork, a)), Some((_, pass, b))) = (at(2), at(5)) {
+        let verdict = if pass - prefork > a.max(b) {
+            "dearer, as the book found"
+        } else {
+            "not dearer beyond the spread of the runs: today's Linux disagrees with the book"
+        };
+        said.push(format!(
+            "Passing each descriptor to a child {pass:.1} µs against children accepting {prefork:.1} µs: \
+             {verdict}."
+        ));
+    }
+    if let Some((_, none, noise)) = at(2) {
+        let locked: Vec<String> = [3, 4]
+            .into_iter()
+            .filter_map(at)
+            .map(|(model, cpu, _)| format!("{model} {cpu:.1} µs"))
+            .collect();
+        if !locked.is_empty() {
+            let spread = if noise > 0.0 {
+                format!(" (its runs spread {noise:.1} µs)")
+            } else {
+                String::new()
+            };
+            said.push(format!(
+                "A lock around accept: {} against none (prefork) {none:.1} µs{spread}: this kernel \
+                 needs no lock for correctness, so the lock is only a cost.",
+                locked.join(", ")
+            ));
+        }
+    }
+    said
+}
+
+/// How far a row's runs spread in CPU per connection (0 for one run).
+fn cpu_noise(row: &Row) -> f64 {
+    row.range.get("cpu_per_conn_us").map_or(0.0, |s| s.max - s.min)
+}
+
 /// idle: PSS per accepted connection, or why there is none.
 pub fn memory_per_connection(row: &Row) -> String {
     match (row.pss_per_conn_bytes, row.backlog) {
@@ -286,6 +374,54 @@ pub fn memory_per_connection(row: &Row) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_books_conclusions_are_checked_against_the_figures() {
+        let row = |model: &str, n: u64, cpu: f64, min: f64, max: f64| {
+            let mut r = Row {
+                model: model.into(),
+                scenario: "unp".into(),
+                unp_row: Some(n),
+                cpu_per_conn_us: Some(cpu),
+                ..Row::default()
+            };
+            r.range
+                .insert("cpu_per_conn_us".into(), crate::lab::Spread { min, max });
+            r
+        };
+        let rows = vec![
+            row("fork", 1, 350.0, 345.0, 355.0),
+            row("prefork", 2, 36.6, 34.7, 39.5),
+            row("prefork-pass", 5, 51.2, 49.7, 53.9),
+            row("thread", 6, 86.0, 80.0, 90.0),
+            row("pool", 7, 35.5, 35.0, 36.8),
+        ];
+        let said = unp_verdicts(&rows).join("\n");
+        assert!(
+            said.contains("9.9 times the cheapest pre-made design (pool, 35.5 µs): as the book found"),
+            "{said}"
+        );
+        assert!(
+            said.contains("threads are cheaper to create than processes"),
+            "{said}"
+        );
+        assert!(
+            said.contains("(pool) 35.5 µs: the same within the spread of their runs"),
+            "{said}"
+        );
+        assert!(
+            said.contains("accepting 36.6 µs: dearer, as the book found"),
+            "{said}"
+        );
+        // Passing no dearer than accepting: the report says the book is contradicted.
+        let mut cheap = rows.clone();
+        cheap[2] = row("prefork-pass", 5, 37.0, 35.0, 39.0);
+        let said = unp_verdicts(&cheap).join("\n");
+        assert!(
+            said.contains("not dearer beyond the spread of the runs: today's Linux disagrees"),
+            "{said}"
+        );
+    }
 
     #[test]
     fn separators() {
