@@ -39,7 +39,7 @@ pub fn encode(h: &Histogram<u64>) -> anyhow::Result<String> {
 pub enum DecodeError {
     #[error("it is empty")]
     Empty,
-    #[error("it is {0} bytes long, more than any histogram socklab writes")]
+    #[error("it is more than {0} bytes long, more than any histogram socklab writes")]
     TooLong(usize),
     #[error("it is not base64 (character {0} is '{1}')")]
     NotBase64(usize, char),
@@ -63,12 +63,56 @@ pub fn decode(text: &str) -> Result<Histogram<u64>, DecodeError> {
     let bytes = base64_decode(text)?;
     // The cookies of V2 (0x1c849313) and V2 compressed (0x1c849314): the
     // first four bytes say whether this is a histogram at all.
-    if bytes.len() < 4 || bytes[..3] != [0x1c, 0x84, 0x93] || !matches!(bytes[3], 0x13 | 0x14) {
+    if bytes.len() < 8 || bytes[..3] != [0x1c, 0x84, 0x93] {
         return Err(DecodeError::NotHdr);
     }
+    let v2 = match bytes[3] {
+        0x13 => bytes,
+        0x14 => inflate(&bytes)?,
+        _ => return Err(DecodeError::NotHdr),
+    };
+    // The V2 header is 40 bytes; its second field is the length of the
+    // counts after it. The decoder allocates that length before reading,
+    // so a corrupt one is caught here rather than as gigabytes of zeros.
+    let corrupt = |why: String| DecodeError::Corrupt(why);
+    if v2.len() < 40 || v2[..4] != [0x1c, 0x84, 0x93, 0x13] {
+        return Err(corrupt("its header is cut short".to_string()));
+    }
+    let counts = u32::from_be_bytes([v2[4], v2[5], v2[6], v2[7]]) as usize;
+    if counts != v2.len() - 40 {
+        return Err(corrupt(format!(
+            "its header announces {counts} bytes of counts, {} follow",
+            v2.len() - 40
+        )));
+    }
     Deserializer::new()
-        .deserialize(&mut bytes.as_slice())
-        .map_err(|e| DecodeError::Corrupt(format!("{e}")))
+        .deserialize(&mut v2.as_slice())
+        .map_err(|e| corrupt(format!("{e}")))
+}
+
+/// The most a compressed histogram may inflate to; a socklab run's counts
+/// are at most a few hundred kilobytes.
+const MAX_INFLATED: usize = 16 << 20;
+
+/// The V2 histogram inside a V2 compressed one: cookie, length, zlib.
+fn inflate(bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    use std::io::Read;
+    let length = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+    let Some(zlib) = bytes.get(8..8 + length) else {
+        return Err(DecodeError::Corrupt(format!(
+            "it announces {length} compressed bytes, {} follow",
+            bytes.len() - 8
+        )));
+    };
+    let mut out = Vec::new();
+    flate2::read::ZlibDecoder::new(zlib)
+        .take(MAX_INFLATED as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| DecodeError::Corrupt(format!("its compressed part does not inflate: {e}")))?;
+    if out.len() > MAX_INFLATED {
+        return Err(DecodeError::TooLong(out.len()));
+    }
+    Ok(out)
 }
 
 const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -317,6 +361,14 @@ mod tests {
         assert_eq!(decode("aGVsbG8gd29ybGQ="), Err(DecodeError::NotHdr));
         assert_eq!(decode(""), Err(DecodeError::Empty));
         assert!(matches!(decode("HIST FAA"), Err(DecodeError::NotBase64(4, ' '))));
+        // A header announcing 4 GiB of counts: refused, not allocated.
+        let mut bomb = vec![0x1c, 0x84, 0x93, 0x13, 0xff, 0xff, 0xff, 0xff];
+        bomb.extend_from_slice(&[0; 32]);
+        let refused = decode(&base64_encode(&bomb));
+        assert!(
+            matches!(&refused, Err(DecodeError::Corrupt(why)) if why.contains("4294967295 bytes of counts")),
+            "{refused:?}"
+        );
     }
 
     #[test]
