@@ -95,7 +95,7 @@ fn two_benches_against_one_server_merge_exactly() {
     for (key, p) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9)] {
         assert_eq!(
             m["latency_us"][key].as_u64(),
-            Some(both.value_at_percentile(p)),
+            Some(hdr::value_at_percentile(&both, p)),
             "{key}"
         );
     }
@@ -103,7 +103,7 @@ fn two_benches_against_one_server_merge_exactly() {
         let p = row["percentile"].as_f64().unwrap();
         assert_eq!(
             row["latency_us"].as_u64(),
-            Some(both.value_at_percentile(p)),
+            Some(hdr::value_at_percentile(&both, p)),
             "p{p}"
         );
     }

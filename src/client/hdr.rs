@@ -115,6 +115,27 @@ fn inflate(bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
     Ok(out)
 }
 
+/// The value at percentile `p` (0 to 100] as HdrHistogram's reference
+/// (Java) implementation defines it: the highest value equivalent to the
+/// first recorded value with at least ceil(p% of the count) values at or
+/// below it. The Rust crate's `value_at_percentile` divides p by 100 in
+/// floating point first, so p99.9 of 5,000 latencies asks for the 4,996th
+/// instead of the 4,995th; one ulp off p, as Java takes it, keeps the rank
+/// exact, and socklab's figures those that Java, C and Python read from
+/// the same histogram.
+pub fn value_at_percentile(h: &Histogram<u64>, p: f64) -> u64 {
+    let p = p.next_down().clamp(0.0, 100.0);
+    let rank = ((p * h.len() as f64) / 100.0).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for v in h.iter_recorded() {
+        seen += v.count_at_value();
+        if seen >= rank {
+            return h.highest_equivalent(v.value_iterated_to());
+        }
+    }
+    h.max()
+}
+
 const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Standard base64 with padding, as HdrHistogram writes it.
@@ -369,6 +390,19 @@ mod tests {
             matches!(&refused, Err(DecodeError::Corrupt(why)) if why.contains("4294967295 bytes of counts")),
             "{refused:?}"
         );
+    }
+
+    #[test]
+    fn percentile_ranks_are_exact() {
+        let mut h = run_histogram();
+        for v in 1..=5000 {
+            h.record(v).unwrap();
+        }
+        // Rank 4995 of 5000 is p99.9: 4995 (to the histogram's precision).
+        assert_eq!(value_at_percentile(&h, 99.9), h.highest_equivalent(4995));
+        assert_eq!(value_at_percentile(&h, 50.0), h.highest_equivalent(2500));
+        assert_eq!(value_at_percentile(&h, 100.0), h.max());
+        assert_eq!(value_at_percentile(&h, 0.0001), 1);
     }
 
     #[test]

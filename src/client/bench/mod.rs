@@ -656,7 +656,7 @@ fn run_once(options: &BenchOptions, target: engine::Target) -> anyhow::Result<Be
 }
 
 /// The percentile table's rows; `latency_us` reads the same histogram the
-/// same way (`value_at_percentile`), so its p50..p999 agree with the table.
+/// same way ([`hdr::value_at_percentile`]), so its p50..p999 agree with the table.
 const PERCENTILES: [f64; 8] = [50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99, 100.0];
 
 pub(crate) fn percentiles(h: &Histogram<u64>) -> Vec<Percentile> {
@@ -667,7 +667,7 @@ pub(crate) fn percentiles(h: &Histogram<u64>) -> Vec<Percentile> {
         .iter()
         .map(|&p| Percentile {
             percentile: p,
-            latency_us: h.value_at_percentile(p),
+            latency_us: hdr::value_at_percentile(h, p),
         })
         .collect()
 }
@@ -723,10 +723,10 @@ pub(crate) fn latency(h: &Histogram<u64>) -> Latency {
         return Latency::default();
     }
     Latency {
-        p50: h.value_at_percentile(50.0),
-        p90: h.value_at_percentile(90.0),
-        p99: h.value_at_percentile(99.0),
-        p999: h.value_at_percentile(99.9),
+        p50: hdr::value_at_percentile(h, 50.0),
+        p90: hdr::value_at_percentile(h, 90.0),
+        p99: hdr::value_at_percentile(h, 99.0),
+        p999: hdr::value_at_percentile(h, 99.9),
         max: h.max(),
         mean: h.mean(),
     }
