@@ -112,19 +112,20 @@ done
 
 start=$(($(date +%s) + AHEAD))
 echo "== drivers in $D1 and $D2: $RATE/s in total for $DURATION, --start-at $start"
-run_driver() { # K NS
-    local k=$1 ns=$2
+# Started directly (no subshell), so that the pids are timeout's, which
+# passes the cleanup's SIGTERM on to the driver.
+drivers=()
+for k in 1 2; do
+    ns=$D1
+    [ "$k" -eq 2 ] && ns=$D2
     timeout 120 ip netns exec "$ns" "$SOCKLAB" bench "tcp:$NET.1:$PORT" \
         --rate "$RATE" --driver "$k/2" --start-at "$start" --duration "$DURATION" \
         --clients "$CLIENTS" --size 64 --expect echo --json --quiet \
-        --hdr-log "$work/d$k.hlog" >"$work/d$k.json"
-}
-run_driver 1 "$D1" &
-d1=$!
-pids+=($d1)
-run_driver 2 "$D2" &
-d2=$!
-pids+=($d2)
+        --hdr-log "$work/d$k.hlog" >"$work/d$k.json" &
+    drivers+=($!)
+    pids+=($!)
+done
+d1=${drivers[0]} d2=${drivers[1]}
 wait "$d1" || fail "driver 1/2 failed"
 wait "$d2" || fail "driver 2/2 failed"
 for k in 1 2; do
