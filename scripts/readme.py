@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Runs every command of README.md's `sh` blocks, as written and in order,
-and checks that each does what README shows.
+and checks that each does what README shows. (Recipes for other machines,
+such as the ssh/pdsh one, are `bash` blocks: shown, not run.)
 
     python3 scripts/readme.py               # everything but the set-up block
     python3 scripts/readme.py --with-setup  # also `cargo run --release -- lab`

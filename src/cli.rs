@@ -49,6 +49,8 @@ pub enum Command {
     Relay(RelayArgs),
     /// List the concurrency models, one line each
     Models,
+    /// Several bench --json runs (several hosts) as one run, exactly
+    Merge(MergeArgs),
 }
 
 // Bounds on what the command line accepts, checked while parsing, so that a
@@ -396,6 +398,69 @@ pub struct BenchArgs {
     /// first when the file is new)
     #[arg(long, value_name = "FILE")]
     pub csv: Option<std::path::PathBuf>,
+    /// Start at this wall-clock time, RFC 3339 (2025-01-31T12:00:00Z) or
+    /// unix seconds (1738324800.5), so that drivers on several hosts start
+    /// together; a time in the past is an error
+    #[arg(long, value_name = "TIME", value_parser = parse_start_at)]
+    pub start_at: Option<std::time::SystemTime>,
+    /// This is driver K of N (from 1): it sends 1/N of --rate (warm-up
+    /// included), interleaved with the others, and numbers its clients after
+    /// theirs, so that `socklab merge` can add the runs up
+    #[arg(long, value_name = "K/N")]
+    pub driver: Option<crate::client::bench::Driver>,
+    /// Write an HdrHistogram interval log (format 1.3, one histogram per
+    /// second, in microseconds) to this file
+    #[arg(long, value_name = "FILE")]
+    pub hdr_log: Option<std::path::PathBuf>,
+}
+
+/// `--start-at`: RFC 3339, or seconds since the epoch.
+fn parse_start_at(s: &str) -> Result<std::time::SystemTime, String> {
+    let unix = s
+        .parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs >= 0.0)
+        .and_then(|secs| std::time::Duration::try_from_secs_f64(secs).ok())
+        .and_then(|d| std::time::UNIX_EPOCH.checked_add(d));
+    if let Some(t) = unix {
+        return Ok(t);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(std::time::SystemTime::from)
+        .map_err(|_| {
+            format!("'{s}' is not a time: give RFC 3339 (2025-01-31T12:00:00Z) or unix seconds (1738324800)")
+        })
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// `socklab bench --json` outputs, one per driver
+    #[arg(value_name = "RUN.json", required = true)]
+    pub files: Vec<std::path::PathBuf>,
+    /// Print the merged run as one JSON document (it can be merged again)
+    #[arg(long)]
+    pub json: bool,
+    /// Also append the merged summary to this CSV file, as bench --csv does
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<std::path::PathBuf>,
+    /// Merge runs that drove different targets (e.g. one server by two names)
+    #[arg(long)]
+    pub allow_mixed: bool,
+    /// Merge runs whose client ids overlap (drivers started without --driver)
+    #[arg(long)]
+    pub allow_overlap: bool,
+}
+
+impl MergeArgs {
+    pub fn into_options(self) -> crate::client::merge::MergeOptions {
+        crate::client::merge::MergeOptions {
+            files: self.files,
+            json: self.json,
+            csv: self.csv,
+            allow_mixed: self.allow_mixed,
+            allow_overlap: self.allow_overlap,
+        }
+    }
 }
 
 impl BenchArgs {
@@ -425,6 +490,9 @@ impl BenchArgs {
             engine: self.engine,
             warmup: self.warmup,
             csv: self.csv,
+            start_at: self.start_at,
+            driver: self.driver,
+            hdr_log: self.hdr_log,
         }
     }
 }

@@ -30,6 +30,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(args) => socklab::client::bench::run(args.into_options()),
         Command::Lab(args) => socklab::lab::run(args.into_options()),
         Command::Relay(args) => socklab::relay::run(args.into_options()),
+        Command::Merge(args) => socklab::client::merge::run(args.into_options()),
         Command::Models => {
             let mut out = std::io::stdout().lock();
             for model in ModelKind::all() {

@@ -384,3 +384,80 @@ fn per_client_counts_and_instants_are_in_the_json() {
         assert!(ends[1] >= 0.19, "{engine}: {ends:?}");
     }
 }
+
+#[test]
+fn driver_and_start_at_are_checked() {
+    for bad in ["3/2", "0/2", "1/0", "two", "1/2/3"] {
+        let err = fails_with(2, socklab(&["bench", ":1", "--driver", bad]));
+        assert!(err.starts_with("error: invalid value"), "{bad}: {err}");
+    }
+    let err = fails_with(2, socklab(&["bench", ":1", "--driver", "3/2"]));
+    assert!(err.contains("K counts from 1 to N"), "{err}");
+    let err = fails_with(2, socklab(&["bench", ":1", "--start-at", "soon"]));
+    assert!(err.contains("give RFC 3339"), "{err}");
+    let server = Server::tcp(&["--model", "epoll", "--service", "echo"]);
+    for past in ["1000000000", "2001-09-09T01:46:40Z"] {
+        let err = fails_with(1, socklab(&["bench", &server.addr, "--start-at", past]));
+        assert!(err.starts_with("error: --start-at 2001-09-09T01:46:40"), "{err}");
+        assert!(err.contains("s in the past"), "{err}");
+    }
+}
+
+#[test]
+fn start_at_waits_for_the_wall_clock_and_the_json_says_when() {
+    let server = Server::tcp(&["--model", "epoll", "--service", "echo"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let at = now.as_secs_f64() + 1.0;
+    let r = bench_json(
+        &server.addr,
+        &["--requests", "3", "--start-at", &format!("{at:.3}")],
+    );
+    let started = chrono::DateTime::parse_from_rfc3339(r["started_at"].as_str().unwrap()).unwrap();
+    let ended = chrono::DateTime::parse_from_rfc3339(r["ended_at"].as_str().unwrap()).unwrap();
+    let started_s = started.timestamp_micros() as f64 / 1e6;
+    assert!(started_s >= at - 0.001, "began at {started_s}, asked {at}");
+    assert!(ended >= started);
+    assert_eq!(r["target"], server.addr.as_str());
+    assert_eq!(r["client_ids"], serde_json::json!({"first": 0, "last": 0}));
+    assert_eq!(r["driver"], serde_json::Value::Null);
+    assert!(r["histogram"].as_str().unwrap().starts_with("HISTF"), "{r}");
+}
+
+#[test]
+fn hdr_log_holds_a_histogram_a_second_and_every_latency() {
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    let server = Server::tcp(&["--model", "epoll", "--service", "echo"]);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("run.hlog");
+    let r = bench_json(
+        &server.addr,
+        &[
+            "--rate",
+            "100",
+            "--duration",
+            "1500ms",
+            "--hdr-log",
+            log.to_str().unwrap(),
+        ],
+    );
+    let text = std::fs::read(&log).unwrap();
+    let lines = String::from_utf8_lossy(&text).into_owned();
+    assert!(lines.contains("#[Histogram log format version 1.3]\n"), "{lines}");
+    assert!(lines.contains(
+        "\n\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n"
+    ));
+    // Read back with the hdrhistogram crate's own log parser.
+    let mut starts = Vec::new();
+    let mut count = 0;
+    for entry in IntervalLogIterator::new(&text) {
+        if let LogEntry::Interval(h) = entry.unwrap() {
+            starts.push(h.start_timestamp().as_secs_f64());
+            count += socklab::client::hdr::decode(h.encoded_histogram()).unwrap().len();
+        }
+    }
+    assert_eq!(starts, [0.0, 1.0]);
+    assert_eq!(Some(count), r["replies"].as_u64());
+    assert_eq!(r["requests"], 150);
+}

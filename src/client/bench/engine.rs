@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use std::io::{Read, Write};
 
-use hdrhistogram::Histogram;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::{new_histogram, ClientReport, ErrorKind, Expect, Load};
+use super::{ClientReport, ErrorKind, Expect, Load};
 use crate::addr::Addr;
+use crate::client::hdr::Recorder;
 use crate::net::{self, Stream};
 
 /// Everything a client task needs, shared by all of them.
@@ -30,14 +30,20 @@ pub struct Plan {
     pub request: Vec<u8>,
     pub expect: Expect,
     pub load: Load,
-    /// Open loop: requests per second for the whole run.
+    /// Open loop: requests per second for the whole run (this driver's
+    /// share, with `--driver`).
     pub rate: Option<f64>,
+    /// Open loop: when this driver's first slot comes, after `start`
+    /// (`--driver K/N`: K-1 slots of the whole schedule).
+    pub phase: Duration,
     pub clients: usize,
     pub timeout: Duration,
     pub new_connection: bool,
     pub start: Instant,
     /// Requests finished so far, for the progress bar.
     pub done: AtomicU64,
+    /// `--hdr-log`: keep a histogram per second too.
+    pub per_second: bool,
 }
 
 /// Where the clients connect, resolved once before the run.
@@ -80,17 +86,11 @@ impl ClientResult {
 
     /// A whole, right reply to a request that began at `began`.
     /// `start` is the run's, for the client's timeline.
-    pub(super) fn replied(
-        &mut self,
-        histogram: &mut Histogram<u64>,
-        start: Instant,
-        began: Instant,
-        reply: &[u8],
-    ) {
+    pub(super) fn replied(&mut self, recorder: &mut Recorder, start: Instant, began: Instant, reply: &[u8]) {
         let micros = began.elapsed().as_micros().max(1) as u64;
-        self.report.last_byte_s = Some(start.elapsed().as_secs_f64());
-        let high = histogram.high();
-        let _ = histogram.record(micros.min(high));
+        let at = start.elapsed();
+        self.report.last_byte_s = Some(at.as_secs_f64());
+        recorder.record(micros, at);
         self.report.replies += 1;
         if self.report.last_reply != reply {
             self.report.last_reply.clear();
@@ -109,12 +109,12 @@ impl ClientResult {
 /// histogram is ~200 KiB: one per client would cost 2 GB for 10,000).
 pub struct ThreadResult {
     pub clients: Vec<ClientResult>,
-    pub histogram: Histogram<u64>,
+    pub recorder: Recorder,
 }
 
 /// The histogram a thread's clients share; only that thread touches it, so
 /// the lock is never contended.
-type SharedHistogram = Arc<std::sync::Mutex<Histogram<u64>>>;
+type SharedHistogram = Arc<std::sync::Mutex<Recorder>>;
 
 /// What one engine thread runs: thread `t` of `threads`, driving every
 /// `threads`-th client.
@@ -149,7 +149,7 @@ pub fn one_thread(plan: Arc<Plan>, t: usize, threads: usize) -> anyhow::Result<T
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let histogram: SharedHistogram = Arc::new(std::sync::Mutex::new(new_histogram()));
+    let histogram: SharedHistogram = Arc::new(std::sync::Mutex::new(Recorder::new(plan.per_second)));
     let clients = runtime.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for id in (t..plan.clients).step_by(threads) {
@@ -166,7 +166,10 @@ pub fn one_thread(plan: Arc<Plan>, t: usize, threads: usize) -> anyhow::Result<T
         .map_err(|_| anyhow::anyhow!("a client outlived its thread"))?
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
-    Ok(ThreadResult { clients, histogram })
+    Ok(ThreadResult {
+        clients,
+        recorder: histogram,
+    })
 }
 
 /// What went wrong with one request.
@@ -329,7 +332,7 @@ async fn client(plan: Arc<Plan>, id: usize, histogram: SharedHistogram) -> Clien
                 // Past what a Duration holds: later than any run can last.
                 let Some(intended) = Duration::try_from_secs_f64(slot / rate)
                     .ok()
-                    .and_then(|offset| plan.start.checked_add(offset))
+                    .and_then(|offset| plan.start.checked_add(plan.phase + offset))
                 else {
                     break;
                 };

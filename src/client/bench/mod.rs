@@ -16,6 +16,10 @@
 //! otherwise as many bytes as were sent; `echo` also checks the bytes. A
 //! reply that ends early, differs, a reset, a refused connection or a
 //! timeout is an error, counted by kind.
+//!
+//! Several hosts make one run (DESIGN section 10): `--start-at` starts them
+//! together, `--driver K/N` gives each its share of `--rate` and its own
+//! client ids, and the JSON carries the whole histogram for `socklab merge`.
 
 mod engine;
 mod uring;
@@ -26,13 +30,14 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::bail;
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::addr::Addr;
+use crate::client::hdr;
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -58,6 +63,15 @@ pub struct BenchOptions {
     pub warmup: Option<Duration>,
     /// Append the summary to this CSV file, one row per run (`--csv`).
     pub csv: Option<PathBuf>,
+    /// Begin at this wall-clock time (`--start-at`), so that drivers on
+    /// several hosts, launched by ssh or pdsh, start together.
+    pub start_at: Option<SystemTime>,
+    /// This run is driver K of N (`--driver`): it takes 1/N of `--rate`,
+    /// on the slots of the whole schedule that are its own, and numbers its
+    /// clients after the drivers before it, so merged runs never share ids.
+    pub driver: Option<Driver>,
+    /// Write an interval log here (`--hdr-log`): one histogram per second.
+    pub hdr_log: Option<PathBuf>,
 }
 
 impl BenchOptions {
@@ -79,6 +93,9 @@ impl BenchOptions {
             engine: Engine::Auto,
             warmup: None,
             csv: None,
+            start_at: None,
+            driver: None,
+            hdr_log: None,
         }
     }
 }
@@ -154,6 +171,8 @@ pub enum Engine {
     Tokio,
     /// io_uring rings: the closed loop over TCP and Unix sockets.
     Uring,
+    /// `merge` of runs driven by different engines.
+    Mixed,
 }
 
 impl FromStr for Engine {
@@ -174,6 +193,7 @@ impl Engine {
             Engine::Auto => "auto",
             Engine::Tokio => "tokio",
             Engine::Uring => "uring",
+            Engine::Mixed => "mixed",
         }
     }
 
@@ -190,7 +210,41 @@ impl Engine {
                 bail!("io_uring is not available here (use --engine tokio)")
             }
             Engine::Uring => Ok(Engine::Uring),
+            Engine::Mixed => bail!("mixed is not an engine one run can use"),
         }
+    }
+}
+
+/// `--driver K/N`: driver K (from 1) of N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Driver {
+    pub k: usize,
+    pub n: usize,
+}
+
+/// The most drivers one run may have.
+pub const MAX_DRIVERS: usize = 10_000;
+
+impl FromStr for Driver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parsed = s
+            .split_once('/')
+            .and_then(|(k, n)| Some((k.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?)));
+        match parsed {
+            Some((k, n)) if (1..=MAX_DRIVERS).contains(&n) && (1..=n).contains(&k) => Ok(Driver { k, n }),
+            Some((k, n)) if (1..=MAX_DRIVERS).contains(&n) => Err(format!(
+                "driver {k} of {n}: K counts from 1 to N, so here 1 to {n}"
+            )),
+            Some(_) => Err(format!("'{s}': N is from 1 to {MAX_DRIVERS} drivers")),
+            None => Err(format!("'{s}' is not K/N, e.g. 1/2 for the first of two drivers")),
+        }
+    }
+}
+
+impl fmt::Display for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.k, self.n)
     }
 }
 
@@ -207,7 +261,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     pub const COUNT: usize = 6;
-    const ALL: [ErrorKind; Self::COUNT] = [
+    pub const ALL: [ErrorKind; Self::COUNT] = [
         ErrorKind::Connect,
         ErrorKind::Timeout,
         ErrorKind::Reset,
@@ -216,7 +270,7 @@ impl ErrorKind {
         ErrorKind::Other,
     ];
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             ErrorKind::Connect => "connect",
             ErrorKind::Timeout => "timeout",
@@ -296,6 +350,48 @@ pub struct BenchReport {
     /// Each client's counts and instants, by id: who was served, and when
     /// (the lab's fairness figure and timeline come from here).
     pub per_client: Vec<ClientReport>,
+    /// The address driven, as given: runs merge only when theirs agree.
+    pub target: String,
+    /// The wall-clock instants the measured run began and ended (RFC 3339,
+    /// microseconds): how far apart drivers on several hosts started.
+    pub started_at: String,
+    pub ended_at: String,
+    /// Open loop: the requests per second this run was to send (its share,
+    /// with `--driver`); `null` for a closed loop.
+    pub rate_rps: Option<f64>,
+    /// `K/N` with `--driver`, else `null`.
+    pub driver: Option<String>,
+    /// The ids of this run's clients, so that a merge can tell two drivers
+    /// from the same run counted twice.
+    pub client_ids: ClientIds,
+    /// A merge's inputs, one line each (absent from a single run).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub runs: Vec<RunInfo>,
+    /// A merge: how far apart the first and the last run began.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub start_spread_ms: Option<f64>,
+    /// Every latency of the run: the HdrHistogram in its standard V2
+    /// compressed encoding, base64 (`HISTF...`), in microseconds.
+    pub histogram: String,
+}
+
+/// The first and the last client id of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientIds {
+    pub first: usize,
+    pub last: usize,
+}
+
+/// One input of a merge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub file: String,
+    pub started_at: String,
+    pub ended_at: String,
+    pub requests: u64,
+    pub replies: u64,
+    pub driver: Option<String>,
+    pub client_ids: ClientIds,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -315,7 +411,7 @@ pub struct Latency {
 }
 
 /// One client's share, for `--verbose` and `--json`'s `per_client`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClientReport {
     /// Which client (0-based), whichever thread ran it.
     pub id: usize,
@@ -325,15 +421,16 @@ pub struct ClientReport {
     pub elapsed: Duration,
     #[serde(skip)]
     pub last_reply: Vec<u8>,
+    #[serde(default)]
     pub last_error: Option<String>,
     /// Seconds after the run began when the client's first connection was
     /// up, the first byte of a reply came in, and its last whole reply was
     /// in: one lane of a timeline of the run.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub connected_s: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub first_byte_s: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub last_byte_s: Option<f64>,
 }
 
@@ -386,38 +483,104 @@ impl BenchOptions {
                 bail!("--rate must be a number of requests per second above 0, not {rate}");
             }
         }
+        if let Some(d) = self.driver {
+            if !(1..=d.n).contains(&d.k) {
+                bail!("--driver {d}: K counts from 1 to N");
+            }
+        }
+        if let Some(at) = self.start_at {
+            let now = SystemTime::now();
+            match at.duration_since(now) {
+                Err(late) => bail!(
+                    "--start-at {} is {:.3} s in the past (give a time ahead, leaving the drivers time to be launched)",
+                    wall_clock(at),
+                    late.duration().as_secs_f64()
+                ),
+                Ok(ahead) if ahead > crate::cli::MAX_DURATION => bail!(
+                    "--start-at {} is more than a day ahead",
+                    wall_clock(at)
+                ),
+                Ok(_) => {}
+            }
+        }
         Ok(())
+    }
+
+    /// The ids of this run's clients: after those of the drivers before it.
+    fn client_ids(&self) -> ClientIds {
+        let first = self.driver.map_or(0, |d| (d.k - 1) * self.clients);
+        ClientIds {
+            first,
+            last: first + self.clients - 1,
+        }
     }
 }
 
 /// Runs the benchmark and returns the merged report. A `--warmup` is a
-/// run of its own before it, for that long, whose figures are dropped.
+/// run of its own before it, for that long, whose figures are dropped;
+/// with `--start-at`, the warm-up begins then.
 pub fn measure(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     options.check()?;
+    // Resolved (and the server probed) before the start time, so that at
+    // the start time the clients connect at once.
+    let target = engine::Target::resolve(&options.addr, options.timeout)?;
+    if let Some(at) = options.start_at {
+        sleep_until(at);
+    }
     if let Some(warmup) = options.warmup.filter(|w| !w.is_zero()) {
         let warm = BenchOptions {
             load: Load::Duration(warmup),
             warmup: None,
+            hdr_log: None,
             quiet: true,
             ..options.clone()
         };
-        run_once(&warm)?;
+        run_once(&warm, target.clone())?;
     }
-    run_once(options)
+    run_once(options, target)
 }
 
-fn run_once(options: &BenchOptions) -> anyhow::Result<BenchReport> {
+/// Sleeps until the wall clock reads `at` (re-reading it, should it be set
+/// meanwhile).
+fn sleep_until(at: SystemTime) {
+    while let Ok(left) = at.duration_since(SystemTime::now()) {
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(Duration::from_secs(1)));
+    }
+}
+
+/// A wall-clock instant in RFC 3339, to the microsecond, in UTC.
+pub fn wall_clock(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn run_once(options: &BenchOptions, target: engine::Target) -> anyhow::Result<BenchReport> {
+    // With --driver K/N, this run sends 1/N of the rate, on the slots of
+    // the whole schedule (one every 1/R s) numbered K-1 modulo N: the
+    // drivers' requests interleave as one driver's would.
+    let (rate, phase) = match (options.rate, options.driver) {
+        (Some(r), Some(d)) => (
+            Some(r / d.n as f64),
+            Duration::from_secs_f64((d.k - 1) as f64 / r),
+        ),
+        (rate, _) => (rate, Duration::ZERO),
+    };
+    let started_at = SystemTime::now();
     let plan = Arc::new(engine::Plan {
-        target: engine::Target::resolve(&options.addr, options.timeout)?,
+        target,
         request: options.payload.bytes(),
         expect: options.expect,
         load: options.load,
-        rate: options.rate,
+        rate,
+        phase,
         clients: options.clients,
         timeout: options.timeout,
         new_connection: options.new_connection,
         start: Instant::now(),
         done: AtomicU64::new(0),
+        per_second: options.hdr_log.is_some(),
     });
     let engine = options.engine.choose(&plan)?;
     let thread_main: engine::ThreadMain = match engine {
@@ -444,8 +607,10 @@ fn run_once(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let mut merged = new_histogram();
     let mut per_client = Vec::new();
     let mut by_kind = [0u64; ErrorKind::COUNT];
+    let mut seconds = Vec::new();
     for thread in results {
-        merged.add(&thread.histogram)?;
+        merged.add(&thread.recorder.total)?;
+        seconds.push(thread.recorder.into_seconds());
         for client in thread.clients {
             per_client.push(client.report);
             for (total, n) in by_kind.iter_mut().zip(client.errors) {
@@ -453,7 +618,14 @@ fn run_once(options: &BenchOptions) -> anyhow::Result<BenchReport> {
             }
         }
     }
+    let ids = options.client_ids();
+    for client in &mut per_client {
+        client.id += ids.first;
+    }
     per_client.sort_by_key(|c| c.id);
+    if let Some(path) = &options.hdr_log {
+        hdr::write_log(path, started_at, elapsed, &options.addr.to_string(), seconds)?;
+    }
     let replies: u64 = per_client.iter().map(|c| c.replies).sum();
     let errors: u64 = per_client.iter().map(|c| c.errors).sum();
     Ok(BenchReport {
@@ -471,14 +643,23 @@ fn run_once(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         percentiles_us: percentiles(&merged),
         engine,
         per_client,
+        target: options.addr.to_string(),
+        started_at: wall_clock(started_at),
+        ended_at: wall_clock(started_at + elapsed),
+        rate_rps: rate,
+        driver: options.driver.map(|d| d.to_string()),
+        client_ids: ids,
+        runs: Vec::new(),
+        start_spread_ms: None,
+        histogram: hdr::encode(&merged)?,
     })
 }
 
 /// The percentile table's rows; `latency_us` reads the same histogram the
-/// same way (`value_at_percentile`), so its p50..p999 agree with the table.
+/// same way ([`hdr::value_at_percentile`]), so its p50..p999 agree with the table.
 const PERCENTILES: [f64; 8] = [50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99, 100.0];
 
-fn percentiles(h: &Histogram<u64>) -> Vec<Percentile> {
+pub(crate) fn percentiles(h: &Histogram<u64>) -> Vec<Percentile> {
     if h.is_empty() {
         return Vec::new();
     }
@@ -486,7 +667,7 @@ fn percentiles(h: &Histogram<u64>) -> Vec<Percentile> {
         .iter()
         .map(|&p| Percentile {
             percentile: p,
-            latency_us: h.value_at_percentile(p),
+            latency_us: hdr::value_at_percentile(h, p),
         })
         .collect()
 }
@@ -494,22 +675,7 @@ fn percentiles(h: &Histogram<u64>) -> Vec<Percentile> {
 /// `socklab bench`: measure, print, and fail when nothing succeeded.
 pub fn run(options: BenchOptions) -> anyhow::Result<()> {
     let report = measure(&options)?;
-    let mut out = io::stdout().lock();
-    if options.json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
-        writeln!(out)?;
-    } else {
-        if options.verbose {
-            for client in &report.per_client {
-                writeln!(out, "{}", client_line(client.id + 1, client))?;
-            }
-        }
-        write!(out, "{}", summary(&options.addr, &report))?;
-    }
-    out.flush()?;
-    if let Some(path) = &options.csv {
-        append_csv(path, &options.addr, &report)?;
-    }
+    print(&report, options.json, options.verbose, options.csv.as_deref())?;
     if report.replies == 0 && report.errors > 0 {
         let why = report
             .per_client
@@ -521,20 +687,46 @@ pub fn run(options: BenchOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn new_histogram() -> Histogram<u64> {
-    // 1 µs to 1 hour at 3 significant digits: constant, valid bounds.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant histogram bounds are valid")
+/// Prints a report as bench and merge do: the JSON document or the human
+/// summary (`verbose`: a line per client first), and a CSV row to `csv`.
+pub fn print(
+    report: &BenchReport,
+    json: bool,
+    verbose: bool,
+    csv: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, report)?;
+        writeln!(out)?;
+    } else {
+        if verbose {
+            for client in &report.per_client {
+                writeln!(out, "{}", client_line(client.id + 1, client))?;
+            }
+        }
+        write!(out, "{}", summary(report))?;
+    }
+    out.flush()?;
+    if let Some(path) = csv {
+        append_csv(path, report)?;
+    }
+    Ok(())
 }
 
-fn latency(h: &Histogram<u64>) -> Latency {
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    hdr::run_histogram()
+}
+
+pub(crate) fn latency(h: &Histogram<u64>) -> Latency {
     if h.is_empty() {
         return Latency::default();
     }
     Latency {
-        p50: h.value_at_percentile(50.0),
-        p90: h.value_at_percentile(90.0),
-        p99: h.value_at_percentile(99.0),
-        p999: h.value_at_percentile(99.9),
+        p50: hdr::value_at_percentile(h, 50.0),
+        p90: hdr::value_at_percentile(h, 90.0),
+        p99: hdr::value_at_percentile(h, 99.0),
+        p999: hdr::value_at_percentile(h, 99.9),
         max: h.max(),
         mean: h.mean(),
     }
@@ -542,7 +734,8 @@ fn latency(h: &Histogram<u64>) -> Latency {
 
 /// The human summary. Where nothing was measured (no reply), a figure is
 /// `-`, not a zero that reads like a very fast server.
-pub fn summary(addr: &Addr, r: &BenchReport) -> String {
+pub fn summary(r: &BenchReport) -> String {
+    let addr = &r.target;
     let l = &r.latency_us;
     let kinds: Vec<String> = r
         .errors_by_kind
@@ -578,14 +771,21 @@ pub fn summary(addr: &Addr, r: &BenchReport) -> String {
         figure(l.max),
         figure(l.mean.round() as u64),
     );
-    text + &errors
+    let runs = match r.start_spread_ms {
+        Some(spread) if !r.runs.is_empty() => format!(
+            "  merged     {} runs, started within {spread:.3} ms of each other\n",
+            r.runs.len()
+        ),
+        _ => String::new(),
+    };
+    text + &errors + &runs
 }
 
 /// The CSV columns of `--csv`, one row per run.
 const CSV_HEADER: &str = "addr,engine,clients,requests,replies,errors,elapsed_s,throughput_rps,p50_us,p90_us,p99_us,p999_us,max_us,mean_us";
 
 /// One run as a CSV row; latency cells are empty when nothing was measured.
-pub fn csv_row(addr: &Addr, r: &BenchReport) -> String {
+pub fn csv_row(r: &BenchReport) -> String {
     let l = &r.latency_us;
     let cell = |us: u64| {
         if r.replies > 0 {
@@ -594,11 +794,11 @@ pub fn csv_row(addr: &Addr, r: &BenchReport) -> String {
             String::new()
         }
     };
-    let addr = addr.to_string();
+    let addr = &r.target;
     let addr = if addr.contains([',', '"']) {
         format!("\"{}\"", addr.replace('"', "\"\""))
     } else {
-        addr
+        addr.clone()
     };
     format!(
         "{addr},{},{},{},{},{},{:.6},{:.1},{},{},{},{},{},{}",
@@ -624,7 +824,7 @@ pub fn csv_row(addr: &Addr, r: &BenchReport) -> String {
 
 /// Appends one row to `path`, with the header first when the file is new
 /// or empty, so that runs accumulate in one table.
-fn append_csv(path: &std::path::Path, addr: &Addr, r: &BenchReport) -> anyhow::Result<()> {
+fn append_csv(path: &std::path::Path, r: &BenchReport) -> anyhow::Result<()> {
     use anyhow::Context;
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -636,7 +836,7 @@ fn append_csv(path: &std::path::Path, addr: &Addr, r: &BenchReport) -> anyhow::R
         text.push_str(CSV_HEADER);
         text.push('\n');
     }
-    text.push_str(&csv_row(addr, r));
+    text.push_str(&csv_row(r));
     text.push('\n');
     file.write_all(text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))

@@ -26,12 +26,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use io_uring::{opcode, squeue, types, IoUring};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::engine::{check, check_at_close, ClientResult, Failure, Plan, Target, ThreadResult};
-use super::{new_histogram, ErrorKind, Load};
+use super::{ErrorKind, Load};
+use crate::client::hdr::Recorder;
 use crate::ring;
 
 /// How long a client waits before connecting again after a refusal.
@@ -135,7 +135,7 @@ struct Engine<'p> {
     busy: StartOrder,
     /// Clients pausing after a refusal: (when to go on, client).
     retries: VecDeque<(Instant, usize)>,
-    histogram: Histogram<u64>,
+    recorder: Recorder,
     done: usize,
 }
 
@@ -170,7 +170,7 @@ pub fn one_thread(plan: Arc<Plan>, t: usize, threads: usize) -> anyhow::Result<T
             .collect(),
         busy: StartOrder::new(n),
         retries: VecDeque::new(),
-        histogram: new_histogram(),
+        recorder: Recorder::new(plan.per_second),
         done: 0,
     };
     if let Err(e) = engine.run() {
@@ -180,11 +180,11 @@ pub fn one_thread(plan: Arc<Plan>, t: usize, threads: usize) -> anyhow::Result<T
         return Err(e.into());
     }
     let Engine {
-        clients, histogram, ..
+        clients, recorder, ..
     } = engine;
     Ok(ThreadResult {
         clients: clients.into_iter().map(|c| c.result).collect(),
-        histogram,
+        recorder,
     })
 }
 
@@ -371,7 +371,7 @@ impl Engine<'_> {
         let client = &mut self.clients[c];
         client
             .result
-            .replied(&mut self.histogram, plan.start, client.began, &client.reply);
+            .replied(&mut self.recorder, plan.start, client.began, &client.reply);
         plan.done.fetch_add(1, Ordering::Relaxed);
         client.state = State::Settling;
         if plan.new_connection {
