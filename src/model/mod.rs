@@ -24,6 +24,7 @@ mod prefork_mutex;
 mod prefork_pass;
 mod process;
 mod select;
+mod shared_memory;
 pub mod spread;
 mod thread;
 mod uring;

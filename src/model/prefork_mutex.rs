@@ -11,12 +11,10 @@
 //! dies, the next worker's lock returns `EOWNERDEAD`, and that worker
 //! declares it consistent (`pthread_mutex_consistent`) and goes on.
 
-use std::ptr::NonNull;
 use std::sync::Arc;
 
-use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
-
 use super::prefork::{serve_with_lock, AcceptLock};
+use super::shared_memory::SharedMapping;
 use super::ServerConfig;
 use crate::net::Listener;
 use crate::service::Service;
@@ -34,7 +32,7 @@ pub fn serve(
 
 /// A robust, process-shared mutex in memory that forked children share.
 struct SharedMutex {
-    mutex: NonNull<libc::pthread_mutex_t>,
+    memory: SharedMapping,
 }
 
 // SAFETY: the mutex is made to be locked from any thread of any process
@@ -42,8 +40,6 @@ struct SharedMutex {
 unsafe impl Send for SharedMutex {}
 // SAFETY: as above; every use goes through the pthread calls.
 unsafe impl Sync for SharedMutex {}
-
-const SIZE: usize = std::mem::size_of::<libc::pthread_mutex_t>();
 
 /// A pthread call's result as an error.
 fn check(what: &str, code: libc::c_int) -> std::io::Result<()> {
@@ -56,26 +52,15 @@ fn check(what: &str, code: libc::c_int) -> std::io::Result<()> {
 
 impl SharedMutex {
     fn new() -> std::io::Result<Self> {
-        let len = std::num::NonZeroUsize::new(SIZE).ok_or_else(|| std::io::Error::other("no mutex"))?;
-        // SAFETY: a fresh anonymous mapping owned by this value alone.
-        let map = unsafe {
-            mmap_anonymous(
-                None,
-                len,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-            )
-        }?;
-        let mutex = map.cast::<libc::pthread_mutex_t>();
-        // SAFETY: the mapping is big enough and suitably aligned (a page),
-        // and no child can see it yet.
-        let made = unsafe { init_robust_shared(mutex.as_ptr()) };
-        if let Err(e) = made {
-            // SAFETY: the mapping made above, not shared with anyone yet.
-            let _ = unsafe { munmap(map, SIZE) };
-            return Err(e);
-        }
-        Ok(SharedMutex { mutex })
+        let memory = SharedMapping::new(std::mem::size_of::<libc::pthread_mutex_t>())?;
+        // SAFETY: the mapping is big enough and page-aligned, and no child
+        // can see it yet.
+        unsafe { init_robust_shared(memory.as_ptr()) }?;
+        Ok(SharedMutex { memory })
+    }
+
+    fn mutex(&self) -> *mut libc::pthread_mutex_t {
+        self.memory.as_ptr()
     }
 }
 
@@ -107,14 +92,14 @@ unsafe fn init_robust_shared(mutex: *mut libc::pthread_mutex_t) -> std::io::Resu
 impl AcceptLock for SharedMutex {
     fn lock(&self) -> std::io::Result<()> {
         // SAFETY: an initialised mutex, alive until drop.
-        match unsafe { libc::pthread_mutex_lock(self.mutex.as_ptr()) } {
+        match unsafe { libc::pthread_mutex_lock(self.mutex()) } {
             libc::EOWNERDEAD => {
                 // We hold it now; whatever its owner guarded is ours to
                 // vouch for, and accept guards nothing but its turn.
                 tracing::warn!("a worker died holding the accept mutex (EOWNERDEAD); made it consistent");
                 // SAFETY: we own the mutex, as EOWNERDEAD says.
                 check("pthread_mutex_consistent", unsafe {
-                    libc::pthread_mutex_consistent(self.mutex.as_ptr())
+                    libc::pthread_mutex_consistent(self.mutex())
                 })
             }
             code => check("pthread_mutex_lock", code),
@@ -123,7 +108,7 @@ impl AcceptLock for SharedMutex {
 
     fn unlock(&self) {
         // SAFETY: called by the owner, once after each successful lock.
-        let code = unsafe { libc::pthread_mutex_unlock(self.mutex.as_ptr()) };
+        let code = unsafe { libc::pthread_mutex_unlock(self.mutex()) };
         if let Err(e) = check("pthread_mutex_unlock", code) {
             tracing::error!("cannot release the accept mutex: {e}");
         }
@@ -134,10 +119,9 @@ impl Drop for SharedMutex {
     fn drop(&mut self) {
         // SAFETY: the parent drops it after every worker has exited (the
         // workers leave through `_exit` and never drop their copy); nobody
-        // holds it, and the mapping is unmapped once.
+        // holds it. The mapping goes after.
         unsafe {
-            libc::pthread_mutex_destroy(self.mutex.as_ptr());
-            let _ = munmap(self.mutex.cast(), SIZE);
+            libc::pthread_mutex_destroy(self.mutex());
         }
     }
 }

@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
+use super::shared_memory::SharedMapping;
 
 /// The log line's words before the counts.
 pub const LOG_PREFIX: &str = "accepts per worker:";
@@ -20,7 +20,7 @@ pub const LOG_PREFIX: &str = "accepts per worker:";
 /// One accept counter per worker, in a `MAP_SHARED` anonymous mapping:
 /// a child forked after [`AcceptSpread::new`] counts into the parent's page.
 pub struct AcceptSpread {
-    counts: std::ptr::NonNull<AtomicU64>,
+    counts: SharedMapping,
     workers: usize,
 }
 
@@ -32,27 +32,16 @@ unsafe impl Sync for AcceptSpread {}
 impl AcceptSpread {
     pub fn new(workers: usize) -> std::io::Result<Self> {
         let workers = workers.max(1);
-        let len = std::num::NonZeroUsize::new(workers * std::mem::size_of::<AtomicU64>())
-            .ok_or_else(|| std::io::Error::other("no workers to count"))?;
-        // SAFETY: a fresh anonymous mapping, zero-filled by the kernel (a
-        // zero AtomicU64 is a valid value), owned by this value alone.
-        let map = unsafe {
-            mmap_anonymous(
-                None,
-                len,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-            )
-        }?;
         Ok(AcceptSpread {
-            counts: map.cast(),
+            counts: SharedMapping::new(workers * std::mem::size_of::<AtomicU64>())?,
             workers,
         })
     }
 
     fn counter(&self, worker: usize) -> &AtomicU64 {
-        // SAFETY: the index is reduced into the mapping's `workers` slots.
-        unsafe { &*self.counts.as_ptr().add(worker % self.workers) }
+        // SAFETY: the index is reduced into the mapping's `workers` slots,
+        // which start zeroed (a valid AtomicU64) and live as long as `self`.
+        unsafe { &*self.counts.as_ptr::<AtomicU64>().add(worker % self.workers) }
     }
 
     /// Worker `worker` (0-based) accepted a connection.
@@ -70,19 +59,6 @@ impl AcceptSpread {
     /// Logs the counts (at shutdown), in the form [`parse_line`] reads.
     pub fn log(&self) {
         tracing::info!("{}", format_line(&self.counts()));
-    }
-}
-
-impl Drop for AcceptSpread {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was made in `new` with this length and is
-        // dropped once; no reference into it outlives `self`.
-        unsafe {
-            let _ = munmap(
-                self.counts.cast(),
-                self.workers * std::mem::size_of::<AtomicU64>(),
-            );
-        }
     }
 }
 
