@@ -6,6 +6,7 @@ such as the ssh/pdsh one, are `bash` blocks: shown, not run.)
     python3 scripts/readme.py               # everything but the set-up block
     python3 scripts/readme.py --with-setup  # also `cargo run --release -- lab`
                                             # and `cargo test` (minutes)
+    python3 scripts/readme.py --at 840      # only the block holding line 840
 
 `socklab` is target/release/socklab (built first). Commands run from the
 repository's root, as a reader would run them, with HOME in a temp dir (so
@@ -132,12 +133,25 @@ class Step:
         return [p.strip() for p in shown.split(" / ")] if arrow else []
 
 
+def joined(body):
+    """The lines with each `\\` continuation joined to the next, as the
+    shell reads them."""
+    out = []
+    for lineno, line in body:
+        if out and out[-1][1].endswith("\\"):
+            out[-1] = (out[-1][0], out[-1][1][:-1] + " " + line.strip())
+        else:
+            out.append((lineno, line))
+    return out
+
+
 def steps(body):
     out = []
+    body = joined(body)
     prompted = any(line.startswith("$ ") for _, line in body)
     for lineno, line in body:
-        if not line.strip():
-            continue
+        if not line.strip() or line.startswith("#"):
+            continue  # a comment line: for the reader
         if line.startswith("$ "):
             command, comment = split_comment(line[2:])
         elif out and prompted:
@@ -162,6 +176,7 @@ class Server:
         self.proc = subprocess.Popen(
             "exec " + step.command,
             shell=True,
+            executable="/bin/bash",
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -259,6 +274,7 @@ def run_client(step, env):
         done = subprocess.run(
             step.command,
             shell=True,
+            executable="/bin/bash",
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -322,7 +338,9 @@ def stop_foreground(server):
 
 
 def main():
-    with_setup = "--with-setup" in sys.argv[1:]
+    args = sys.argv[1:]
+    with_setup = "--with-setup" in args
+    at = int(args[args.index("--at") + 1]) if "--at" in args else None
     subprocess.run(["cargo", "build", "--release", "--bins"], cwd=ROOT, check=True)
     home = tempfile.mkdtemp(prefix="socklab-readme-")
     env = dict(os.environ)
@@ -338,6 +356,8 @@ def main():
     try:
         with open(README) as f:
             found = blocks(f.read())
+        if at is not None:
+            found = [(b, t) for b, t in found if b and b[0][0] <= at <= b[-1][0]]
         for body, shown in found:
             try:
                 run_block(body, shown, env, with_setup)
