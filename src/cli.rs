@@ -175,6 +175,10 @@ pub struct ServeArgs {
     /// How requests are cut out of the stream [default: the service's own]
     #[arg(long)]
     pub framing: Option<Framing>,
+    /// CPU spent on every request before it is answered: a busy computation,
+    /// not a sleep, whatever the model (at most 1 day)
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub work: Duration,
     /// Stop accepting at this many open connections until one closes
     #[arg(long, value_parser = |s: &str| parse_count(s, MAX_CONNS))]
     pub max_conns: Option<usize>,
@@ -215,6 +219,7 @@ impl ServeArgs {
         let mut service = ServiceConfig::new(self.service);
         service.framing = self.framing.unwrap_or(self.service.default_framing());
         service.delay = self.delay;
+        service.work = self.work;
         service.idle_timeout = self.idle_timeout;
         service.write_timeout = self.write_timeout;
         service.max_line = self.max_line;
