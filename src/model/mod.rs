@@ -14,11 +14,14 @@ mod async_tokio;
 mod busy;
 mod epoll;
 mod fork;
+mod half_async;
 mod iterative;
+mod leader;
 mod poll;
 mod pool;
 mod prefork;
 mod process;
+mod reactors;
 mod select;
 pub mod spread;
 mod thread;
@@ -47,6 +50,10 @@ pub enum ModelKind {
     Epoll,
     Async,
     Uring,
+    Reactors,
+    #[value(name = "half-async")]
+    HalfAsync,
+    Leader,
 }
 
 impl ModelKind {
@@ -79,6 +86,9 @@ impl ModelKind {
             ModelKind::Epoll => "epoll",
             ModelKind::Async => "async",
             ModelKind::Uring => "uring",
+            ModelKind::Reactors => "reactors",
+            ModelKind::HalfAsync => "half-async",
+            ModelKind::Leader => "leader",
         }
     }
 
@@ -98,6 +108,15 @@ impl ModelKind {
                 "a tokio runtime (--workers threads, default: the cores), a task per connection"
             }
             ModelKind::Uring => "N io_uring rings (--workers, default 1): accept, recv, send as completions",
+            ModelKind::Reactors => {
+                "one thread accepts, deals connections round robin to N epoll loops (--workers)"
+            }
+            ModelKind::HalfAsync => {
+                "one epoll loop does all I/O; N worker threads (--workers) run the requests"
+            }
+            ModelKind::Leader => {
+                "leader/followers: N threads (--workers) take turns waiting on one epoll, then serve"
+            }
         }
     }
 
@@ -107,7 +126,7 @@ impl ModelKind {
             ModelKind::Async => "async_tokio",
             other => other.name(),
         };
-        format!("src/model/{stem}.rs")
+        format!("src/model/{}.rs", stem.replace('-', "_"))
     }
 
     /// The model's row in UNP (Stevens, Unix Network Programming vol. 1, 3rd
@@ -180,7 +199,9 @@ impl ModelKind {
     pub fn default_workers(self) -> usize {
         match self {
             ModelKind::Pool | ModelKind::Prefork => 3,
-            ModelKind::Async => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ModelKind::Async | ModelKind::Reactors | ModelKind::HalfAsync | ModelKind::Leader => {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            }
             _ => 1,
         }
     }
@@ -214,6 +235,9 @@ impl ModelKind {
             ModelKind::Epoll => epoll::serve(listener, service, config, shutdown),
             ModelKind::Async => async_tokio::serve(listener, service, config, shutdown),
             ModelKind::Uring => uring::serve(listener, service, config, shutdown),
+            ModelKind::Reactors => reactors::serve(listener, service, config, shutdown),
+            ModelKind::HalfAsync => half_async::serve(listener, service, config, shutdown),
+            ModelKind::Leader => leader::serve(listener, service, config, shutdown),
         }
     }
 }
@@ -233,7 +257,7 @@ pub fn on_sibling_listeners(
     workers: usize,
     name: &str,
     shutdown: &Shutdown,
-    run_loop: impl Fn(Listener) -> anyhow::Result<()> + Sync,
+    run_loop: impl Fn(usize, Listener) -> anyhow::Result<()> + Sync,
 ) -> anyhow::Result<()> {
     let mut listeners = vec![listener];
     for _ in 1..workers.max(1) {
@@ -250,7 +274,7 @@ pub fn on_sibling_listeners(
                 let run_loop = &run_loop;
                 std::thread::Builder::new()
                     .name(format!("{name}-{i}"))
-                    .spawn_scoped(scope, move || run_loop(listener))
+                    .spawn_scoped(scope, move || run_loop(i, listener))
             })
             .collect::<Result<_, _>>()?;
         shutdown.join_all(loops, &format!("a {name} loop"))
