@@ -371,14 +371,15 @@ macro_rules! every_model {
             use super::*;
             $(#[test]
             fn $model() {
-                attack_model(stringify!($model).trim_start_matches("r#"), Server::$transport);
+                let model = stringify!($model).trim_start_matches("r#").replace('_', "-");
+                attack_model(&model, Server::$transport);
             })*
         }
     };
 }
 
-every_model!(tcp: iterative, thread, pool, fork, prefork, busy, select, poll, epoll, r#async, uring);
-every_model!(unix: iterative, thread, pool, fork, prefork, busy, select, poll, epoll, r#async, uring);
+every_model!(tcp: iterative, thread, pool, fork, prefork, busy, select, poll, epoll, r#async, uring, reactors, half_async, leader);
+every_model!(unix: iterative, thread, pool, fork, prefork, busy, select, poll, epoll, r#async, uring, reactors, half_async, leader);
 
 macro_rules! every_chat_model {
     ($($model:ident),*) => {
@@ -386,12 +387,12 @@ macro_rules! every_chat_model {
             use super::*;
             $(#[test]
             fn $model() {
-                let model = stringify!($model).trim_start_matches("r#");
-                let server = Server::tcp(&["--model", model, "--service", "chat"]);
-                chat_with_a_deaf_member(model, server);
+                let model = stringify!($model).trim_start_matches("r#").replace('_', "-");
+                let server = Server::tcp(&["--model", &model, "--service", "chat"]);
+                chat_with_a_deaf_member(&model, server);
             })*
         }
     };
 }
 
-every_chat_model!(thread, pool, busy, select, poll, epoll, r#async, uring);
+every_chat_model!(thread, pool, busy, select, poll, epoll, r#async, uring, reactors, half_async, leader);
