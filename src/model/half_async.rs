@@ -143,3 +143,74 @@ impl Offload for Pool {
         std::mem::take(&mut *done)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::addr::Addr;
+    use crate::model::event_loop::PANIC_REQUEST;
+    use crate::net::{BindOptions, Bound};
+    use crate::service::{ServiceConfig, ServiceKind};
+
+    /// Stops the server however the test ends, so its thread can be joined.
+    struct StopOnDrop(Shutdown);
+
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.trigger();
+        }
+    }
+
+    fn echo(conn: &mut TcpStream, text: &[u8]) -> Vec<u8> {
+        conn.write_all(text).expect("write");
+        let mut back = vec![0; text.len()];
+        conn.read_exact(&mut back).expect("read");
+        back
+    }
+
+    #[test]
+    fn a_request_that_panics_drops_its_connection_and_the_pool_goes_on() {
+        let addr: Addr = "tcp:127.0.0.1:0".parse().expect("address");
+        let Ok(Bound::Stream(listener)) = crate::net::bind(&addr, BindOptions::default()) else {
+            panic!("cannot bind");
+        };
+        let Ok(Addr::Tcp(hp)) = listener.local_addr() else {
+            panic!("not a TCP listener");
+        };
+        let target = format!("{}:{}", hp.host, hp.port);
+        let service = Arc::new(Service::new(ServiceConfig::new(ServiceKind::Echo)));
+        let shutdown = Shutdown::new().expect("shutdown");
+        // One worker: the one that panics must be the one that serves next.
+        let config = ServerConfig {
+            workers: 1,
+            ..ServerConfig::default()
+        };
+        std::thread::scope(|scope| {
+            let server = scope.spawn(|| serve(listener, service, &config, &shutdown));
+            let _stop = StopOnDrop(shutdown.clone());
+            let connect = || {
+                let conn = TcpStream::connect(&target).expect("connect");
+                conn.set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                conn
+            };
+            let (mut bystander, mut culprit) = (connect(), connect());
+            assert_eq!(echo(&mut bystander, b"before"), b"before");
+            assert_eq!(echo(&mut culprit, b"fine"), b"fine");
+            culprit.write_all(PANIC_REQUEST).expect("write");
+            let mut rest = Vec::new();
+            // Closed without a reply (a reset is as good as an EOF).
+            let _ = culprit.read_to_end(&mut rest);
+            assert!(rest.is_empty(), "a reply to the request that panicked: {rest:?}");
+            assert_eq!(echo(&mut bystander, b"after"), b"after");
+            assert_eq!(echo(&mut connect(), b"new"), b"new");
+            shutdown.trigger();
+            let result = server.join().expect("the server thread");
+            assert!(result.is_ok(), "{result:?}");
+        });
+    }
+}
