@@ -489,7 +489,7 @@ pub struct LabArgs {
     /// Models to compare, comma-separated [default: all]
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     pub models: Vec<ModelKind>,
-    /// Scenarios to run, comma-separated: delay, throughput, idle, c10k [default: all]
+    /// Scenarios to run, comma-separated: delay, throughput, idle, c10k, work [default: all]
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub scenarios: Vec<Scenario>,
     /// Write the rows as JSON

@@ -124,6 +124,15 @@ pub struct Row {
     pub peak_threads: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub peak_children: Option<u64>,
+    /// work: the threads or loops the model ran (`--workers`), the cores
+    /// it kept busy (CPU time over wall time), and how its connections were
+    /// spread across its loops (`accepts per worker`, from its log).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub workers: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cores_used: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub spread: Option<Vec<u64>>,
     /// Why the row has no numbers (the server would not start, hung, ...).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
@@ -425,6 +434,10 @@ pub struct ServerProcess {
     /// Keeps sampling /proc until dropped; holds the peaks seen.
     peaks: Arc<Mutex<probe::Sample>>,
     sampling: Arc<AtomicBool>,
+    /// Reads the server's log; ends when the server has exited.
+    log_reader: Option<std::thread::JoinHandle<()>>,
+    /// The `accepts per worker:` counts the server logged at shutdown.
+    spread: Arc<Mutex<Option<Vec<u64>>>>,
 }
 
 impl ServerProcess {
@@ -432,9 +445,17 @@ impl ServerProcess {
     const START_TIMEOUT: Duration = Duration::from_secs(10);
 
     pub fn start(args: &[String]) -> anyhow::Result<ServerProcess> {
+        Self::start_pinned(args, true)
+    }
+
+    /// As [`start`](ServerProcess::start), on every core when not `pinned`
+    /// (the work scenario: how many cores a model can use is the question).
+    pub fn start_pinned(args: &[String], pinned: bool) -> anyhow::Result<ServerProcess> {
         let exe = std::env::current_exe().context("cannot find the socklab executable")?;
         let mut command = Command::new(exe);
-        pin::server(&mut command);
+        if pinned {
+            pin::server(&mut command);
+        }
         // A lab that is killed takes its server with it (and the server its
         // children): nothing outlives the measurement.
         // SAFETY: prctl is async-signal-safe and touches no memory of ours.
@@ -464,10 +485,14 @@ impl ServerProcess {
         // The server's last words, if it dies before announcing itself.
         let last_error = Arc::new(Mutex::new(String::new()));
         let sink = last_error.clone();
-        std::thread::spawn(move || {
+        let spread = Arc::new(Mutex::new(None));
+        let spread_sink = spread.clone();
+        let log_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.starts_with("error:") {
                     *sink.lock().unwrap_or_else(|e| e.into_inner()) = line;
+                } else if let Some(counts) = crate::model::spread::parse_line(&line) {
+                    *spread_sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(counts);
                 }
             }
         });
@@ -491,6 +516,8 @@ impl ServerProcess {
             child,
             peaks: Arc::default(),
             sampling: Arc::new(AtomicBool::new(true)),
+            log_reader: Some(log_reader),
+            spread,
         };
         server.watch();
         Ok(server)
@@ -550,6 +577,19 @@ impl ServerProcess {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl ServerProcess {
+    /// Stops the server and returns the spread of connections it logged
+    /// at shutdown, if it logs one (models without children only: the log
+    /// is read to its end).
+    pub fn stop_and_read_spread(&mut self) -> Option<Vec<u64>> {
+        self.stop();
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
+        self.spread.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

@@ -13,6 +13,10 @@
 //!   client meanwhile.
 //! - `c10k`: the readiness and completion models holding 0, 1,000, 5,000,
 //!   10,000 idle connections: one active client's latency at each.
+//! - `work`: echo with `--work 200us` of CPU per request, many connections:
+//!   requests/s, p99 and the cores the server kept busy, for the event
+//!   loops and the designs that spread a loop's work over threads
+//!   (reactors, half-async, leader); the server may use every core.
 
 use std::fmt;
 use std::net::TcpStream;
@@ -32,20 +36,23 @@ pub enum Scenario {
     Throughput,
     Idle,
     C10k,
+    Work,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::Delay,
         Scenario::Throughput,
         Scenario::Idle,
         Scenario::C10k,
+        Scenario::Work,
     ];
 
     /// The models a scenario is about; others have no row for it.
     pub fn applies_to(self, model: ModelKind) -> bool {
         match self {
             Scenario::C10k => C10K_MODELS.contains(&model),
+            Scenario::Work => WORK_MODELS.contains(&model),
             _ => true,
         }
     }
@@ -61,6 +68,24 @@ const C10K_MODELS: [ModelKind; 6] = [
     ModelKind::Uring,
 ];
 
+/// The event-driven models and the designs built on an event loop: the
+/// ones for which CPU spent per request is a question (a thread or process
+/// per connection spreads it by construction).
+const WORK_MODELS: [ModelKind; 9] = [
+    ModelKind::Select,
+    ModelKind::Poll,
+    ModelKind::Busy,
+    ModelKind::Epoll,
+    ModelKind::Async,
+    ModelKind::Uring,
+    ModelKind::Reactors,
+    ModelKind::HalfAsync,
+    ModelKind::Leader,
+];
+
+/// work: CPU per request.
+pub const WORK_PER_REQUEST: Duration = Duration::from_micros(200);
+
 impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -68,6 +93,7 @@ impl fmt::Display for Scenario {
             Scenario::Throughput => "throughput",
             Scenario::Idle => "idle",
             Scenario::C10k => "c10k",
+            Scenario::Work => "work",
         })
     }
 }
@@ -80,8 +106,9 @@ impl FromStr for Scenario {
             "throughput" => Ok(Scenario::Throughput),
             "idle" => Ok(Scenario::Idle),
             "c10k" => Ok(Scenario::C10k),
+            "work" => Ok(Scenario::Work),
             _ => Err(format!(
-                "unknown scenario '{s}' (expected delay, throughput, idle or c10k)"
+                "unknown scenario '{s}' (expected delay, throughput, idle, c10k or work)"
             )),
         }
     }
@@ -157,6 +184,15 @@ impl Knobs {
                     "active_duration_ms": C10K_ACTIVE_FOR.as_millis() as u64,
                     "models": C10K_MODELS.iter().map(|m| m.name()).collect::<Vec<_>>(),
                 }),
+                Scenario::Work => serde_json::json!({
+                    "service": "echo",
+                    "work_us": WORK_PER_REQUEST.as_micros() as u64,
+                    "clients": self.clients,
+                    "message_bytes": self.size,
+                    "duration_ms": self.duration.as_millis() as u64,
+                    "pinning": "none: the server may use every core",
+                    "models": WORK_MODELS.iter().map(|m| m.name()).collect::<Vec<_>>(),
+                }),
             };
             p["runs"] = self.runs_for(s).into();
             all.insert(s.to_string(), p);
@@ -199,6 +235,7 @@ pub fn measure(
         Scenario::Throughput => throughput(model, knobs, kernel_cost, &mut row)?,
         Scenario::Idle => idle(model, knobs, &mut row)?,
         Scenario::C10k => return c10k(model, knobs),
+        Scenario::Work => return work(model, knobs),
     }
     Ok(vec![row])
 }
@@ -372,6 +409,68 @@ fn c10k(model: ModelKind, knobs: &Knobs) -> anyhow::Result<Vec<Row>> {
     }
     drop(held);
     server.process.stop();
+    Ok(rows)
+}
+
+/// work: one row per configuration of the model (epoll twice: one loop,
+/// the baseline, and two on `SO_REUSEPORT`, whose spread is shown next to
+/// reactors' round robin).
+fn work(model: ModelKind, knobs: &Knobs) -> anyhow::Result<Vec<Row>> {
+    if !Scenario::Work.applies_to(model) {
+        return Ok(Vec::new());
+    }
+    let workers = match model {
+        ModelKind::Epoll => vec![1, 2],
+        other => vec![other.default_workers()],
+    };
+    let mut rows = Vec::new();
+    for n in workers {
+        let mut row = Row {
+            model: model.to_string(),
+            scenario: "work".into(),
+            workers: Some(n as u64),
+            ..Row::default()
+        };
+        let work = format!("{}us", WORK_PER_REQUEST.as_micros());
+        let args: Vec<String> = [
+            "--model",
+            model.name(),
+            "--service",
+            "echo",
+            "--work",
+            &work,
+            "--workers",
+            &n.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let process = ServerProcess::start_pinned(&args, false)?;
+        let sample_before = process.sample().context("the server died")?;
+        let costs_start = probe::costs(process.pid());
+        let mut server = Measured {
+            process,
+            sample_before,
+            costs_start,
+            costs_now: costs_start,
+            cpu_before: sample_before.cpu,
+        };
+        let options = bench_options(
+            &server.process.addr,
+            knobs.clients,
+            Load::Duration(knobs.duration),
+            Payload::Size(knobs.size),
+            STARVED_AFTER,
+        )?;
+        let report = server.drive(&options)?;
+        server.record(&mut row, &report, Some(knobs.duration));
+        row.throughput_rps = Some(report.throughput_rps);
+        if let Some(cpu) = row.cpu_s.filter(|_| report.elapsed_s > 0.0) {
+            row.cores_used = Some(cpu / report.elapsed_s);
+        }
+        row.spread = server.process.stop_and_read_spread().filter(|s| s.len() > 1);
+        rows.push(row);
+    }
     Ok(rows)
 }
 

@@ -1,7 +1,10 @@
 //! The report as Markdown: where the figures came from, then one table per
 //! scenario with the columns that apply.
 
-use super::{bytes, meta_lines, micros, rps_with_range, seconds, served_label, thousands, within_noise};
+use super::{
+    bytes, meta_lines, micros, rps_with_range, seconds, served_label, thousands, within_noise, work_findings,
+    work_label,
+};
 use crate::lab::{Report, Row};
 
 pub fn render(report: &Report) -> String {
@@ -157,7 +160,44 @@ pub fn table(rows: &[Row]) -> String {
             }
         }
     }
-    out + &c10k_table(rows)
+    out + &c10k_table(rows) + &work_table(rows)
+}
+
+/// work: requests/s, p99 and cores busy when every request costs CPU.
+fn work_table(rows: &[Row]) -> String {
+    let these: Vec<&Row> = rows.iter().filter(|r| r.scenario == "work").collect();
+    if these.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "## work\n\nEcho with CPU spent on every request (`--work`), the server free to use every core.\n\n\
+         | model | requests/s | p99 | cores used | served | connections per loop |\n|---|---|---|---|---|---|\n",
+    );
+    for r in &these {
+        if let Some(e) = &r.error {
+            out += &format!("| {} | failed: {} |\n", work_label(r), e.replace('|', "/"));
+            continue;
+        }
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            work_label(r),
+            rps_with_range(r),
+            r.p99_us.map_or("-".into(), micros),
+            r.cores_used.map_or("-".into(), |c| format!("{c:.2}")),
+            served(r),
+            r.spread.as_ref().map_or("-".into(), |s| s
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(" / ")),
+        );
+    }
+    out.push('\n');
+    for finding in work_findings(&these) {
+        out += &format!("- {finding}\n");
+    }
+    out.push('\n');
+    out
 }
 
 /// c10k: a row per model, a column per number of idle connections.
