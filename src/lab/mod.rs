@@ -455,6 +455,8 @@ impl ServerProcess {
         let mut command = Command::new(exe);
         if pinned {
             pin::server(&mut command);
+        } else {
+            pin::every_core(&mut command);
         }
         // A lab that is killed takes its server with it (and the server its
         // children): nothing outlives the measurement.
@@ -608,12 +610,20 @@ impl Drop for ServerProcess {
 /// runs then share one core and show half the throughput of the next. So
 /// the lab pins itself (the bench) to the first core and each server, with
 /// its threads and children, to the others, as `taskset` would.
-mod pin {
+pub(crate) mod pin {
     use nix::sched::{sched_setaffinity, CpuSet};
     use nix::unistd::Pid;
 
-    fn cores() -> usize {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+    /// The machine's cores, not this process's: once the lab has pinned
+    /// itself to one, `available_parallelism` (its affinity) says 1.
+    pub fn cores() -> usize {
+        // SAFETY: sysconf has no preconditions.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        if online >= 1 {
+            online as usize
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
     }
 
     fn set(cpus: impl Iterator<Item = usize>) -> nix::Result<()> {
@@ -646,6 +656,19 @@ mod pin {
             if let Err(e) = set(0..1) {
                 tracing::debug!("cannot pin the load generator: {e}");
             }
+        }
+    }
+
+    /// A server about to be started on every core, the load generator's too.
+    pub fn every_core(command: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        let n = cores();
+        // SAFETY: as in `server` below.
+        unsafe {
+            command.pre_exec(move || {
+                let _ = set(0..n);
+                Ok(())
+            });
         }
     }
 

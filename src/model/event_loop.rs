@@ -677,7 +677,17 @@ impl<'a> Loop<'a> {
             return; // Closed earlier in this same batch of events.
         };
         let Some(session) = conn.session.as_mut() else {
-            return; // Lent: looked at again when it comes back.
+            // Lent, and the socket has more to say: stop watching it until
+            // the session is back (level-triggered, it would be reported
+            // again on every wait meanwhile). Done only now, not on every
+            // lend: a peer that waits for its reply costs no system call.
+            if conn.interest != Interest::default() && !poller.oneshot() {
+                if let Err(e) = poller.reregister(conn.stream.as_raw_fd(), token, Interest::default()) {
+                    return self.close(token, poller, Some(e));
+                }
+                conn.interest = Interest::default();
+            }
+            return;
         };
         if (event.readable || event.closed) && session.wants_read() {
             let input = match conn.stream.read(&mut self.buf) {
@@ -705,7 +715,7 @@ impl<'a> Loop<'a> {
     }
 
     /// Sends a connection's input to another thread with its session; the
-    /// socket stays here, unwatched until the session comes back.
+    /// socket stays here, and is not read until the session comes back.
     fn lend(&mut self, token: usize, input: Input, poller: &mut impl Poller) {
         let Some(conn) = self.connections.get_mut(token) else {
             return;
@@ -713,12 +723,9 @@ impl<'a> Loop<'a> {
         let Some(session) = conn.session.take() else {
             return;
         };
-        if !poller.oneshot() && conn.interest != Interest::default() {
-            if let Err(e) = poller.reregister(conn.stream.as_raw_fd(), token, Interest::default()) {
-                return self.close(token, poller, Some(e));
-            }
+        if poller.oneshot() {
+            conn.interest = Interest::default(); // Disarmed by the event.
         }
-        conn.interest = Interest::default();
         let job = Job {
             token,
             generation: conn.generation,
