@@ -314,4 +314,45 @@ mod tests {
         assert!(md.contains("not accepted: 997 waiting in the backlog"), "{md}");
         assert!(md.contains("| select | past FD_SETSIZE |"), "{md}");
     }
+
+    #[test]
+    fn work_shows_cores_spread_and_why_the_pool_wins() {
+        let row = |model: &str, workers: u64, rps: f64, cores: f64, spread: Option<Vec<u64>>| Row {
+            model: model.into(),
+            scenario: "work".into(),
+            workers: Some(workers),
+            throughput_rps: Some(rps),
+            cores_used: Some(cores),
+            served: Some(50),
+            clients: Some(50),
+            spread,
+            ..Row::default()
+        };
+        let rows = vec![
+            row("epoll", 1, 4000.0, 0.98, None),
+            row("epoll", 2, 7000.0, 1.7, Some(vec![30, 21])),
+            row("reactors", 2, 7100.0, 1.7, Some(vec![26, 25])),
+            row("half-async", 2, 7200.0, 1.8, None),
+        ];
+        let md = table(&rows);
+        assert!(md.contains("## work"), "{md}");
+        assert!(
+            md.contains("| epoll (1 loop) | 4,000/s | - | 0.98 | 50 of 50 | - |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| epoll (2 loops) | 7,000/s | - | 1.70 | 50 of 50 | 30 / 21 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| half-async (1 loop, 2 workers) | 7,200/s |"),
+            "{md}"
+        );
+        assert!(md.contains("7,200/s against 4,000/s (1.80x)"), "{md}");
+        assert!(md.contains("round robin: 26 / 25 per loop"), "{md}");
+        assert!(
+            md.contains("SO_REUSEPORT: the kernel chose the loop by a hash"),
+            "{md}"
+        );
+    }
 }

@@ -213,19 +213,6 @@ pub fn memory_per_connection(row: &Row) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn separators() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(70_586), "70,586");
-        assert_eq!(thousands(1_234_567), "1,234,567");
-    }
-}
-
 /// work: a row's model with its threads or loops, `epoll (2 loops)`.
 pub fn work_label(row: &Row) -> String {
     let n = row.workers.unwrap_or(1);
@@ -288,4 +275,17 @@ pub fn work_findings(rows: &[&Row]) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(70_586), "70,586");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
 }
