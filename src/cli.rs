@@ -166,7 +166,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", default_value = "tcp:127.0.0.1:50000")]
     pub listen: Vec<Addr>,
     /// Threads or processes for pool and prefork (default 3), loops for epoll
-    /// (at most 1024)
+    /// and uring (default 1), threads for async, reactors, half-async and
+    /// leader (default: the cores) (at most 1024)
     #[arg(long, value_parser = parse_workers)]
     pub workers: Option<usize>,
     /// Hold every reply this long (for hello: counted from accept; at most 1 day)

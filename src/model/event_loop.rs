@@ -2,6 +2,13 @@
 //! epoll): one thread, non-blocking sockets, and a [`Poller`] that says which
 //! of them are ready. The four models differ only in their `Poller`.
 //!
+//! The designs built on a loop add [`Hooks`] rather than loops of their own:
+//! reactors feeds each loop connections accepted by another thread
+//! ([`Source::Handoff`]); half-async and leader lend a connection's session
+//! with its input to another thread ([`Job`]) and take it back to write the
+//! replies ([`Loop::give_back`]); leader's threads share one [`Loop`] and
+//! drive it with [`Loop::turn`].
+//!
 //! The shape is mio's `tcp_server` example: a listener token, a table of
 //! connections by token, accept until `WouldBlock`, a handler that reports
 //! when a connection is done. Each connection is a sans-IO [`Session`]; what

@@ -298,7 +298,8 @@ pub fn wound_down(grace_deadline: std::time::Instant, open: usize) -> bool {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// `--workers`: threads or processes for pool and prefork, loops for
-    /// epoll and uring, runtime threads for async.
+    /// epoll, uring and reactors, runtime threads for async, worker threads
+    /// for half-async, threads taking turns for leader.
     pub workers: usize,
     /// `--max-conns`: at the limit, stop accepting until a slot frees.
     pub max_conns: Option<usize>,
