@@ -168,7 +168,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", default_value = "tcp:127.0.0.1:50000")]
     pub listen: Vec<Addr>,
     /// Threads or processes for pool and prefork (default 3), loops for epoll
-    /// (at most 1024)
+    /// and uring (default 1), threads for async, reactors, half-async and
+    /// leader (default: the cores) (at most 1024)
     #[arg(long, value_parser = parse_workers)]
     pub workers: Option<usize>,
     /// Hold every reply this long (for hello: counted from accept; at most 1 day)
@@ -177,6 +178,10 @@ pub struct ServeArgs {
     /// How requests are cut out of the stream [default: the service's own]
     #[arg(long)]
     pub framing: Option<Framing>,
+    /// CPU spent on every request before it is answered: a busy computation,
+    /// not a sleep, whatever the model (at most 1 day)
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub work: Duration,
     /// Stop accepting at this many open connections until one closes
     #[arg(long, value_parser = |s: &str| parse_count(s, MAX_CONNS))]
     pub max_conns: Option<usize>,
@@ -217,6 +222,7 @@ impl ServeArgs {
         let mut service = ServiceConfig::new(self.service);
         service.framing = self.framing.unwrap_or(self.service.default_framing());
         service.delay = self.delay;
+        service.work = self.work;
         service.idle_timeout = self.idle_timeout;
         service.write_timeout = self.write_timeout;
         service.max_line = self.max_line;
@@ -552,7 +558,7 @@ pub struct LabArgs {
     /// Models to compare, comma-separated [default: all]
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     pub models: Vec<ModelKind>,
-    /// Scenarios to run, comma-separated: delay, throughput, idle, c10k, unp [default: all]
+    /// Scenarios to run, comma-separated: delay, throughput, idle, c10k, unp, work [default: all]
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub scenarios: Vec<Scenario>,
     /// Write the rows as JSON

@@ -46,6 +46,18 @@ fn lines_reach_everyone_else_under_threads_and_event_loops() {
             "pool-queue",
             Server::tcp(&["--service", "chat", "--model", "pool-queue", "--workers", "3"]),
         ),
+        (
+            "reactors",
+            Server::tcp(&["--service", "chat", "--model", "reactors", "--workers", "2"]),
+        ),
+        (
+            "half-async",
+            Server::unix(&["--service", "chat", "--model", "half-async", "--workers", "2"]),
+        ),
+        (
+            "leader",
+            Server::tcp(&["--service", "chat", "--model", "leader", "--workers", "3"]),
+        ),
     ] {
         let mut alice = Member::join(&server);
         let mut bob = Member::join(&server);
@@ -91,7 +103,7 @@ fn models_that_cannot_host_a_room_refuse_at_start() {
 
 #[test]
 fn a_member_cannot_reach_the_others_terminals_or_pass_for_another() {
-    for model in ["epoll", "async"] {
+    for model in ["epoll", "async", "reactors", "half-async", "leader"] {
         let server = Server::tcp(&["--service", "chat", "--model", model]);
         let mut alice = Member::join(&server);
         let mut mallory = Member::join(&server);

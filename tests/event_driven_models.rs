@@ -1,5 +1,6 @@
 //! The event-driven models: readiness (busy, select, poll, epoll, on one
-//! shared event loop) and completion (async on tokio, uring on io_uring):
+//! shared event loop, and the designs built on it: reactors, half-async,
+//! leader) and completion (async on tokio, uring on io_uring):
 //! concurrency without a thread per connection, timers instead of sleeps,
 //! and bad peers that cost nobody else anything.
 
@@ -11,7 +12,17 @@ use std::time::Duration;
 
 use common::{connect_and_reset, makespan, sigterm_mid_delay, Server};
 
-const MODELS: [&str; 6] = ["busy", "select", "poll", "epoll", "async", "uring"];
+const MODELS: [&str; 9] = [
+    "busy",
+    "select",
+    "poll",
+    "epoll",
+    "async",
+    "uring",
+    "reactors",
+    "half-async",
+    "leader",
+];
 const DELAY: f64 = 0.4;
 
 #[test]
@@ -93,7 +104,7 @@ fn ten_thousand_concurrent_connections_on_epoll_async_and_uring() {
 
 #[test]
 fn max_conns_holds_back_the_next_connection_on_async_and_uring() {
-    for model in ["async", "uring"] {
+    for model in ["async", "uring", "reactors", "half-async", "leader"] {
         let args = [
             "--model",
             model,

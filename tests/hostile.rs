@@ -383,9 +383,9 @@ macro_rules! every_model {
 }
 
 every_model!(tcp: iterative, thread, pool, fork, prefork, busy, select, poll, epoll, r#async, uring,
-    prefork_flock, prefork_mutex, prefork_pass, pool_queue);
+    prefork_flock, prefork_mutex, prefork_pass, pool_queue, reactors, half_async, leader);
 every_model!(unix: iterative, thread, pool, fork, prefork, busy, select, poll, epoll, r#async, uring,
-    prefork_flock, prefork_mutex, prefork_pass, pool_queue);
+    prefork_flock, prefork_mutex, prefork_pass, pool_queue, reactors, half_async, leader);
 
 macro_rules! every_chat_model {
     ($($model:ident),*) => {
@@ -401,4 +401,6 @@ macro_rules! every_chat_model {
     };
 }
 
-every_chat_model!(thread, pool, busy, select, poll, epoll, r#async, uring, pool_queue);
+every_chat_model!(
+    thread, pool, busy, select, poll, epoll, r#async, uring, pool_queue, reactors, half_async, leader
+);

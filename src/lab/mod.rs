@@ -143,6 +143,12 @@ pub struct Row {
     /// accepts, from the `accepts per worker:` line it logs at shutdown.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub accepts_per_worker: Option<Vec<u64>>,
+    /// work: the threads or loops the model ran (`--workers`) and the
+    /// cores it kept busy (CPU time over wall time).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub workers: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cores_used: Option<f64>,
     /// Why the row has no numbers (the server would not start, hung, ...).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
@@ -460,9 +466,19 @@ impl ServerProcess {
     const START_TIMEOUT: Duration = Duration::from_secs(10);
 
     pub fn start(args: &[String]) -> anyhow::Result<ServerProcess> {
+        Self::start_pinned(args, true)
+    }
+
+    /// As [`start`](ServerProcess::start), on every core when not `pinned`
+    /// (the work scenario: how many cores a model can use is the question).
+    pub fn start_pinned(args: &[String], pinned: bool) -> anyhow::Result<ServerProcess> {
         let exe = std::env::current_exe().context("cannot find the socklab executable")?;
         let mut command = Command::new(exe);
-        pin::server(&mut command);
+        if pinned {
+            pin::server(&mut command);
+        } else {
+            pin::every_core(&mut command);
+        }
         // A lab that is killed takes its server with it (and the server its
         // children): nothing outlives the measurement.
         // SAFETY: prctl is async-signal-safe and touches no memory of ours.
@@ -659,12 +675,20 @@ impl Drop for ServerProcess {
 /// runs then share one core and show half the throughput of the next. So
 /// the lab pins itself (the bench) to the first core and each server, with
 /// its threads and children, to the others, as `taskset` would.
-mod pin {
+pub(crate) mod pin {
     use nix::sched::{sched_setaffinity, CpuSet};
     use nix::unistd::Pid;
 
-    fn cores() -> usize {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+    /// The machine's cores, not this process's: once the lab has pinned
+    /// itself to one, `available_parallelism` (its affinity) says 1.
+    pub fn cores() -> usize {
+        // SAFETY: sysconf has no preconditions.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        if online >= 1 {
+            online as usize
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
     }
 
     fn set(cpus: impl Iterator<Item = usize>) -> nix::Result<()> {
@@ -697,6 +721,19 @@ mod pin {
             if let Err(e) = set(0..1) {
                 tracing::debug!("cannot pin the load generator: {e}");
             }
+        }
+    }
+
+    /// A server about to be started on every core, the load generator's too.
+    pub fn every_core(command: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        let n = cores();
+        // SAFETY: as in `server` below.
+        unsafe {
+            command.pre_exec(move || {
+                let _ = set(0..n);
+                Ok(())
+            });
         }
     }
 

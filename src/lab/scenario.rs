@@ -18,6 +18,10 @@
 //!   4000 bytes, close, against `bytes`: the server's CPU per connection
 //!   (and over the iterative server's, as the book gives it), connections
 //!   per second, and how the workers shared the accepts.
+//! - `work`: echo with `--work 200us` of CPU per request, many connections:
+//!   requests/s, p99 and the cores the server kept busy, for the event
+//!   loops and the designs that spread a loop's work over threads
+//!   (reactors, half-async, leader); the server may use every core.
 
 use std::fmt;
 use std::net::TcpStream;
@@ -38,15 +42,17 @@ pub enum Scenario {
     Idle,
     C10k,
     Unp,
+    Work,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Delay,
         Scenario::Throughput,
         Scenario::Idle,
         Scenario::C10k,
         Scenario::Unp,
+        Scenario::Work,
     ];
 
     /// The models a scenario is about; others have no row for it.
@@ -55,6 +61,7 @@ impl Scenario {
             Scenario::C10k => C10K_MODELS.contains(&model),
             // The designs of the book's table, whichever exist.
             Scenario::Unp => model.unp_row().is_some(),
+            Scenario::Work => WORK_MODELS.contains(&model),
             _ => true,
         }
     }
@@ -70,6 +77,24 @@ const C10K_MODELS: [ModelKind; 6] = [
     ModelKind::Uring,
 ];
 
+/// The event-driven models and the designs built on an event loop: the
+/// ones for which CPU spent per request is a question (a thread or process
+/// per connection spreads it by construction).
+const WORK_MODELS: [ModelKind; 9] = [
+    ModelKind::Select,
+    ModelKind::Poll,
+    ModelKind::Busy,
+    ModelKind::Epoll,
+    ModelKind::Async,
+    ModelKind::Uring,
+    ModelKind::Reactors,
+    ModelKind::HalfAsync,
+    ModelKind::Leader,
+];
+
+/// work: CPU per request.
+pub const WORK_PER_REQUEST: Duration = Duration::from_micros(200);
+
 impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -78,6 +103,7 @@ impl fmt::Display for Scenario {
             Scenario::Idle => "idle",
             Scenario::C10k => "c10k",
             Scenario::Unp => "unp",
+            Scenario::Work => "work",
         })
     }
 }
@@ -91,8 +117,9 @@ impl FromStr for Scenario {
             "idle" => Ok(Scenario::Idle),
             "c10k" => Ok(Scenario::C10k),
             "unp" => Ok(Scenario::Unp),
+            "work" => Ok(Scenario::Work),
             _ => Err(format!(
-                "unknown scenario '{s}' (expected delay, throughput, idle, c10k or unp)"
+                "unknown scenario '{s}' (expected delay, throughput, idle, c10k, unp or work)"
             )),
         }
     }
@@ -181,6 +208,15 @@ impl Knobs {
                     "reply_bytes": UNP_REPLY,
                     "cpu": "wait4 rusage of the server at exit (its reaped children included) minus /proc schedstat before the load",
                 }),
+                Scenario::Work => serde_json::json!({
+                    "service": "echo",
+                    "work_us": WORK_PER_REQUEST.as_micros() as u64,
+                    "clients": self.clients,
+                    "message_bytes": self.size,
+                    "duration_ms": self.duration.as_millis() as u64,
+                    "pinning": "none: the server may use every core",
+                    "models": WORK_MODELS.iter().map(|m| m.name()).collect::<Vec<_>>(),
+                }),
             };
             p["runs"] = self.runs_for(s).into();
             all.insert(s.to_string(), p);
@@ -224,6 +260,7 @@ pub fn measure(
         Scenario::Idle => idle(model, knobs, &mut row)?,
         Scenario::C10k => return c10k(model, knobs),
         Scenario::Unp => unp(model, knobs, &mut row)?,
+        Scenario::Work => return work(model, knobs),
     }
     Ok(vec![row])
 }
@@ -454,6 +491,84 @@ pub fn relate_to_iterative(rows: &mut [Row]) {
     for r in rows.iter_mut().filter(|r| r.scenario == "unp") {
         r.cpu_per_conn_over_iterative_us = r.cpu_per_conn_us.map(|c| c - baseline);
     }
+}
+
+/// work: one row per configuration of the model (epoll twice: one loop,
+/// the baseline, and two on `SO_REUSEPORT`, whose spread is shown next to
+/// reactors' round robin).
+fn work(model: ModelKind, knobs: &Knobs) -> anyhow::Result<Vec<Row>> {
+    if !Scenario::Work.applies_to(model) {
+        return Ok(Vec::new());
+    }
+    // The models that default to the cores count the machine's, not the
+    // lab's own (pinned to one).
+    let cores = super::pin::cores();
+    let workers = match model {
+        ModelKind::Epoll => vec![1, 2],
+        ModelKind::Async | ModelKind::Reactors | ModelKind::HalfAsync | ModelKind::Leader => vec![cores],
+        other => vec![other.default_workers()],
+    };
+    let mut rows = Vec::new();
+    for n in workers {
+        let mut row = Row {
+            model: model.to_string(),
+            scenario: "work".into(),
+            workers: Some(n as u64),
+            ..Row::default()
+        };
+        let work = format!("{}us", WORK_PER_REQUEST.as_micros());
+        let args: Vec<String> = [
+            "--model",
+            model.name(),
+            "--service",
+            "echo",
+            "--work",
+            &work,
+            "--workers",
+            &n.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let process = ServerProcess::start_pinned(&args, false)?;
+        let sample_before = process.sample().context("the server died")?;
+        let costs_start = probe::costs(process.pid());
+        let mut server = Measured {
+            process,
+            sample_before,
+            costs_start,
+            costs_now: costs_start,
+            cpu_before: sample_before.cpu,
+        };
+        // One request answered first: a model's loops are all listening by
+        // then (epoll's SO_REUSEPORT siblings are made after the address is
+        // announced). It is counted in the spread.
+        let warm_up = bench_options(
+            &server.process.addr,
+            1,
+            Load::Requests(1),
+            Payload::Size(knobs.size),
+            STARVED_AFTER,
+        )?;
+        bench::measure(&warm_up)?;
+        let options = bench_options(
+            &server.process.addr,
+            knobs.clients,
+            Load::Duration(knobs.duration),
+            Payload::Size(knobs.size),
+            STARVED_AFTER,
+        )?;
+        let report = server.drive(&options)?;
+        server.record(&mut row, &report, Some(knobs.duration));
+        row.throughput_rps = Some(report.throughput_rps);
+        if let Some(cpu) = row.cpu_s.filter(|_| report.elapsed_s > 0.0) {
+            row.cores_used = Some(cpu / report.elapsed_s);
+        }
+        server.process.stop();
+        row.accepts_per_worker = server.process.accepts_per_worker().filter(|s| s.len() > 1);
+        rows.push(row);
+    }
+    Ok(rows)
 }
 
 /// Opens idle connections until `held` has `total`.

@@ -3,14 +3,16 @@
 //! costs in proportion to the activity, not to the connections held: the
 //! C10K answer. `--workers N` runs N loops, each with its own listener on
 //! the same port (`SO_REUSEPORT`), so the kernel spreads connections across
-//! them and they share nothing.
+//! them and they share nothing (each loop's accepts are counted, and
+//! logged at shutdown, to show how evenly it did).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::event_loop::{self, Event, Interest, Poller};
+use super::event_loop::{self, Event, Hooks, Interest, Poller, Source};
+use super::spread::AcceptSpread;
 use super::ServerConfig;
 use crate::net::Listener;
 use crate::service::Service;
@@ -22,16 +24,27 @@ pub fn serve(
     config: &ServerConfig,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    super::on_sibling_listeners(listener, config.workers, "epoll", shutdown, |listener| {
-        event_loop::run(Epoll::new()?, listener, &service, config, shutdown)
-    })
+    let spread = AcceptSpread::new(config.workers)?;
+    let result = super::on_sibling_listeners(listener, config.workers, "epoll", shutdown, |i, listener| {
+        let hooks = Hooks {
+            spread: Some((&spread, i)),
+            ..Hooks::default()
+        };
+        let source = Source::Listener(listener);
+        event_loop::run_with(Epoll::new()?, source, &service, config, shutdown, hooks)
+    });
+    spread.log();
+    result
 }
 
 /// The epoll poller; the UDP driver (`datagram.rs`) waits with it too.
 pub(super) struct Epoll {
-    epfd: OwnedFd,
+    /// Shared by leader's threads, each with its own handle ([`Epoll::share`]).
+    epfd: Arc<OwnedFd>,
     /// Where `epoll_wait` writes what is ready; sized for a busy batch.
     ready: Vec<libc::epoll_event>,
+    /// `EPOLLONESHOT` on every descriptor (leader).
+    oneshot: bool,
 }
 
 impl Epoll {
@@ -43,9 +56,30 @@ impl Epoll {
         }
         Ok(Epoll {
             // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-            epfd: unsafe { OwnedFd::from_raw_fd(fd) },
+            epfd: Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }),
             ready: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
+            oneshot: false,
         })
+    }
+
+    /// An epoll that reports each descriptor once, then disarms it until it
+    /// is registered again, and takes `batch` events per wait: what lets
+    /// several threads share it without two serving one socket (leader).
+    pub(super) fn new_oneshot(batch: usize) -> io::Result<Self> {
+        let mut epoll = Self::new()?;
+        epoll.oneshot = true;
+        epoll.ready.truncate(batch.max(1));
+        Ok(epoll)
+    }
+
+    /// Another handle on the same epoll, with its own event buffer, for
+    /// another thread.
+    pub(super) fn share(&self) -> Self {
+        Epoll {
+            epfd: self.epfd.clone(),
+            ready: self.ready.clone(),
+            oneshot: self.oneshot,
+        }
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, token: usize, interest: Interest) -> io::Result<()> {
@@ -55,6 +89,9 @@ impl Epoll {
         }
         if interest.write {
             events |= libc::EPOLLOUT;
+        }
+        if self.oneshot {
+            events |= libc::EPOLLONESHOT;
         }
         let mut event = libc::epoll_event {
             events: events as u32,
@@ -79,6 +116,10 @@ impl Poller for Epoll {
 
     fn deregister(&mut self, fd: RawFd, token: usize) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_DEL, fd, token, Interest::default())
+    }
+
+    fn oneshot(&self) -> bool {
+        self.oneshot
     }
 
     fn wait(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {

@@ -2,6 +2,13 @@
 //! epoll): one thread, non-blocking sockets, and a [`Poller`] that says which
 //! of them are ready. The four models differ only in their `Poller`.
 //!
+//! The designs built on a loop add [`Hooks`] rather than loops of their own:
+//! reactors feeds each loop connections accepted by another thread
+//! ([`Source::Handoff`]); half-async and leader lend a connection's session
+//! with its input to another thread ([`Job`]) and take it back to write the
+//! replies ([`Loop::give_back`]); leader's threads share one [`Loop`] and
+//! drive it with [`Loop::turn`].
+//!
 //! The shape is mio's `tcp_server` example: a listener token, a table of
 //! connections by token, accept until `WouldBlock`, a handler that reports
 //! when a connection is done. Each connection is a sans-IO [`Session`]; what
@@ -10,15 +17,18 @@
 //! delayed reply never stops the loop serving everyone else.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use slab::Slab;
 
+use super::blocking::Slot;
+use super::spread::AcceptSpread;
 use super::ServerConfig;
 use crate::net::{interrupted, out_of_descriptors, would_block, Listener, Stream};
 use crate::service::{Now, Service, Session, CHUNK_SIZE};
@@ -62,6 +72,12 @@ pub trait Poller {
     /// Whether `fd` can be watched at all (select: below FD_SETSIZE).
     fn can_watch(&self, _fd: RawFd) -> bool {
         true
+    }
+    /// Whether a descriptor is reported once and then disarmed until it is
+    /// registered again (`EPOLLONESHOT`, for leader's threads that share
+    /// one epoll): the loop then re-arms everything it has handled.
+    fn oneshot(&self) -> bool {
+        false
     }
 }
 
@@ -145,12 +161,176 @@ impl<S: Scan> Poller for Watched<S> {
 const LISTENER: usize = usize::MAX;
 const SHUTDOWN: usize = usize::MAX - 1;
 const WAKER: usize = usize::MAX - 2;
+const FINISHED: usize = usize::MAX - 3;
+
+/// Where a loop's connections come from.
+pub enum Source<'a> {
+    /// Its own listening socket, on which it calls accept(2).
+    Listener(Listener),
+    /// Another thread accepts and hands connections over (reactors).
+    Handoff(&'a Handoff),
+}
+
+impl Source<'_> {
+    fn fd(&self) -> RawFd {
+        match self {
+            Source::Listener(listener) => listener.as_raw_fd(),
+            Source::Handoff(handoff) => handoff.event.as_fd().as_raw_fd(),
+        }
+    }
+
+    /// The next connection, or `WouldBlock` when none waits.
+    fn next(&self) -> io::Result<(Stream, Option<Slot>)> {
+        match self {
+            Source::Listener(listener) => listener.accept().map(|s| (s, None)),
+            Source::Handoff(handoff) => handoff.take().map(|(s, slot)| (s, Some(slot))),
+        }
+    }
+}
+
+/// Connections accepted by another thread, queued for one loop, with an
+/// eventfd that wakes the loop: the master/worker reactors' hand-over. Each
+/// carries its `--max-conns` slot, freed when the loop closes it.
+pub struct Handoff {
+    queue: Mutex<VecDeque<(Stream, Slot)>>,
+    event: EventFd,
+}
+
+impl Handoff {
+    pub fn new() -> io::Result<Self> {
+        Ok(Handoff {
+            queue: Mutex::new(VecDeque::new()),
+            event: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
+        })
+    }
+
+    /// Queues a connection for the loop and wakes it.
+    pub fn push(&self, stream: Stream, slot: Slot) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back((stream, slot));
+        let _ = self.event.write(1);
+    }
+
+    fn take(&self) -> io::Result<(Stream, Slot)> {
+        let pop = || self.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        if let Some(next) = pop() {
+            return Ok(next);
+        }
+        // Empty: reset the eventfd, then look once more, so that a push
+        // between the two is not left without a wake-up.
+        let _ = self.event.read();
+        pop().ok_or_else(|| io::ErrorKind::WouldBlock.into())
+    }
+}
+
+/// A session lent out of the loop with the input it is to handle, so that
+/// another thread runs the service (half-async's workers, leader's
+/// threads) while the loop goes on; it comes back as a [`Finished`]. One
+/// job per connection at a time keeps its replies in order.
+pub struct Job {
+    token: usize,
+    generation: u64,
+    session: Session,
+    input: Input,
+}
+
+enum Input {
+    Data(Vec<u8>),
+    Eof,
+}
+
+/// A job done: the session back, or `None` if the service panicked on it.
+pub struct Finished {
+    token: usize,
+    generation: u64,
+    session: Option<Session>,
+}
+
+/// A request that makes [`Job::run`] panic, in test builds only: the panic
+/// goes through the same `catch_unwind` as a real bug would.
+#[cfg(test)]
+pub const PANIC_REQUEST: &[u8] = b"socklab test: panic here";
+
+impl Job {
+    /// Runs the service over the input on this thread. A panic in the
+    /// service is caught here: that connection is dropped, with a log line,
+    /// and the thread goes on serving others.
+    pub fn run(self) -> Finished {
+        let Job {
+            token,
+            generation,
+            mut session,
+            input,
+        } = self;
+        let result = std::panic::catch_unwind(AssertUnwindSafe(move || {
+            let now = Now::system();
+            match &input {
+                #[cfg(test)]
+                Input::Data(data) if data.starts_with(PANIC_REQUEST) => panic!("test request"),
+                Input::Data(data) => session.handle_read(data, now),
+                Input::Eof => session.handle_eof(now),
+            }
+            session
+        }));
+        let session = match result {
+            Ok(session) => Some(session),
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::warn!("the service panicked on a request ({why}): dropping that connection");
+                None
+            }
+        };
+        Finished {
+            token,
+            generation,
+            session,
+        }
+    }
+}
+
+/// Where lent sessions go and come back from (half-async's worker pool).
+pub trait Offload: Sync {
+    /// Readable while finished jobs wait to be taken back.
+    fn finished_fd(&self) -> RawFd;
+    /// Hands a job to another thread.
+    fn submit(&self, job: Job);
+    /// The jobs done since the last call.
+    fn take_finished(&self) -> Vec<Finished>;
+}
+
+/// Where a loop runs its sessions' input.
+#[derive(Clone, Copy, Default)]
+pub enum Lend<'a> {
+    /// On the loop's own thread (busy, select, poll, epoll, reactors).
+    #[default]
+    No,
+    /// In a pool of other threads (half-async).
+    To(&'a dyn Offload),
+    /// Handed back to whichever thread called [`Loop::turn`], which runs
+    /// them outside the loop's lock (leader).
+    ToCaller,
+}
+
+/// What a model adds to the shared loop; the default is the plain loop.
+#[derive(Clone, Copy, Default)]
+pub struct Hooks<'a> {
+    /// This loop is worker `.1` of a model that counts its accepts.
+    pub spread: Option<(&'a AcceptSpread, usize)>,
+    pub lend: Lend<'a>,
+}
 
 /// One connection: its socket, its session, and what the poller and the
 /// timer queue currently hold for it.
 struct Connection {
     stream: Stream,
-    session: Session,
+    /// `None` while lent to another thread with a request ([`Job`]).
+    session: Option<Session>,
     /// What the poller watches for now (changed only when it must be).
     interest: Interest,
     /// The deadline the timer queue holds for this connection, if any.
@@ -158,6 +338,12 @@ struct Connection {
     /// Distinguishes this connection from a later one in the same slot, so
     /// stale timers and wake-ups are ignored.
     generation: u64,
+    /// Its `--max-conns` slot when another thread accepted it (reactors).
+    _slot: Option<Slot>,
+    /// Woken (chat) or told to shut down while its session was lent: done
+    /// when it comes back.
+    woken: bool,
+    shutdown_owed: bool,
 }
 
 /// Other connections' wake-ups (chat), from any thread: the token to visit
@@ -169,94 +355,58 @@ struct Waker {
 
 /// Runs the loop on the calling thread until shutdown and the grace period.
 pub fn run(
-    mut poller: impl Poller,
+    poller: impl Poller,
     listener: Listener,
     service: &Service,
     config: &ServerConfig,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    listener.set_nonblocking(true)?;
-    let waker = Arc::new(Waker {
-        event: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
-        pending: Mutex::new(Vec::new()),
-    });
-    poller.register(listener.as_raw_fd(), LISTENER, Interest::READ)?;
-    poller.register(shutdown.as_fd().as_raw_fd(), SHUTDOWN, Interest::READ)?;
-    poller.register(waker.event.as_fd().as_raw_fd(), WAKER, Interest::READ)?;
+    run_with(
+        poller,
+        Source::Listener(listener),
+        service,
+        config,
+        shutdown,
+        Hooks::default(),
+    )
+}
 
-    let mut state = Loop {
-        connections: Slab::new(),
-        timers: BinaryHeap::new(),
-        generation: 0,
-        buf: vec![0; CHUNK_SIZE],
-        paused_at: None,
-        max_conns: config.max_conns.unwrap_or(usize::MAX),
-        waker,
-    };
+/// [`run`], with connections from `source` and the model's `hooks`.
+pub fn run_with(
+    mut poller: impl Poller,
+    source: Source<'_>,
+    service: &Service,
+    config: &ServerConfig,
+    shutdown: &Shutdown,
+    hooks: Hooks<'_>,
+) -> anyhow::Result<()> {
+    let mut state = Loop::new(source, service, config, shutdown, hooks)?;
+    state.start(&mut poller)?;
     let mut events = Vec::with_capacity(1024);
-    let mut grace_deadline: Option<Instant> = None;
-    loop {
-        let next_timer = state.timers.peek().map(|Reverse((at, _, _))| *at);
-        let deadline = match (next_timer, grace_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    while !state.is_done() {
+        let timeout = state
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
         events.clear();
         match poller.wait(&mut events, timeout) {
             Ok(()) => {}
             Err(e) if interrupted(&e) => continue,
             Err(e) => return Err(e.into()),
         }
-        let now = Now::system();
-        for event in &events {
-            match event.token {
-                LISTENER => state.accept(&listener, &mut poller, service, now),
-                // A busy poller reports everything as ready: check the flag.
-                SHUTDOWN if grace_deadline.is_none() && shutdown.is_triggered() => {
-                    tracing::debug!("event loop: shutting down");
-                    grace_deadline = Some(now.instant + config.grace);
-                    // Level-triggered and never reset: stop watching it.
-                    poller.deregister(shutdown.as_fd().as_raw_fd(), SHUTDOWN)?;
-                    if state.paused_at.is_none() {
-                        poller.deregister(listener.as_raw_fd(), LISTENER)?;
-                    }
-                    state.paused_at = Some(0);
-                    let tokens: Vec<usize> = state.connections.iter().map(|(t, _)| t).collect();
-                    for token in tokens {
-                        // A request already in the socket is in flight: take
-                        // it before saying no more (one non-blocking read).
-                        let readable = Event {
-                            token,
-                            readable: true,
-                            writable: false,
-                            closed: false,
-                        };
-                        state.ready(token, readable, &mut poller, now);
-                        if let Some(conn) = state.connections.get_mut(token) {
-                            conn.session.handle_shutdown();
-                            state.settle(token, &mut poller, now.instant);
-                        }
-                    }
-                }
-                SHUTDOWN => {}
-                WAKER => state.wake(&mut poller, now),
-                token => state.ready(token, *event, &mut poller, now),
-            }
-        }
-        state.fire_timers(&mut poller, Now::system());
-        if state.paused_at.is_some_and(|n| state.connections.len() < n) {
-            // A connection closed since we stopped: try accepting again.
-            poller.register(listener.as_raw_fd(), LISTENER, Interest::READ)?;
-            state.paused_at = None;
-        }
-        if grace_deadline.is_some_and(|grace| super::wound_down(grace, state.connections.len())) {
-            return Ok(());
-        }
+        state.turn(&mut poller, &events)?;
     }
+    Ok(())
 }
 
-struct Loop {
+/// The loop's state: its connections, their timers, and how it accepts.
+/// One thread drives it with [`run_with`]; leader's threads share it behind
+/// a mutex and drive it with the same [`turn`](Loop::turn).
+pub struct Loop<'a> {
+    source: Source<'a>,
+    service: &'a Service,
+    shutdown: &'a Shutdown,
+    hooks: Hooks<'a>,
+    grace: Duration,
     connections: Slab<Connection>,
     /// Deadlines by instant; entries whose connection moved on are skipped.
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
@@ -269,22 +419,199 @@ struct Loop {
     paused_at: Option<usize>,
     max_conns: usize,
     waker: Arc<Waker>,
+    /// Jobs for the caller of `turn` ([`Lend::ToCaller`]).
+    lent: Vec<Job>,
+    /// When the grace period ends, once shutdown began.
+    grace_deadline: Option<Instant>,
+    /// Wound down: whoever drives the loop may return.
+    done: bool,
+    /// A thread waits for readiness without holding the loop (leader), until
+    /// this deadline (`None`: none): an earlier timer set meanwhile, or the
+    /// end, must wake it.
+    waiter: Option<Option<Instant>>,
 }
 
-impl Loop {
+impl<'a> Loop<'a> {
+    pub fn new(
+        source: Source<'a>,
+        service: &'a Service,
+        config: &ServerConfig,
+        shutdown: &'a Shutdown,
+        hooks: Hooks<'a>,
+    ) -> anyhow::Result<Self> {
+        let max_conns = match source {
+            Source::Listener(ref listener) => {
+                listener.set_nonblocking(true)?;
+                config.max_conns.unwrap_or(usize::MAX)
+            }
+            // The accepting thread holds the limit for every loop.
+            Source::Handoff(_) => usize::MAX,
+        };
+        let waker = Arc::new(Waker {
+            event: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
+            pending: Mutex::new(Vec::new()),
+        });
+        Ok(Loop {
+            source,
+            service,
+            shutdown,
+            hooks,
+            grace: config.grace,
+            connections: Slab::new(),
+            timers: BinaryHeap::new(),
+            generation: 0,
+            buf: vec![0; CHUNK_SIZE],
+            paused_at: None,
+            max_conns,
+            waker,
+            lent: Vec::new(),
+            grace_deadline: None,
+            done: false,
+            waiter: None,
+        })
+    }
+
+    /// Registers the loop's own descriptors with `poller`.
+    pub fn start(&mut self, poller: &mut impl Poller) -> io::Result<()> {
+        poller.register(self.source.fd(), LISTENER, Interest::READ)?;
+        poller.register(self.shutdown.as_fd().as_raw_fd(), SHUTDOWN, Interest::READ)?;
+        poller.register(self.waker.event.as_fd().as_raw_fd(), WAKER, Interest::READ)?;
+        if let Lend::To(offload) = self.hooks.lend {
+            poller.register(offload.finished_fd(), FINISHED, Interest::READ)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the loop has wound down after shutdown.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The next instant the loop has something to do without an event.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        match (next_timer, self.grace_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// How long a thread that waits without holding the loop may wait; it
+    /// is woken if that changes (leader).
+    pub fn wait_for_waiter(&mut self) -> Option<Duration> {
+        let deadline = self.next_deadline();
+        self.waiter = Some(deadline);
+        deadline.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    fn wake_waiter(&self) {
+        if self.waiter.is_some() {
+            let _ = self.waker.event.write(1);
+        }
+    }
+
+    /// Handles one batch of events, then the timers that are due.
+    pub fn turn(&mut self, poller: &mut impl Poller, events: &[Event]) -> anyhow::Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        let now = Now::system();
+        for event in events {
+            match event.token {
+                LISTENER => {
+                    self.accept(poller, now);
+                    if poller.oneshot() && self.paused_at.is_none() {
+                        poller.reregister(self.source.fd(), LISTENER, Interest::READ)?;
+                    }
+                }
+                // A busy poller reports everything as ready: check the flag.
+                SHUTDOWN if self.grace_deadline.is_none() && self.shutdown.is_triggered() => {
+                    self.begin_shutdown(poller, now)?;
+                }
+                SHUTDOWN => {}
+                WAKER => {
+                    self.wake(poller, now);
+                    if poller.oneshot() {
+                        poller.reregister(self.waker.event.as_fd().as_raw_fd(), WAKER, Interest::READ)?;
+                    }
+                }
+                FINISHED => {
+                    if let Lend::To(offload) = self.hooks.lend {
+                        for finished in offload.take_finished() {
+                            self.give_back(finished, poller);
+                        }
+                    }
+                }
+                token => self.ready(token, *event, poller, now),
+            }
+        }
+        self.fire_timers(poller, Now::system());
+        if self.paused_at.is_some_and(|n| self.connections.len() < n) {
+            // A connection closed since we stopped: try accepting again.
+            poller.register(self.source.fd(), LISTENER, Interest::READ)?;
+            self.paused_at = None;
+        }
+        if self
+            .grace_deadline
+            .is_some_and(|grace| super::wound_down(grace, self.connections.len()))
+        {
+            self.done = true;
+            self.wake_waiter();
+        }
+        Ok(())
+    }
+
+    fn begin_shutdown(&mut self, poller: &mut impl Poller, now: Now) -> io::Result<()> {
+        tracing::debug!("event loop: shutting down");
+        self.grace_deadline = Some(now.instant + self.grace);
+        // Level-triggered and never reset: stop watching it.
+        poller.deregister(self.shutdown.as_fd().as_raw_fd(), SHUTDOWN)?;
+        if self.paused_at.is_none() {
+            poller.deregister(self.source.fd(), LISTENER)?;
+        }
+        self.paused_at = Some(0);
+        let tokens: Vec<usize> = self.connections.iter().map(|(t, _)| t).collect();
+        for token in tokens {
+            // A request already in the socket is in flight: take it before
+            // saying no more (one non-blocking read).
+            let readable = Event {
+                token,
+                readable: true,
+                writable: false,
+                closed: false,
+            };
+            self.ready(token, readable, poller, now);
+            if let Some(conn) = self.connections.get_mut(token) {
+                match conn.session.as_mut() {
+                    Some(session) => {
+                        session.handle_shutdown();
+                        self.settle(token, poller, now.instant);
+                    }
+                    None => conn.shutdown_owed = true,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The jobs lent to the caller of `turn` ([`Lend::ToCaller`]).
+    pub fn take_lent(&mut self) -> Vec<Job> {
+        std::mem::take(&mut self.lent)
+    }
+
     /// Accepts until `WouldBlock`, or until a limit says stop.
-    fn accept(&mut self, listener: &Listener, poller: &mut impl Poller, service: &Service, now: Now) {
+    fn accept(&mut self, poller: &mut impl Poller, now: Now) {
         loop {
             if self.connections.len() >= self.max_conns {
-                self.pause_accepting(listener, poller, "--max-conns reached");
+                self.pause_accepting(poller, "--max-conns reached");
                 return;
             }
-            let stream = match listener.accept() {
-                Ok(stream) => stream,
+            let (stream, slot) = match self.source.next() {
+                Ok(next) => next,
                 Err(e) if would_block(&e) => return,
                 Err(e) if interrupted(&e) => continue,
                 Err(e) if out_of_descriptors(&e) => {
-                    self.pause_accepting(listener, poller, "out of file descriptors");
+                    self.pause_accepting(poller, "out of file descriptors");
                     return;
                 }
                 Err(e) => {
@@ -296,7 +623,7 @@ impl Loop {
             if !poller.can_watch(fd) {
                 // select(2) cannot see descriptors at or above FD_SETSIZE.
                 drop(stream);
-                self.pause_accepting(listener, poller, "descriptor beyond what this poller can watch");
+                self.pause_accepting(poller, "descriptor beyond what this poller can watch");
                 return;
             }
             if let Err(e) = stream.set_nonblocking(true) {
@@ -304,7 +631,7 @@ impl Loop {
                 continue;
             }
             self.generation += 1;
-            let mut session = service.session(now);
+            let mut session = self.service.session(now);
             let entry = self.connections.vacant_entry();
             let token = entry.key();
             if session.uses_wake() {
@@ -322,25 +649,31 @@ impl Loop {
                 tracing::warn!("cannot watch a new connection: {e}");
                 continue;
             }
+            if let Some((spread, worker)) = self.hooks.spread {
+                spread.record(worker);
+            }
             entry.insert(Connection {
                 stream,
-                session,
+                session: Some(session),
                 interest: Interest::READ,
                 timer: None,
                 generation: self.generation,
+                _slot: slot,
+                woken: false,
+                shutdown_owed: false,
             });
             // The session may owe something already (a greeting, a timer).
             self.settle(token, poller, now.instant);
         }
     }
 
-    fn pause_accepting(&mut self, listener: &Listener, poller: &mut impl Poller, why: &str) {
+    fn pause_accepting(&mut self, poller: &mut impl Poller, why: &str) {
         if self.paused_at.is_none() {
             tracing::warn!(
                 connections = self.connections.len(),
                 "not accepting until a connection closes: {why}"
             );
-            let _ = poller.deregister(listener.as_raw_fd(), LISTENER);
+            let _ = poller.deregister(self.source.fd(), LISTENER);
             self.paused_at = Some(self.connections.len());
         }
     }
@@ -350,17 +683,94 @@ impl Loop {
         let Some(conn) = self.connections.get_mut(token) else {
             return; // Closed earlier in this same batch of events.
         };
-        if (event.readable || event.closed) && conn.session.wants_read() {
-            match conn.stream.read(&mut self.buf) {
-                Ok(0) => conn.session.handle_eof(now),
-                Ok(n) => conn.session.handle_read(&self.buf[..n], now),
-                Err(e) if would_block(&e) || interrupted(&e) => {}
-                Err(e) => return self.close(token, poller, Some(e)),
+        let Some(session) = conn.session.as_mut() else {
+            // Lent, and the socket has more to say: stop watching it until
+            // the session is back (level-triggered, it would be reported
+            // again on every wait meanwhile). Done only now, not on every
+            // lend: a peer that waits for its reply costs no system call.
+            if conn.interest != Interest::default() && !poller.oneshot() {
+                if let Err(e) = poller.reregister(conn.stream.as_raw_fd(), token, Interest::default()) {
+                    return self.close(token, poller, Some(e));
+                }
+                conn.interest = Interest::default();
             }
-        } else if event.closed && conn.session.pending_output().is_empty() {
+            return;
+        };
+        if (event.readable || event.closed) && session.wants_read() {
+            let input = match conn.stream.read(&mut self.buf) {
+                Ok(0) => Some(Input::Eof),
+                Ok(n) if !matches!(self.hooks.lend, Lend::No) => Some(Input::Data(self.buf[..n].to_vec())),
+                Ok(n) => {
+                    session.handle_read(&self.buf[..n], now);
+                    None
+                }
+                Err(e) if would_block(&e) || interrupted(&e) => None,
+                Err(e) => return self.close(token, poller, Some(e)),
+            };
+            match input {
+                Some(input) if !matches!(self.hooks.lend, Lend::No) => {
+                    return self.lend(token, input, poller);
+                }
+                Some(_) => session.handle_eof(now),
+                None => {}
+            }
+        } else if event.closed && session.pending_output().is_empty() {
             // Gone, and we have nothing to read or say: close.
             return self.close(token, poller, None);
         }
+        self.settle(token, poller, now.instant);
+    }
+
+    /// Sends a connection's input to another thread with its session; the
+    /// socket stays here, and is not read until the session comes back.
+    fn lend(&mut self, token: usize, input: Input, poller: &mut impl Poller) {
+        let Some(conn) = self.connections.get_mut(token) else {
+            return;
+        };
+        let Some(session) = conn.session.take() else {
+            return;
+        };
+        if poller.oneshot() {
+            conn.interest = Interest::default(); // Disarmed by the event.
+        }
+        let job = Job {
+            token,
+            generation: conn.generation,
+            session,
+            input,
+        };
+        match self.hooks.lend {
+            Lend::To(offload) => offload.submit(job),
+            Lend::ToCaller | Lend::No => self.lent.push(job),
+        }
+    }
+
+    /// A lent session is back: catch up with what happened meanwhile, then
+    /// write its replies.
+    pub fn give_back(&mut self, finished: Finished, poller: &mut impl Poller) {
+        let Finished {
+            token,
+            generation,
+            session,
+        } = finished;
+        let Some(conn) = self
+            .connections
+            .get_mut(token)
+            .filter(|c| c.generation == generation && c.session.is_none())
+        else {
+            return;
+        };
+        let Some(mut session) = session else {
+            return self.close(token, poller, None); // The service panicked.
+        };
+        let now = Now::system();
+        if conn.shutdown_owed {
+            session.handle_shutdown();
+        } else if conn.woken {
+            session.handle_wake(now);
+        }
+        (conn.woken, conn.shutdown_owed) = (false, false);
+        conn.session = Some(session);
         self.settle(token, poller, now.instant);
     }
 
@@ -369,13 +779,19 @@ impl Loop {
         let _ = self.waker.event.read();
         let pending = std::mem::take(&mut *self.waker.pending.lock().unwrap_or_else(|e| e.into_inner()));
         for (token, generation) in pending {
-            if let Some(conn) = self
+            let Some(conn) = self
                 .connections
                 .get_mut(token)
                 .filter(|c| c.generation == generation)
-            {
-                conn.session.handle_wake(now);
-                self.settle(token, poller, now.instant);
+            else {
+                continue;
+            };
+            match conn.session.as_mut() {
+                Some(session) => {
+                    session.handle_wake(now);
+                    self.settle(token, poller, now.instant);
+                }
+                None => conn.woken = true,
             }
         }
     }
@@ -398,8 +814,11 @@ impl Loop {
                 continue; // Superseded by an earlier deadline.
             }
             conn.timer = None;
-            conn.session.handle_timeout(now);
-            self.settle(token, poller, now.instant);
+            // A lent session's timer is set again when it comes back.
+            if let Some(session) = conn.session.as_mut() {
+                session.handle_timeout(now);
+                self.settle(token, poller, now.instant);
+            }
         }
     }
 
@@ -410,40 +829,48 @@ impl Loop {
         let Some(conn) = self.connections.get_mut(token) else {
             return;
         };
-        while !conn.session.pending_output().is_empty() {
-            match conn.stream.write(conn.session.pending_output()) {
-                Ok(n) => conn.session.consume_output(n, now),
+        let Some(session) = conn.session.as_mut() else {
+            return; // Lent: settled when it comes back.
+        };
+        while !session.pending_output().is_empty() {
+            match conn.stream.write(session.pending_output()) {
+                Ok(n) => session.consume_output(n, now),
                 Err(e) if would_block(&e) => break,
                 Err(e) if interrupted(&e) => continue,
                 Err(e) => return self.close(token, poller, Some(e)),
             }
         }
-        if conn.session.is_finished() {
+        if session.is_finished() {
             return self.close(token, poller, None);
         }
         let wanted = Interest {
-            read: conn.session.wants_read(),
-            write: !conn.session.pending_output().is_empty(),
+            read: session.wants_read(),
+            write: !session.pending_output().is_empty(),
         };
-        if wanted != conn.interest {
+        if wanted != conn.interest || poller.oneshot() {
             if let Err(e) = poller.reregister(conn.stream.as_raw_fd(), token, wanted) {
                 return self.close(token, poller, Some(e));
             }
             conn.interest = wanted;
         }
-        match conn.session.poll_timeout() {
+        let mut earlier_than_the_wait = false;
+        match session.poll_timeout() {
             // Only an earlier deadline needs a new entry; a later one is
             // found when the current entry fires and finds nothing to do.
             Some(at) if conn.timer.is_none_or(|t| at < t) => {
                 conn.timer = Some(at);
                 self.timers.push(Reverse((at, token, conn.generation)));
+                earlier_than_the_wait = self.waiter.is_some_and(|w| w.is_none_or(|w| at < w));
             }
             Some(_) => {}
             None => conn.timer = None,
         }
-        if wanted == Interest::default() && conn.timer.is_none() && !conn.session.may_be_woken() {
+        if wanted == Interest::default() && conn.timer.is_none() && !session.may_be_woken() {
             // Waiting for nothing at all: nothing will ever happen again.
-            self.close(token, poller, None);
+            return self.close(token, poller, None);
+        }
+        if earlier_than_the_wait {
+            self.wake_waiter(); // It would sleep past this deadline.
         }
     }
 
@@ -454,6 +881,9 @@ impl Loop {
         if let Some(conn) = self.connections.try_remove(token) {
             let _ = poller.deregister(conn.stream.as_raw_fd(), token);
             conn.stream.close_gracefully();
+        }
+        if self.grace_deadline.is_some() && self.connections.is_empty() {
+            self.wake_waiter(); // The last one: the wait for it is over.
         }
     }
 }

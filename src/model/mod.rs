@@ -14,7 +14,9 @@ mod async_tokio;
 mod busy;
 mod epoll;
 mod fork;
+mod half_async;
 mod iterative;
+mod leader;
 mod poll;
 mod pool;
 mod pool_queue;
@@ -23,6 +25,7 @@ mod prefork_flock;
 mod prefork_mutex;
 mod prefork_pass;
 mod process;
+mod reactors;
 mod select;
 mod shared_memory;
 pub mod spread;
@@ -60,6 +63,10 @@ pub enum ModelKind {
     PreforkPass,
     #[value(name = "pool-queue")]
     PoolQueue,
+    Reactors,
+    #[value(name = "half-async")]
+    HalfAsync,
+    Leader,
 }
 
 impl ModelKind {
@@ -96,6 +103,9 @@ impl ModelKind {
             ModelKind::Epoll => "epoll",
             ModelKind::Async => "async",
             ModelKind::Uring => "uring",
+            ModelKind::Reactors => "reactors",
+            ModelKind::HalfAsync => "half-async",
+            ModelKind::Leader => "leader",
         }
     }
 
@@ -127,6 +137,15 @@ impl ModelKind {
                 "a tokio runtime (--workers threads, default: the cores), a task per connection"
             }
             ModelKind::Uring => "N io_uring rings (--workers, default 1): accept, recv, send as completions",
+            ModelKind::Reactors => {
+                "one thread accepts, deals connections round robin to N epoll loops (--workers)"
+            }
+            ModelKind::HalfAsync => {
+                "one epoll loop does all I/O; N worker threads (--workers) run the requests"
+            }
+            ModelKind::Leader => {
+                "leader/followers: N threads (--workers) take turns waiting on one epoll, then serve"
+            }
         }
     }
 
@@ -231,7 +250,9 @@ impl ModelKind {
             | ModelKind::PreforkFlock
             | ModelKind::PreforkMutex
             | ModelKind::PreforkPass => 3,
-            ModelKind::Async => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ModelKind::Async | ModelKind::Reactors | ModelKind::HalfAsync | ModelKind::Leader => {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            }
             _ => 1,
         }
     }
@@ -269,6 +290,9 @@ impl ModelKind {
             ModelKind::Epoll => epoll::serve(listener, service, config, shutdown),
             ModelKind::Async => async_tokio::serve(listener, service, config, shutdown),
             ModelKind::Uring => uring::serve(listener, service, config, shutdown),
+            ModelKind::Reactors => reactors::serve(listener, service, config, shutdown),
+            ModelKind::HalfAsync => half_async::serve(listener, service, config, shutdown),
+            ModelKind::Leader => leader::serve(listener, service, config, shutdown),
         }
     }
 }
@@ -288,7 +312,7 @@ pub fn on_sibling_listeners(
     workers: usize,
     name: &str,
     shutdown: &Shutdown,
-    run_loop: impl Fn(Listener) -> anyhow::Result<()> + Sync,
+    run_loop: impl Fn(usize, Listener) -> anyhow::Result<()> + Sync,
 ) -> anyhow::Result<()> {
     let mut listeners = vec![listener];
     for _ in 1..workers.max(1) {
@@ -305,7 +329,7 @@ pub fn on_sibling_listeners(
                 let run_loop = &run_loop;
                 std::thread::Builder::new()
                     .name(format!("{name}-{i}"))
-                    .spawn_scoped(scope, move || run_loop(listener))
+                    .spawn_scoped(scope, move || run_loop(i, listener))
             })
             .collect::<Result<_, _>>()?;
         shutdown.join_all(loops, &format!("a {name} loop"))
@@ -329,7 +353,8 @@ pub fn wound_down(grace_deadline: std::time::Instant, open: usize) -> bool {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// `--workers`: threads or processes for pool and prefork, loops for
-    /// epoll and uring, runtime threads for async.
+    /// epoll, uring and reactors, runtime threads for async, worker threads
+    /// for half-async, threads taking turns for leader.
     pub workers: usize,
     /// `--max-conns`: at the limit, stop accepting until a slot frees.
     pub max_conns: Option<usize>,

@@ -97,7 +97,7 @@ pub fn serve(
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     check_available()?;
-    super::on_sibling_listeners(listener, config.workers, "uring", shutdown, |listener| {
+    super::on_sibling_listeners(listener, config.workers, "uring", shutdown, |_, listener| {
         Ring::new(listener, config, shutdown)?.run(&service)
     })
 }

@@ -28,6 +28,7 @@ mod hello;
 mod reverse;
 mod time;
 mod welcome;
+pub mod work;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -195,6 +196,9 @@ pub struct ServiceConfig {
     pub model_name: String,
     /// `--db`: where `contacts` keeps its book.
     pub db: PathBuf,
+    /// `--work`: CPU spent on every request before it is answered (a busy
+    /// computation, see [`work::spend`]), whatever the model.
+    pub work: Duration,
 }
 
 impl ServiceConfig {
@@ -208,6 +212,7 @@ impl ServiceConfig {
             max_line: DEFAULT_MAX_LINE,
             model_name: "socklab".into(),
             db: PathBuf::from(DEFAULT_DB),
+            work: Duration::ZERO,
         }
     }
 }
@@ -257,6 +262,7 @@ impl Service {
     pub fn datagram(&self, msg: &[u8], now: Now) -> Option<Vec<u8>> {
         let mut protocol = self.protocol();
         let mut replies = Replies::new(self.config.framing);
+        work::spend(self.config.work);
         protocol.message(msg, now, &mut replies);
         if protocol.has_more() {
             // A reply made in pieces (bytes) is larger than any datagram.
@@ -450,6 +456,8 @@ pub struct Session {
     decoder: Decoder,
     framing: Framing,
     delay: Duration,
+    /// `--work`: CPU spent on each request.
+    work: Duration,
     idle_timeout: Option<Duration>,
     write_timeout: Duration,
     /// Bytes ready to be written now; `out_pos` of them already were.
@@ -494,6 +502,7 @@ impl Session {
             decoder: Decoder::new(config.framing, config.max_line),
             framing: config.framing,
             delay: config.delay,
+            work: config.work,
             idle_timeout: config.idle_timeout,
             write_timeout: config.write_timeout,
             out: Vec::new(),
@@ -521,9 +530,11 @@ impl Session {
         let protocol = &mut self.protocol;
         let mut too_long = false;
         let mut complete = false;
+        let work = self.work;
         self.decoder.decode(data, |frame| match frame {
             Frame::Message(msg) => {
                 complete = true;
+                work::spend(work);
                 protocol.message(msg, now, &mut replies);
                 !replies.close
             }
@@ -554,6 +565,7 @@ impl Session {
         let mut replies = self.replies();
         if let Some(last_line) = self.decoder.finish() {
             if !self.closing {
+                work::spend(self.work);
                 self.protocol.message(&last_line, now, &mut replies);
             }
         }

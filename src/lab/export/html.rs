@@ -400,6 +400,36 @@ pub fn render(report: &Report) -> String {
         }
     }
 
+    let work: Vec<&Row> = by("work");
+    if !work.is_empty() {
+        page += "<h2>Work: every request costs CPU</h2>\n<p>Echo with CPU spent on every request (<code>--work</code>), \
+                 many connections, the server free to use every core. Requests per second; the label adds the p99 \
+                 latency and how many cores the server kept busy (its CPU time over the run's wall time).</p>\n";
+        let bars: Vec<Bar> = work
+            .iter()
+            .filter(ok)
+            .map(|r| {
+                let label = super::work_label(r);
+                let text = format!(
+                    "{}, p99 {}, {} cores",
+                    rps_with_range(r),
+                    r.p99_us.map_or("-".into(), micros),
+                    r.cores_used.map_or("-".into(), |c| format!("{c:.2}"))
+                );
+                Bar::new(&label, r.throughput_rps.unwrap_or(0.0), text).served(r)
+            })
+            .collect();
+        let axis = Axis {
+            title: "requests per second",
+            log: false,
+            tick: tick_count,
+        };
+        page += &chart(&mut charts, &bars, &axis, &legend_bars(&bars));
+        for finding in super::work_findings(&work) {
+            let _ = writeln!(page, "<p>{}</p>", escape(&finding));
+        }
+    }
+
     page += "<h2>What the numbers show, model by model</h2>\n";
     let mut models: Vec<&str> = Vec::new();
     for r in rows {

@@ -3,7 +3,7 @@
 
 use super::{
     bytes, meta_lines, micros, rps_with_range, seconds, served_label, spread_summary, spread_text, thousands,
-    unp_rows, unp_verdicts, within_noise, UNP_DESIGNS,
+    unp_rows, unp_verdicts, within_noise, work_findings, work_label, UNP_DESIGNS,
 };
 use crate::lab::{Report, Row};
 
@@ -160,7 +160,44 @@ pub fn table(rows: &[Row]) -> String {
             }
         }
     }
-    out + &c10k_table(rows) + &unp_table(rows)
+    out + &c10k_table(rows) + &unp_table(rows) + &work_table(rows)
+}
+
+/// work: requests/s, p99 and cores busy when every request costs CPU.
+fn work_table(rows: &[Row]) -> String {
+    let these: Vec<&Row> = rows.iter().filter(|r| r.scenario == "work").collect();
+    if these.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "## work\n\nEcho with CPU spent on every request (`--work`), the server free to use every core.\n\n\
+         | model | requests/s | p99 | cores used | served | connections per loop |\n|---|---|---|---|---|---|\n",
+    );
+    for r in &these {
+        if let Some(e) = &r.error {
+            out += &format!("| {} | failed: {} |\n", work_label(r), e.replace('|', "/"));
+            continue;
+        }
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            work_label(r),
+            rps_with_range(r),
+            r.p99_us.map_or("-".into(), micros),
+            r.cores_used.map_or("-".into(), |c| format!("{c:.2}")),
+            served(r),
+            r.accepts_per_worker.as_ref().map_or("-".into(), |s| s
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(" / ")),
+        );
+    }
+    out.push('\n');
+    for finding in work_findings(&these) {
+        out += &format!("- {finding}\n");
+    }
+    out.push('\n');
+    out
 }
 
 /// unp: the book's table, row 0 to 8, with the design's model where this
@@ -374,5 +411,46 @@ mod tests {
         assert!(md.contains("iterative served 1 of 50"), "{md}");
         assert!(md.contains("not accepted: 997 waiting in the backlog"), "{md}");
         assert!(md.contains("| select | past FD_SETSIZE |"), "{md}");
+    }
+
+    #[test]
+    fn work_shows_cores_spread_and_why_the_pool_wins() {
+        let row = |model: &str, workers: u64, rps: f64, cores: f64, spread: Option<Vec<u64>>| Row {
+            model: model.into(),
+            scenario: "work".into(),
+            workers: Some(workers),
+            throughput_rps: Some(rps),
+            cores_used: Some(cores),
+            served: Some(50),
+            clients: Some(50),
+            accepts_per_worker: spread,
+            ..Row::default()
+        };
+        let rows = vec![
+            row("epoll", 1, 4000.0, 0.98, None),
+            row("epoll", 2, 7000.0, 1.7, Some(vec![30, 21])),
+            row("reactors", 2, 7100.0, 1.7, Some(vec![26, 25])),
+            row("half-async", 2, 7200.0, 1.8, None),
+        ];
+        let md = table(&rows);
+        assert!(md.contains("## work"), "{md}");
+        assert!(
+            md.contains("| epoll (1 loop) | 4,000/s | - | 0.98 | 50 of 50 | - |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| epoll (2 loops) | 7,000/s | - | 1.70 | 50 of 50 | 30 / 21 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| half-async (1 loop, 2 workers) | 7,200/s |"),
+            "{md}"
+        );
+        assert!(md.contains("7,200/s against 4,000/s (1.80x)"), "{md}");
+        assert!(md.contains("round robin: 26 / 25 per loop"), "{md}");
+        assert!(
+            md.contains("SO_REUSEPORT: the kernel chose the loop by a hash"),
+            "{md}"
+        );
     }
 }

@@ -68,6 +68,7 @@ fn scenario_label(name: &str) -> &'static str {
         "idle" => "idle scenario",
         "c10k" => "c10k scenario",
         "unp" => "unp scenario",
+        "work" => "work scenario",
         _ => "scenario",
     }
 }
@@ -180,6 +181,14 @@ pub fn summary_line(row: &Row) -> String {
             "{head} {}, p99 {}{served}",
             rps_with_range(row),
             row.p99_us.map_or("-".into(), micros)
+        ),
+        "work" => format!(
+            "{:<10} {:<10} {}, p99 {}, {} cores{served}",
+            work_label(row),
+            row.scenario,
+            rps_with_range(row),
+            row.p99_us.map_or("-".into(), micros),
+            row.cores_used.map_or("-".into(), |c| format!("{c:.2}"))
         ),
         "c10k" => format!(
             "{head} {} idle: active client p50 {}{served}",
@@ -369,6 +378,70 @@ pub fn memory_per_connection(row: &Row) -> String {
         }
         _ => "-".into(),
     }
+}
+
+/// work: a row's model with its threads or loops, `epoll (2 loops)`.
+pub fn work_label(row: &Row) -> String {
+    let n = row.workers.unwrap_or(1);
+    match row.model.as_str() {
+        "epoll" | "uring" | "reactors" => {
+            format!("{} ({n} loop{})", row.model, if n == 1 { "" } else { "s" })
+        }
+        "half-async" => format!("{} (1 loop, {n} workers)", row.model),
+        "leader" | "async" => format!("{} ({n} threads)", row.model),
+        _ => row.model.clone(),
+    }
+}
+
+/// work: what the rows show, in sentences from their own figures: why a
+/// worker pool wins over one loop when requests cost CPU, and how the
+/// connections were spread across loops.
+pub fn work_findings(rows: &[&Row]) -> Vec<String> {
+    let ok: Vec<&Row> = rows.iter().copied().filter(|r| r.error.is_none()).collect();
+    let find = |model: &str, workers: Option<u64>| {
+        ok.iter()
+            .copied()
+            .find(|r| r.model == model && workers.is_none_or(|w| r.workers == Some(w)))
+    };
+    let mut out = Vec::new();
+    let one_loop = find("epoll", Some(1));
+    if let (Some(single), Some(pool)) = (one_loop, find("half-async", None)) {
+        if let (Some(a), Some(b)) = (single.throughput_rps, pool.throughput_rps) {
+            out.push(format!(
+                "One event loop computes every reply on its own thread: with the CPU each request costs, \
+                 that thread is the limit, and it keeps {} core(s) busy while the other clients wait their turn. \
+                 half-async keeps the loop for I/O only and runs the requests on {} worker threads, on every \
+                 core at once: {}/s against {}/s ({:.2}x), {} cores busy.",
+                single.cores_used.map_or("-".into(), |c| format!("{c:.2}")),
+                pool.workers.unwrap_or(0),
+                thousands(b.round() as u64),
+                thousands(a.round() as u64),
+                b / a.max(1.0),
+                pool.cores_used.map_or("-".into(), |c| format!("{c:.2}")),
+            ));
+        }
+    }
+    let spread = |r: &Row| {
+        r.accepts_per_worker
+            .as_ref()
+            .map(|s| s.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" / "))
+    };
+    if let Some(reactors) = find("reactors", None) {
+        if let Some(s) = spread(reactors) {
+            out.push(format!(
+                "reactors: the accepting thread dealt the connections round robin: {s} per loop."
+            ));
+        }
+    }
+    if let Some(epoll) = find("epoll", Some(2)) {
+        if let Some(s) = spread(epoll) {
+            out.push(format!(
+                "epoll with 2 loops on SO_REUSEPORT: the kernel chose the loop by a hash of each peer's address and port: {s} per loop. \
+                 A loop that drew more clients has more work and nobody to share it with."
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
