@@ -41,6 +41,14 @@ fn run(command: Command) -> anyhow::Result<()> {
                     model.source_file()
                 )?;
             }
+            writeln!(
+                out,
+                "\nuring techniques (serve --model uring --uring FEATURE[,FEATURE]; default: {}):",
+                socklab::model::uring_features::UringFeatures::DEFAULT
+            )?;
+            for (name, what) in socklab::model::uring_features::FEATURES {
+                writeln!(out, "  {name:<15} {what}")?;
+            }
             Ok(())
         }
     }

@@ -450,6 +450,9 @@ struct Ring {
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     pool: Pool,
     files: Option<FileTable>,
+    /// send-zc, on TCP only: a Unix socket has no zero-copy send (the
+    /// kernel answers EOPNOTSUPP), so there replies go out plainly.
+    zero_copy: bool,
     /// Connections whose receive found the pool empty: re-armed once
     /// buffers came back, or at `starved_retry`, never in a loop.
     starved: Vec<usize>,
@@ -480,6 +483,7 @@ impl Ring {
         let ring = build_ring(RING_ENTRIES, features)?;
         let pool = Pool::new(&ring, features, BUFFERS)?;
         let files = FileTable::new(&ring, features, table_slots())?;
+        let zero_copy = features.send_zc && matches!(listener, Listener::Tcp(_));
         Ok(Ring {
             ring,
             features,
@@ -491,6 +495,7 @@ impl Ring {
             timers: BinaryHeap::new(),
             pool,
             files,
+            zero_copy,
             starved: Vec::new(),
             starved_retry: None,
             // A multishot accept cannot be paused: by the time a cancel
@@ -835,6 +840,7 @@ impl Ring {
     fn settle(&mut self, token: usize) -> anyhow::Result<()> {
         // Disjoint fields: the connection is borrowed while the ring is fed.
         let (ring, timers, pool, features) = (&mut self.ring, &mut self.timers, &self.pool, self.features);
+        let zero_copy = self.zero_copy;
         let Some(conn) = self.conns.get_mut(token) else {
             return Ok(());
         };
@@ -850,7 +856,7 @@ impl Ring {
             conn.send_buf.clear();
             conn.send_buf.extend_from_slice(conn.session.pending_output());
             if !conn.send_buf.is_empty() {
-                let send = send_entry(fd, &conn.send_buf, features.send_zc)
+                let send = send_entry(fd, &conn.send_buf, zero_copy)
                     .flags(fd_flags)
                     .user_data(user_data(Op::Send, token));
                 push(ring, send)?;
