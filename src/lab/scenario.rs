@@ -13,6 +13,10 @@
 //!   client meanwhile.
 //! - `c10k`: the readiness and completion models holding 0, 1,000, 5,000,
 //!   10,000 idle connections: one active client's latency at each.
+//! - `uring-ladder`: echo under uring with each io_uring technique added in
+//!   turn (`UringFeatures::ladder`), at 64 B, 512 B and 16 KiB, next to
+//!   epoll: what each step gained or lost on this kernel. Not in the
+//!   default set (it is 24 runs); ask for it with `--scenarios uring-ladder`.
 
 use std::fmt;
 use std::net::TcpStream;
@@ -24,6 +28,7 @@ use anyhow::Context;
 use super::probe::{self, Costs, PerfCounter, Sample, SyscallMethod};
 use super::{Lane, Row, ServerProcess};
 use crate::client::bench::{self, BenchOptions, BenchReport, Load, Payload};
+use crate::model::uring_features::UringFeatures;
 use crate::model::ModelKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +37,7 @@ pub enum Scenario {
     Throughput,
     Idle,
     C10k,
+    UringLadder,
 }
 
 impl Scenario {
@@ -46,6 +52,7 @@ impl Scenario {
     pub fn applies_to(self, model: ModelKind) -> bool {
         match self {
             Scenario::C10k => C10K_MODELS.contains(&model),
+            Scenario::UringLadder => model == ModelKind::Uring,
             _ => true,
         }
     }
@@ -68,6 +75,7 @@ impl fmt::Display for Scenario {
             Scenario::Throughput => "throughput",
             Scenario::Idle => "idle",
             Scenario::C10k => "c10k",
+            Scenario::UringLadder => "uring-ladder",
         })
     }
 }
@@ -80,8 +88,9 @@ impl FromStr for Scenario {
             "throughput" => Ok(Scenario::Throughput),
             "idle" => Ok(Scenario::Idle),
             "c10k" => Ok(Scenario::C10k),
+            "uring-ladder" => Ok(Scenario::UringLadder),
             _ => Err(format!(
-                "unknown scenario '{s}' (expected delay, throughput, idle or c10k)"
+                "unknown scenario '{s}' (expected delay, throughput, idle, c10k or uring-ladder)"
             )),
         }
     }
@@ -157,6 +166,14 @@ impl Knobs {
                     "active_duration_ms": C10K_ACTIVE_FOR.as_millis() as u64,
                     "models": C10K_MODELS.iter().map(|m| m.name()).collect::<Vec<_>>(),
                 }),
+                Scenario::UringLadder => serde_json::json!({
+                    "service": "echo",
+                    "clients": self.clients,
+                    "message_bytes": LADDER_SIZES,
+                    "duration_ms": self.duration.as_millis() as u64,
+                    "steps": UringFeatures::ladder().iter().map(|(_, f)| f.to_string()).collect::<Vec<_>>(),
+                    "baseline": "epoll",
+                }),
             };
             p["runs"] = self.runs_for(s).into();
             all.insert(s.to_string(), p);
@@ -199,6 +216,7 @@ pub fn measure(
         Scenario::Throughput => throughput(model, knobs, kernel_cost, &mut row)?,
         Scenario::Idle => idle(model, knobs, &mut row)?,
         Scenario::C10k => return c10k(model, knobs),
+        Scenario::UringLadder => return uring_ladder(model, knobs),
     }
     Ok(vec![row])
 }
@@ -376,6 +394,62 @@ fn c10k(model: ModelKind, knobs: &Knobs) -> anyhow::Result<Vec<Row>> {
 }
 
 /// Opens idle connections until `held` has `total`.
+/// The message sizes the ladder climbs at: small requests, the seeds'
+/// size, and replies larger than one receive buffer.
+pub const LADDER_SIZES: [usize; 3] = [64, 512, 16 * 1024];
+
+/// uring-ladder: at each size, epoll as the yardstick, then uring with one
+/// more technique per step. A step the kernel refuses is a row with its
+/// error; the climb goes on.
+fn uring_ladder(model: ModelKind, knobs: &Knobs) -> anyhow::Result<Vec<Row>> {
+    if !Scenario::UringLadder.applies_to(model) {
+        return Ok(Vec::new());
+    }
+    let mut rows = Vec::new();
+    for size in LADDER_SIZES {
+        rows.push(ladder_step(ModelKind::Epoll, None, size, knobs));
+        for (step, features) in UringFeatures::ladder() {
+            rows.push(ladder_step(ModelKind::Uring, Some((step, features)), size, knobs));
+        }
+    }
+    Ok(rows)
+}
+
+fn ladder_step(model: ModelKind, step: Option<(&str, UringFeatures)>, size: usize, knobs: &Knobs) -> Row {
+    let mut row = Row {
+        model: model.to_string(),
+        scenario: Scenario::UringLadder.to_string(),
+        step: step.map(|(name, _)| name.to_string()),
+        uring: step.map(|(_, f)| f.to_string()),
+        message_bytes: Some(size as u64),
+        ..Row::default()
+    };
+    let features = step.map(|(_, f)| f.to_string());
+    let extra: Vec<&str> = match &features {
+        Some(f) => vec!["--uring", f],
+        None => Vec::new(),
+    };
+    let run = |row: &mut Row| -> anyhow::Result<()> {
+        let mut server = start(model, "echo", &extra)?;
+        let options = bench_options(
+            &server.process.addr,
+            knobs.clients,
+            Load::Duration(knobs.duration),
+            Payload::Size(size),
+            STARVED_AFTER,
+        )?;
+        let report = server.drive(&options)?;
+        server.record(row, &report, Some(knobs.duration));
+        row.throughput_rps = Some(report.throughput_rps);
+        server.process.stop();
+        Ok(())
+    };
+    if let Err(e) = run(&mut row) {
+        row.error = Some(format!("{e:#}"));
+    }
+    row
+}
+
 fn hold(addr: &str, total: usize, held: &mut Vec<TcpStream>) -> anyhow::Result<()> {
     let target = addr.trim_start_matches("tcp:").to_string();
     held.reserve(total.saturating_sub(held.len()));
