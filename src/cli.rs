@@ -206,7 +206,7 @@ pub struct ServeArgs {
     pub mode: Option<u32>,
     /// uring: the io_uring techniques to use, comma-separated: none,
     /// default, recv-multishot, bundle, fixed-files, sqpoll, send-zc,
-    /// batch=N (see `socklab models`) [default: recv-multishot,fixed-files]
+    /// batch=N (see `socklab models`) [default: recv-multishot,bundle,fixed-files]
     #[arg(long, value_name = "FEATURE[,FEATURE]")]
     pub uring: Option<crate::model::uring_features::UringFeatures>,
     /// A listener on an IPv6 address ([::]) takes IPv6 peers only; by

@@ -66,9 +66,11 @@ impl UringFeatures {
     };
 
     /// What `--model uring` uses when `--uring` is not given: the steps
-    /// that won on the ladder measured for the README (2026-11-23).
+    /// that won on the ladder measured for the README (2026-11-23, Linux
+    /// 6.18, 2 cores); batch, send-zc and sqpoll lost there.
     pub const DEFAULT: UringFeatures = UringFeatures {
         recv_multishot: true,
+        bundle: true,
         fixed_files: true,
         ..UringFeatures::NONE
     };
