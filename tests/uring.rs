@@ -258,3 +258,69 @@ fn a_kernel_that_refuses_a_technique_gets_an_error_naming_it() {
         );
     }
 }
+
+#[test]
+fn the_ladder_climbs_every_step_at_every_size_next_to_epoll() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (j, md, html) = (path("lab.json"), path("lab.md"), path("lab.html"));
+    let out = common::socklab(&[
+        "lab",
+        "--models",
+        "uring",
+        "--scenarios",
+        "uring-ladder",
+        "--duration",
+        "200ms",
+        "--clients",
+        "4",
+        "--json",
+        &j,
+        "--markdown",
+        &md,
+        "--html",
+        &html,
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let report = socklab::lab::export::json::parse(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    let rows: Vec<_> = report
+        .rows
+        .iter()
+        .filter(|r| r.scenario == "uring-ladder")
+        .collect();
+    // 3 sizes x (epoll + 7 uring steps).
+    assert_eq!(rows.len(), 24);
+    for size in [64, 512, 16384] {
+        let at: Vec<_> = rows.iter().filter(|r| r.message_bytes == Some(size)).collect();
+        assert_eq!(at[0].model, "epoll");
+        let steps: Vec<&str> = at[1..].iter().filter_map(|r| r.step.as_deref()).collect();
+        assert_eq!(
+            steps,
+            [
+                "none",
+                "+recv-multishot",
+                "+bundle",
+                "+fixed-files",
+                "+batch=16",
+                "+send-zc",
+                "+sqpoll"
+            ]
+        );
+        for r in at {
+            assert!(
+                r.error.is_some() || r.throughput_rps.is_some_and(|t| t > 0.0),
+                "{} {:?} at {size}: no figure and no reason",
+                r.model,
+                r.step
+            );
+        }
+    }
+    let markdown = std::fs::read_to_string(&md).unwrap();
+    assert!(markdown.contains("## uring-ladder"), "{markdown}");
+    assert!(markdown.contains("- +recv-multishot: 64 B "), "{markdown}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("The io_uring ladder") && page.contains("<svg"),
+        "the chart"
+    );
+}
