@@ -753,7 +753,14 @@ impl Ring {
                 }
                 conn.session.handle_eof(now);
             }
-            e if -e == libc::ENOBUFS => self.starved.push(token),
+            e if -e == libc::ENOBUFS => {
+                // The pool ran dry: this connection waits for buffers to
+                // come back (`rearm_starved`) instead of re-arming now,
+                // which would only fail again.
+                tracing::debug!("receive buffers ran out: a connection waits for some to come back");
+                self.starved.push(token);
+                return Ok(());
+            }
             e if -e == libc::ECANCELED && !conn.receiving => {} // We asked.
             e => {
                 tracing::debug!("recv: {}", io::Error::from_raw_os_error(-e));
