@@ -211,6 +211,11 @@ pub struct ServeArgs {
     /// Permissions of Unix socket files, in octal [default: 600, owner-only]
     #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
     pub mode: Option<u32>,
+    /// uring: the io_uring techniques to use, comma-separated: none,
+    /// default, recv-multishot, bundle, fixed-files, sqpoll, send-zc,
+    /// batch=N (see `socklab models`) [default: recv-multishot,bundle,fixed-files]
+    #[arg(long, value_name = "FEATURE[,FEATURE]")]
+    pub uring: Option<crate::model::uring_features::UringFeatures>,
     /// A listener on an IPv6 address ([::]) takes IPv6 peers only; by
     /// default it takes IPv4 peers too, as nc and socat do
     #[arg(long)]
@@ -236,6 +241,7 @@ impl ServeArgs {
                 max_conns: self.max_conns,
                 grace: self.grace,
                 reply_cache: self.reply_cache,
+                uring: self.uring.unwrap_or_default(),
             },
             unix_mode: self.mode,
             ipv6_only: self.ipv6_only,

@@ -49,7 +49,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
             ModelKind::names_where(ModelKind::wakes_sessions)
         );
     }
-    model.check_available()?;
+    model.check_available(&server)?;
     service.model_name = model.name().to_string();
     let service = Arc::new(Service::new(service));
     service.check()?;

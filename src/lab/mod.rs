@@ -149,6 +149,14 @@ pub struct Row {
     pub workers: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cores_used: Option<f64>,
+    /// uring-ladder: the step's name (`+recv-multishot`), the `--uring`
+    /// set it ran with, and the message size.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub step: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub uring: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub message_bytes: Option<u64>,
     /// Why the row has no numbers (the server would not start, hung, ...).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,

@@ -22,6 +22,10 @@
 //!   requests/s, p99 and the cores the server kept busy, for the event
 //!   loops and the designs that spread a loop's work over threads
 //!   (reactors, half-async, leader); the server may use every core.
+//! - `uring-ladder`: echo under uring with each io_uring technique added in
+//!   turn (`UringFeatures::ladder`), at 64 B, 512 B and 16 KiB, next to
+//!   epoll: what each step gained or lost on this kernel. Not in the
+//!   default set (it is 24 runs); ask for it with `--scenarios uring-ladder`.
 
 use std::fmt;
 use std::net::TcpStream;
@@ -33,6 +37,7 @@ use anyhow::Context;
 use super::probe::{self, Costs, PerfCounter, Sample, SyscallMethod};
 use super::{Lane, Row, ServerProcess};
 use crate::client::bench::{self, BenchOptions, BenchReport, Expect, Load, Payload};
+use crate::model::uring_features::UringFeatures;
 use crate::model::ModelKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +48,7 @@ pub enum Scenario {
     C10k,
     Unp,
     Work,
+    UringLadder,
 }
 
 impl Scenario {
@@ -62,6 +68,7 @@ impl Scenario {
             // The designs of the book's table, whichever exist.
             Scenario::Unp => model.unp_row().is_some(),
             Scenario::Work => WORK_MODELS.contains(&model),
+            Scenario::UringLadder => model == ModelKind::Uring,
             _ => true,
         }
     }
@@ -104,6 +111,7 @@ impl fmt::Display for Scenario {
             Scenario::C10k => "c10k",
             Scenario::Unp => "unp",
             Scenario::Work => "work",
+            Scenario::UringLadder => "uring-ladder",
         })
     }
 }
@@ -118,8 +126,9 @@ impl FromStr for Scenario {
             "c10k" => Ok(Scenario::C10k),
             "unp" => Ok(Scenario::Unp),
             "work" => Ok(Scenario::Work),
+            "uring-ladder" => Ok(Scenario::UringLadder),
             _ => Err(format!(
-                "unknown scenario '{s}' (expected delay, throughput, idle, c10k, unp or work)"
+                "unknown scenario '{s}' (expected delay, throughput, idle, c10k, unp, work or uring-ladder)"
             )),
         }
     }
@@ -217,6 +226,14 @@ impl Knobs {
                     "pinning": "none: the server may use every core",
                     "models": WORK_MODELS.iter().map(|m| m.name()).collect::<Vec<_>>(),
                 }),
+                Scenario::UringLadder => serde_json::json!({
+                    "service": "echo",
+                    "clients": self.clients,
+                    "message_bytes": LADDER_SIZES,
+                    "duration_ms": self.duration.as_millis() as u64,
+                    "steps": UringFeatures::ladder().iter().map(|(_, f)| f.to_string()).collect::<Vec<_>>(),
+                    "baseline": "epoll",
+                }),
             };
             p["runs"] = self.runs_for(s).into();
             all.insert(s.to_string(), p);
@@ -261,6 +278,7 @@ pub fn measure(
         Scenario::C10k => return c10k(model, knobs),
         Scenario::Unp => unp(model, knobs, &mut row)?,
         Scenario::Work => return work(model, knobs),
+        Scenario::UringLadder => return uring_ladder(model, knobs),
     }
     Ok(vec![row])
 }
@@ -572,6 +590,62 @@ fn work(model: ModelKind, knobs: &Knobs) -> anyhow::Result<Vec<Row>> {
 }
 
 /// Opens idle connections until `held` has `total`.
+/// The message sizes the ladder climbs at: small requests, the seeds'
+/// size, and replies larger than one receive buffer.
+pub const LADDER_SIZES: [usize; 3] = [64, 512, 16 * 1024];
+
+/// uring-ladder: at each size, epoll as the yardstick, then uring with one
+/// more technique per step. A step the kernel refuses is a row with its
+/// error; the climb goes on.
+fn uring_ladder(model: ModelKind, knobs: &Knobs) -> anyhow::Result<Vec<Row>> {
+    if !Scenario::UringLadder.applies_to(model) {
+        return Ok(Vec::new());
+    }
+    let mut rows = Vec::new();
+    for size in LADDER_SIZES {
+        rows.push(ladder_step(ModelKind::Epoll, None, size, knobs));
+        for (step, features) in UringFeatures::ladder() {
+            rows.push(ladder_step(ModelKind::Uring, Some((step, features)), size, knobs));
+        }
+    }
+    Ok(rows)
+}
+
+fn ladder_step(model: ModelKind, step: Option<(&str, UringFeatures)>, size: usize, knobs: &Knobs) -> Row {
+    let mut row = Row {
+        model: model.to_string(),
+        scenario: Scenario::UringLadder.to_string(),
+        step: step.map(|(name, _)| name.to_string()),
+        uring: step.map(|(_, f)| f.to_string()),
+        message_bytes: Some(size as u64),
+        ..Row::default()
+    };
+    let features = step.map(|(_, f)| f.to_string());
+    let extra: Vec<&str> = match &features {
+        Some(f) => vec!["--uring", f],
+        None => Vec::new(),
+    };
+    let run = |row: &mut Row| -> anyhow::Result<()> {
+        let mut server = start(model, "echo", &extra)?;
+        let options = bench_options(
+            &server.process.addr,
+            knobs.clients,
+            Load::Duration(knobs.duration),
+            Payload::Size(size),
+            STARVED_AFTER,
+        )?;
+        let report = server.drive(&options)?;
+        server.record(row, &report, Some(knobs.duration));
+        row.throughput_rps = Some(report.throughput_rps);
+        server.process.stop();
+        Ok(())
+    };
+    if let Err(e) = run(&mut row) {
+        row.error = Some(format!("{e:#}"));
+    }
+    row
+}
+
 fn hold(addr: &str, total: usize, held: &mut Vec<TcpStream>) -> anyhow::Result<()> {
     let target = addr.trim_start_matches("tcp:").to_string();
     held.reserve(total.saturating_sub(held.len()));

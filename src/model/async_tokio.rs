@@ -29,12 +29,20 @@ pub fn serve(
     config: &ServerConfig,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers.max(1))
-        .thread_name("async-worker")
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
+    // One worker: a current-thread runtime, on which the accept loop and
+    // every connection share this thread. The multi-thread scheduler with
+    // one worker would run the accept loop on this thread and the
+    // connections on another, and pay for work stealing it cannot use.
+    let runtime = if config.workers <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.workers)
+            .thread_name("async-worker")
+            .enable_all()
+            .build()
+    }
+    .context("cannot start the tokio runtime")?;
     let shutdown_fd = shutdown.as_fd().try_clone_to_owned()?;
     runtime.block_on(accept_loop(listener, service, config.clone(), shutdown_fd))
 }
@@ -97,25 +105,46 @@ async fn accept_loop(
 }
 
 /// Drives one connection's session to the end; `_held` is let go then.
-async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+///
+/// Per request this does what a C epoll server does (one read, one write)
+/// and little more: the clocks are read once per wake-up, a reply goes out
+/// with a plain non-blocking write when the socket takes it (the write
+/// future and a fresh clock read only when it does not), and the shutdown
+/// signal is waited on by one future for the connection's life instead of
+/// one registered and dropped per request.
+async fn connection<S: AsyncRead + AsyncWrite + TryWrite + Unpin>(
     mut stream: S,
     service: &Service,
     mut stop: watch::Receiver<bool>,
     _held: impl Send,
 ) {
-    let mut session = service.session(Now::system());
+    let mut now = Now::system();
+    let mut session = service.session(now);
     // For chat: other connections wake this task through a Notify.
     let wake = session.uses_wake().then(|| Arc::new(Notify::new()));
     if let Some(notify) = &wake {
         let notify = notify.clone();
         session.set_wake(Arc::new(move || notify.notify_one()));
-        session.handle_wake(Now::system());
+        session.handle_wake(now);
     }
     let mut buf = [0u8; CHUNK_SIZE];
     let mut stopping = false;
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     loop {
         let pending = session.pending_output();
         if !pending.is_empty() {
+            // The reply to what was just read usually fits the socket's
+            // buffer: write it now, stamped with this wake-up's instant.
+            match stream.try_write(pending) {
+                Ok(0) => return tracing::debug!("connection ended: the peer takes no more"),
+                Ok(n) => {
+                    session.consume_output(n, now.instant);
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return tracing::debug!("connection ended: {e}"),
+            }
             // Write what is owed before reading more; the session's
             // deadlines (its write timeout among them) bound the wait.
             let deadline = session.poll_timeout();
@@ -123,13 +152,22 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 biased;
                 written = stream.write(pending) => match written {
                     Ok(0) => return tracing::debug!("connection ended: the peer takes no more"),
-                    Ok(n) => session.consume_output(n, std::time::Instant::now()),
+                    Ok(n) => {
+                        now = Now::system();
+                        session.consume_output(n, now.instant);
+                    }
                     Err(e) => return tracing::debug!("connection ended: {e}"),
                 },
-                _ = sleep_until(deadline), if deadline.is_some() => session.handle_timeout(Now::system()),
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    now = Now::system();
+                    session.handle_timeout(now);
+                }
                 // A chat member stuck writing still hears the room, which
                 // is how it learns that its inbox holds the room back.
-                _ = notified(&wake), if wake.is_some() => session.handle_wake(Now::system()),
+                _ = notified(&wake), if wake.is_some() => {
+                    now = Now::system();
+                    session.handle_wake(now);
+                }
             }
             continue;
         }
@@ -145,20 +183,47 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::select! {
             // Input first: a request already sent when shutdown comes is in flight.
             biased;
-            read = stream.read(&mut buf), if reading => match read {
-                Ok(0) => session.handle_eof(Now::system()),
-                Ok(n) => session.handle_read(&buf[..n], Now::system()),
-                Err(e) => return tracing::debug!("connection ended: {e}"),
+            read = stream.read(&mut buf), if reading => {
+                now = Now::system();
+                match read {
+                    Ok(0) => session.handle_eof(now),
+                    Ok(n) => session.handle_read(&buf[..n], now),
+                    Err(e) => return tracing::debug!("connection ended: {e}"),
+                }
             },
-            _ = sleep_until(deadline), if deadline.is_some() => session.handle_timeout(Now::system()),
-            _ = notified(&wake), if wake.is_some() => session.handle_wake(Now::system()),
-            _ = stop.changed(), if !stopping => {
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                now = Now::system();
+                session.handle_timeout(now);
+            }
+            _ = notified(&wake), if wake.is_some() => {
+                now = Now::system();
+                session.handle_wake(now);
+            }
+            _ = &mut stopped, if !stopping => {
                 stopping = true;
+                now = Now::system();
                 session.handle_shutdown();
             }
         }
     }
     let _ = stream.shutdown().await;
+}
+
+/// A write that does not wait: what the socket takes now, or WouldBlock.
+trait TryWrite {
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
+}
+
+impl TryWrite for tokio::net::TcpStream {
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        tokio::net::TcpStream::try_write(self, buf)
+    }
+}
+
+impl TryWrite for tokio::net::UnixStream {
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        tokio::net::UnixStream::try_write(self, buf)
+    }
 }
 
 async fn sleep_until(deadline: Option<std::time::Instant>) {

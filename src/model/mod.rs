@@ -31,6 +31,7 @@ mod shared_memory;
 pub mod spread;
 mod thread;
 mod uring;
+pub mod uring_features;
 
 use std::fmt;
 use std::sync::Arc;
@@ -259,9 +260,9 @@ impl ModelKind {
 
     /// Checks what the model needs from the kernel, before anything is bound
     /// or announced, so that a model that cannot run says so at once.
-    pub fn check_available(self) -> anyhow::Result<()> {
+    pub fn check_available(self, config: &ServerConfig) -> anyhow::Result<()> {
         match self {
-            ModelKind::Uring => uring::check_available(),
+            ModelKind::Uring => uring::check_available(config.uring),
             _ => Ok(()),
         }
     }
@@ -362,6 +363,8 @@ pub struct ServerConfig {
     pub grace: Duration,
     /// `--reply-cache`: most bytes of UDP replies remembered for retries.
     pub reply_cache: usize,
+    /// `--uring`: the io_uring techniques the uring model uses.
+    pub uring: uring_features::UringFeatures,
 }
 
 impl Default for ServerConfig {
@@ -371,6 +374,7 @@ impl Default for ServerConfig {
             max_conns: None,
             grace: Duration::from_secs(5),
             reply_cache: datagram::DEFAULT_REPLY_CACHE,
+            uring: uring_features::UringFeatures::DEFAULT,
         }
     }
 }

@@ -16,6 +16,10 @@
 //! - Session deadlines (`--delay`, `--idle-timeout`) bound the wait for
 //!   completions (`io_uring_enter` with a timeout).
 //! - `--workers N` rings, each on its own `SO_REUSEPORT` listener.
+//! - `--uring FEATURE,...` switches on the later techniques one by one
+//!   (see `uring_features.rs`); each lives in one place here: the buffer
+//!   pool ([`Pool`]), the descriptor table ([`FileTable`]), the send
+//!   ([`send_entry`]) and the wait ([`Ring::wait`]).
 //!
 //! The `io-uring` crate is the thin, maintained binding to the kernel
 //! interface (what liburing is to C); the higher-level runtimes (tokio-uring,
@@ -23,6 +27,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -32,6 +37,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use slab::Slab;
 
+use super::uring_features::UringFeatures;
 use super::ServerConfig;
 use crate::net::{out_of_descriptors, DescriptorShortage, Listener, Stream};
 use crate::ring;
@@ -76,9 +82,75 @@ fn decode(data: u64) -> (Option<Op>, usize) {
     (op, (data & 0xffff_ffff) as usize)
 }
 
-/// Checks that the kernel lets us make a ring, with the error users see.
-pub fn check_available() -> anyhow::Result<()> {
-    IoUring::new(8).map(drop).map_err(unavailable)
+/// After the first completion, how long a batched wait (`batch=N`) may
+/// wait for the rest.
+const BATCH_WAIT_USEC: u32 = 50;
+
+/// Checks that the kernel lets us make a ring and has every technique
+/// asked for, with the error users see, before anything is announced.
+pub fn check_available(features: UringFeatures) -> anyhow::Result<()> {
+    IoUring::new(8).map(drop).map_err(unavailable)?;
+    let ring = build_ring(8, features)?;
+    let mut pool = Pool::new(&ring, features, 8)?;
+    FileTable::new(&ring, features, 8)?;
+    pool.abandon();
+    Ok(())
+}
+
+/// An error naming the technique the kernel turned down.
+fn refused(feature: &str, why: impl fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("io_uring feature {feature} is not available on this kernel: {why} (see `socklab models`; --uring none turns every technique off)")
+}
+
+/// Makes a ring with the features that are set up at creation (SQPOLL) and
+/// checks the kernel for those that are probed (send-zc, bundle, batch).
+fn build_ring(entries: u32, features: UringFeatures) -> anyhow::Result<IoUring> {
+    let ring = if features.sqpoll {
+        // A kernel thread polls the submission queue; it idles after 1 s
+        // without work, and we wake it when it sleeps (the crate does).
+        IoUring::builder()
+            .setup_cqsize(entries * 2)
+            .setup_sqpoll(1000)
+            .build(entries)
+            .map_err(|e| {
+                let hint = match e.raw_os_error() {
+                    Some(libc::EPERM) => " (before kernel 5.11 SQPOLL needs CAP_SYS_ADMIN)",
+                    _ => "",
+                };
+                refused("sqpoll", format!("IORING_SETUP_SQPOLL: {e}{hint}"))
+            })?
+    } else {
+        // One thread submits and reaps, so the kernel may defer its
+        // completion work until we ask for completions (6.1+), saving the
+        // interrupts it would otherwise take; older kernels get a plain ring.
+        IoUring::builder()
+            .setup_cqsize(entries * 2)
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(entries)
+            .or_else(|_| IoUring::builder().setup_cqsize(entries * 2).build(entries))
+            .map_err(unavailable)?
+    };
+    let params = ring.params();
+    if features.batch > 1 && !params.is_feature_min_timeout() {
+        return Err(refused(
+            "batch",
+            "waiting for several completions with a short minimum wait needs IORING_FEAT_MIN_TIMEOUT (kernel 6.12)",
+        ));
+    }
+    if features.bundle && !params.is_feature_recvsend_bundle() {
+        return Err(refused("bundle", "no IORING_FEAT_RECVSEND_BUNDLE (kernel 6.10)"));
+    }
+    if features.send_zc {
+        let mut probe = io_uring::Probe::new();
+        ring.submitter()
+            .register_probe(&mut probe)
+            .map_err(|e| refused("send-zc", format!("cannot probe the opcodes: {e}")))?;
+        if !probe.is_supported(opcode::SendZc::CODE) {
+            return Err(refused("send-zc", "no IORING_OP_SEND_ZC (kernel 6.0)"));
+        }
+    }
+    Ok(ring)
 }
 
 fn unavailable(e: io::Error) -> anyhow::Error {
@@ -96,7 +168,7 @@ pub fn serve(
     config: &ServerConfig,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    check_available()?;
+    check_available(config.uring)?;
     super::on_sibling_listeners(listener, config.workers, "uring", shutdown, |_, listener| {
         Ring::new(listener, config, shutdown)?.run(&service)
     })
@@ -106,10 +178,17 @@ pub fn serve(
 struct Conn {
     stream: Stream,
     session: Session,
-    /// A receive is submitted and has not completed.
+    /// With fixed-files: the socket's slot in the ring's descriptor table.
+    slot: Option<u32>,
+    /// A receive is submitted and has not completed (for a multishot
+    /// receive: it is still armed).
     receiving: bool,
+    /// A cancel of the armed multishot receive is on its way: the session
+    /// wants no more input for now.
+    cancelling: bool,
     /// A send is in flight; the kernel reads from `send_buf` (a copy of the
-    /// session's pending output) until it ends.
+    /// session's pending output) until it ends (for send-zc: until its
+    /// notification says the kernel let go of the memory).
     sending: bool,
     send_buf: Vec<u8>,
     /// We are done and sent FIN; waiting for the peer's close (or LINGER).
@@ -124,18 +203,260 @@ struct Waker {
     pending: Mutex<Vec<usize>>,
 }
 
+/// Where receives take their buffers from: `BUFFERS` buffers of CHUNK_SIZE,
+/// lent to the kernel, given back as soon as the session has copied one.
+/// A buffer is out of the pool only between the kernel filling it and our
+/// reaping its completion, so an empty pool is a burst (more senders at
+/// once than buffers), never a slow reader holding memory.
+struct Pool {
+    /// The buffers' memory; never moved or resized while the ring lives.
+    memory: Vec<u8>,
+    /// recv-multishot: the buffer ring shared with the kernel; giving a
+    /// buffer back is a store to shared memory. Without it, each buffer
+    /// goes back with an IORING_OP_PROVIDE_BUFFERS submission.
+    ring: Option<BufRing>,
+    /// Buffers given back since the starved connections were last re-armed.
+    returned: usize,
+}
+
+/// A buffer ring (IORING_REGISTER_PBUF_RING): entries we add at the tail,
+/// the kernel takes from the head.
+struct BufRing {
+    /// Page-aligned, registered with the ring, and never freed: the kernel
+    /// may look at it until the ring is gone, which is the process's end.
+    entries: *mut types::BufRingEntry,
+    mask: u16,
+    tail: u16,
+    /// Where each buffer was last put in the ring: a bundle names its first
+    /// buffer, the others are the ones that followed it.
+    slot_of: Vec<u16>,
+}
+
+impl Pool {
+    fn new(ring: &IoUring, features: UringFeatures, count: u16) -> anyhow::Result<Pool> {
+        let mut pool = Pool {
+            memory: vec![0; count as usize * CHUNK_SIZE],
+            ring: None,
+            returned: 0,
+        };
+        if !features.recv_multishot {
+            return Ok(pool);
+        }
+        let size = count as usize * std::mem::size_of::<types::BufRingEntry>();
+        let layout = std::alloc::Layout::from_size_align(size, 4096)?;
+        // SAFETY: a non-zero size; zeroed memory is a valid (empty) ring.
+        let entries = unsafe { std::alloc::alloc_zeroed(layout) } as *mut types::BufRingEntry;
+        if entries.is_null() {
+            anyhow::bail!("cannot allocate a buffer ring of {count} entries");
+        }
+        // SAFETY: the memory stays allocated (it is never freed) and holds
+        // `count` entries.
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(entries as u64, count, BUFFER_GROUP, 0)
+        }
+        .map_err(|e| refused("recv-multishot", format!("IORING_REGISTER_PBUF_RING: {e}")))?;
+        pool.ring = Some(BufRing {
+            entries,
+            mask: count - 1,
+            tail: 0,
+            slot_of: vec![0; count as usize],
+        });
+        for bid in 0..count {
+            pool.give_back_to_ring(bid);
+        }
+        pool.publish();
+        Ok(pool)
+    }
+
+    /// The first submission a ring needs: the legacy pool is provided with
+    /// one IORING_OP_PROVIDE_BUFFERS; a buffer ring was filled in `new`.
+    fn provide_all(&mut self) -> Option<squeue::Entry> {
+        if self.ring.is_some() {
+            return None;
+        }
+        let count = (self.memory.len() / CHUNK_SIZE) as u16;
+        let entry = opcode::ProvideBuffers::new(
+            self.memory.as_mut_ptr(),
+            CHUNK_SIZE as i32,
+            count,
+            BUFFER_GROUP,
+            0,
+        )
+        .build()
+        .user_data(user_data(Op::Provide, 0));
+        Some(entry)
+    }
+
+    /// The receive to arm: multishot (and bundled) from the buffer ring,
+    /// or one receive from the legacy pool.
+    fn recv_entry(&self, fd: types::Fd, features: UringFeatures) -> squeue::Entry {
+        match (&self.ring, features.bundle) {
+            (Some(_), true) => opcode::RecvMultiBundle::new(fd, BUFFER_GROUP).build(),
+            (Some(_), false) => opcode::RecvMulti::new(fd, BUFFER_GROUP).build(),
+            (None, _) => opcode::Recv::new(fd, std::ptr::null_mut(), CHUNK_SIZE as u32)
+                .buf_group(BUFFER_GROUP)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT),
+        }
+    }
+
+    /// The buffers a completion of `n` bytes filled, starting at `bid`: one,
+    /// or for a bundle those that followed it in the ring.
+    fn filled(&self, bid: u16, n: usize) -> impl Iterator<Item = (u16, usize)> + '_ {
+        let count = n.div_ceil(CHUNK_SIZE).max(1);
+        let first = self.ring.as_ref().map_or(0, |r| r.slot_of[bid as usize]);
+        (0..count).map(move |i| {
+            let id = match &self.ring {
+                Some(r) if i > 0 => {
+                    let slot = first.wrapping_add(i as u16) & r.mask;
+                    // SAFETY: `slot` is within the ring's entries; the
+                    // kernel only reads them.
+                    unsafe { (*r.entries.add(slot as usize)).bid() }
+                }
+                _ => bid,
+            };
+            (id, (n - i * CHUNK_SIZE).min(CHUNK_SIZE))
+        })
+    }
+
+    fn buffer(&self, bid: u16, len: usize) -> &[u8] {
+        let start = bid as usize * CHUNK_SIZE;
+        &self.memory[start..start + len]
+    }
+
+    /// Returns a buffer to the kernel.
+    fn give_back(&mut self, uring: &mut IoUring, bid: u16) -> io::Result<()> {
+        self.returned += 1;
+        if self.ring.is_some() {
+            self.give_back_to_ring(bid);
+            return Ok(());
+        }
+        let start = bid as usize * CHUNK_SIZE;
+        let ptr = self.memory[start..].as_mut_ptr();
+        let entry = opcode::ProvideBuffers::new(ptr, CHUNK_SIZE as i32, 1, BUFFER_GROUP, bid)
+            .build()
+            .user_data(user_data(Op::Provide, 0));
+        push(uring, entry)
+    }
+
+    fn give_back_to_ring(&mut self, bid: u16) {
+        let Some(r) = &mut self.ring else { return };
+        let slot = r.tail & r.mask;
+        // SAFETY: `slot` is within the ring, and the entry at the tail is
+        // ours until the tail is published.
+        let entry = unsafe { &mut *r.entries.add(slot as usize) };
+        entry.set_addr(self.memory[bid as usize * CHUNK_SIZE..].as_ptr() as u64);
+        entry.set_len(CHUNK_SIZE as u32);
+        entry.set_bid(bid);
+        r.slot_of[bid as usize] = slot;
+        r.tail = r.tail.wrapping_add(1);
+    }
+
+    /// Lets the kernel see the buffers given back since the last time: one
+    /// store per loop iteration, not one per buffer.
+    fn publish(&mut self) {
+        if let Some(r) = &self.ring {
+            // SAFETY: the tail field lives in the ring's first entry, which
+            // the kernel reads concurrently: hence an atomic store.
+            let tail = unsafe { types::BufRingEntry::tail(r.entries) } as *mut u16;
+            // SAFETY: aligned, valid for the process's life.
+            unsafe { std::sync::atomic::AtomicU16::from_ptr(tail) }
+                .store(r.tail, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Leaves the memory to the process's end (see `Ring::abandon_in_flight`).
+    fn abandon(&mut self) {
+        std::mem::forget(std::mem::take(&mut self.memory));
+    }
+}
+
+/// fixed-files: each connection's socket registered in the ring's table,
+/// in the slot of its token, so that operations on it name the slot
+/// (IOSQE_FIXED_FILE) and the kernel skips looking the descriptor up.
+struct FileTable {
+    slots: u32,
+}
+
+impl FileTable {
+    fn new(ring: &IoUring, features: UringFeatures, slots: u32) -> anyhow::Result<Option<FileTable>> {
+        if !features.fixed_files {
+            return Ok(None);
+        }
+        ring.submitter()
+            .register_files_sparse(slots)
+            .map_err(|e| refused("fixed-files", format!("IORING_REGISTER_FILES2 (sparse): {e}")))?;
+        Ok(Some(FileTable { slots }))
+    }
+
+    /// Registers `fd` in `token`'s slot; `None` (plain descriptor) past the
+    /// table's end or if the kernel says no.
+    fn add(&self, ring: &IoUring, token: usize, fd: RawFd) -> Option<u32> {
+        let slot = u32::try_from(token).ok().filter(|s| *s < self.slots)?;
+        ring.submitter().register_files_update(slot, &[fd]).ok()?;
+        Some(slot)
+    }
+
+    /// Empties a slot: the table holds its own reference to the socket,
+    /// which closing our descriptor alone would not drop.
+    fn remove(&self, ring: &IoUring, slot: u32) {
+        let _ = ring.submitter().register_files_update(slot, &[-1]);
+    }
+}
+
+/// How many slots the descriptor table gets: as many descriptors as the
+/// process may open, up to 64 Ki.
+fn table_slots() -> u32 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 1024,
+        rlim_max: 1024,
+    };
+    // SAFETY: getrlimit writes one rlimit, which `limit` is.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    limit.rlim_cur.clamp(64, 65536) as u32
+}
+
+/// The descriptor an operation names, and the flag that says which kind.
+fn target(conn: &Conn) -> (types::Fd, squeue::Flags) {
+    match conn.slot {
+        Some(slot) => (types::Fd(slot as i32), squeue::Flags::FIXED_FILE),
+        None => (types::Fd(conn.stream.as_raw_fd()), squeue::Flags::empty()),
+    }
+}
+
+/// A send of `buf`: plain, or send-zc (the kernel sends from our memory
+/// and posts a second completion, the notification, when it lets go).
+fn send_entry(fd: types::Fd, buf: &[u8], zero_copy: bool) -> squeue::Entry {
+    if zero_copy {
+        opcode::SendZc::new(fd, buf.as_ptr(), buf.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+    } else {
+        opcode::Send::new(fd, buf.as_ptr(), buf.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+    }
+}
+
 struct Ring {
     ring: IoUring,
+    features: UringFeatures,
     listener: Listener,
     shutdown: Shutdown,
     grace: Duration,
     max_conns: usize,
     conns: Slab<Conn>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
-    /// The receive buffers provided to the kernel; never moved or resized.
-    buffers: Vec<u8>,
-    /// Connections whose receive found the pool empty, to re-arm later.
+    pool: Pool,
+    files: Option<FileTable>,
+    /// send-zc, on TCP only: a Unix socket has no zero-copy send (the
+    /// kernel answers EOPNOTSUPP), so there replies go out plainly.
+    zero_copy: bool,
+    /// Connections whose receive found the pool empty: re-armed once
+    /// buffers came back, or at `starved_retry`, never in a loop.
     starved: Vec<usize>,
+    starved_retry: Option<Instant>,
     /// Whether accepts are multishot: not under --max-conns, nor once the
     /// kernel turns them down.
     multishot: bool,
@@ -148,34 +469,35 @@ struct Ring {
     waker: Arc<Waker>,
     /// Completions taken off the ring, handled one by one.
     completions: Vec<cqueue::Entry>,
+    /// The buffers one receive filled (more than one for a bundle).
+    filled: Vec<(u16, usize)>,
 }
+
+/// How long a starved connection waits for buffers at most before its
+/// receive is tried again.
+const STARVED_RETRY: Duration = Duration::from_millis(1);
 
 impl Ring {
     fn new(listener: Listener, config: &ServerConfig, shutdown: &Shutdown) -> anyhow::Result<Ring> {
-        // One thread submits and reaps, so the kernel may defer its
-        // completion work until we ask for completions (6.1+), saving the
-        // interrupts it would otherwise take; older kernels get a plain ring.
-        let ring = IoUring::builder()
-            .setup_cqsize(RING_ENTRIES * 2)
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(RING_ENTRIES)
-            .or_else(|_| {
-                IoUring::builder()
-                    .setup_cqsize(RING_ENTRIES * 2)
-                    .build(RING_ENTRIES)
-            })
-            .map_err(unavailable)?;
+        let features = config.uring;
+        let ring = build_ring(RING_ENTRIES, features)?;
+        let pool = Pool::new(&ring, features, BUFFERS)?;
+        let files = FileTable::new(&ring, features, table_slots())?;
+        let zero_copy = features.send_zc && matches!(listener, Listener::Tcp(_));
         Ok(Ring {
             ring,
+            features,
             listener,
             shutdown: shutdown.clone(),
             grace: config.grace,
             max_conns: config.max_conns.unwrap_or(usize::MAX),
             conns: Slab::new(),
             timers: BinaryHeap::new(),
-            buffers: vec![0; BUFFERS as usize * CHUNK_SIZE],
+            pool,
+            files,
+            zero_copy,
             starved: Vec::new(),
+            starved_retry: None,
             // A multishot accept cannot be paused: by the time a cancel
             // reaches the kernel, a burst of connections may all have been
             // accepted past the limit. Under --max-conns, one accept at a
@@ -189,21 +511,15 @@ impl Ring {
                 pending: Mutex::new(Vec::new()),
             }),
             completions: Vec::with_capacity(RING_ENTRIES as usize),
+            filled: Vec::new(),
         })
     }
 
     fn run(mut self, service: &Service) -> anyhow::Result<()> {
         self.listener.set_nonblocking(false)?;
-        let provide = opcode::ProvideBuffers::new(
-            self.buffers.as_mut_ptr(),
-            CHUNK_SIZE as i32,
-            BUFFERS,
-            BUFFER_GROUP,
-            0,
-        )
-        .build()
-        .user_data(user_data(Op::Provide, 0));
-        self.push(provide)?;
+        if let Some(provide) = self.pool.provide_all() {
+            self.push(provide)?;
+        }
         self.arm_accept()?;
         let shutdown_fd = self.shutdown.as_fd().as_raw_fd();
         self.push(poll_readable(shutdown_fd, Op::Shutdown))?;
@@ -237,10 +553,9 @@ impl Ring {
                 }
             }
             self.completions = completions;
+            self.pool.publish();
             self.fire_timers(Now::system())?;
-            for token in std::mem::take(&mut self.starved) {
-                self.settle(token)?;
-            }
+            self.rearm_starved()?;
             if self.paused_at.is_some_and(|n| self.conns.len() < n) {
                 self.paused_at = None;
             }
@@ -260,13 +575,35 @@ impl Ring {
         }
     }
 
+    /// Re-arms the receives that found the pool empty, once buffers came
+    /// back (or STARVED_RETRY passed): waiting, not spinning on ENOBUFS.
+    fn rearm_starved(&mut self) -> anyhow::Result<()> {
+        if self.starved.is_empty() {
+            self.pool.returned = 0;
+            self.starved_retry = None;
+            return Ok(());
+        }
+        let retry_due = self.starved_retry.is_some_and(|at| at <= Instant::now());
+        if self.pool.returned == 0 && !retry_due {
+            self.starved_retry
+                .get_or_insert_with(|| Instant::now() + STARVED_RETRY);
+            return Ok(());
+        }
+        self.pool.returned = 0;
+        self.starved_retry = None;
+        for token in std::mem::take(&mut self.starved) {
+            self.settle(token)?;
+        }
+        Ok(())
+    }
+
     /// Leaves to the process's end the memory that operations still in
     /// flight point to. Closing the ring makes the kernel cancel them, but
     /// only after we have returned, and until then a receive may still write
     /// into the pool or a send read from its buffer: freeing them now would
     /// break the promise `push` relies on.
     fn abandon_in_flight(&mut self) {
-        std::mem::forget(std::mem::take(&mut self.buffers));
+        self.pool.abandon();
         for (_, conn) in self.conns.iter_mut() {
             if conn.sending {
                 std::mem::forget(std::mem::take(&mut conn.send_buf));
@@ -274,15 +611,17 @@ impl Ring {
         }
     }
 
-    /// Submits what is queued and waits for one completion, or until the
-    /// next deadline.
+    /// Submits what is queued and waits for completions (`batch=N`: up to
+    /// N, briefly), or until the next deadline.
     fn wait(&mut self, grace: Option<Instant>) -> io::Result<()> {
         let next = self.timers.peek().map(|Reverse((at, _))| *at);
-        let deadline = match (next, grace) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        ring::submit_and_wait_until(&mut self.ring, deadline)
+        let deadline = [next, grace, self.starved_retry].into_iter().flatten().min();
+        ring::submit_and_wait_batch(
+            &mut self.ring,
+            self.features.batch as usize,
+            BATCH_WAIT_USEC,
+            deadline,
+        )
     }
 
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
@@ -346,10 +685,13 @@ impl Ring {
                 let _ = waker.event.write(1);
             }));
         }
+        let slot = self.files.as_ref().and_then(|t| t.add(&self.ring, token, fd));
         entry.insert(Conn {
             stream,
             session,
+            slot,
             receiving: false,
+            cancelling: false,
             sending: false,
             send_buf: Vec::new(),
             closing: None,
@@ -374,20 +716,35 @@ impl Ring {
     }
 
     fn received(&mut self, token: usize, cqe: cqueue::Entry, now: Now) -> anyhow::Result<()> {
-        let Some(conn) = self.conns.get_mut(token) else {
-            return Ok(());
-        };
-        conn.receiving = false;
         let n = cqe.result();
         let buffer = cqueue::buffer_select(cqe.flags());
+        let Some(conn) = self.conns.get_mut(token) else {
+            if let Some(bid) = buffer {
+                self.pool.give_back(&mut self.ring, bid)?;
+            }
+            return Ok(());
+        };
+        // A multishot receive stays armed while its completions say MORE.
+        conn.receiving = cqueue::more(cqe.flags());
+        if !conn.receiving {
+            conn.cancelling = false;
+        }
         match n {
             n if n > 0 => {
                 if let Some(bid) = buffer {
-                    let start = bid as usize * CHUNK_SIZE;
-                    if conn.closing.is_none() {
-                        conn.session
-                            .handle_read(&self.buffers[start..start + n as usize], now);
+                    // Which buffers first, then hand them over and back:
+                    // giving back writes to the ring the bundle is read from.
+                    let mut filled = std::mem::take(&mut self.filled);
+                    filled.extend(self.pool.filled(bid, n as usize));
+                    for &(id, len) in &filled {
+                        if conn.closing.is_none() {
+                            conn.session.handle_read(self.pool.buffer(id, len), now);
+                        }
                     }
+                    for (id, _) in filled.drain(..) {
+                        self.pool.give_back(&mut self.ring, id)?;
+                    }
+                    self.filled = filled;
                 }
             }
             0 => {
@@ -396,35 +753,34 @@ impl Ring {
                 }
                 conn.session.handle_eof(now);
             }
-            e if -e == libc::ENOBUFS => self.starved.push(token),
+            e if -e == libc::ENOBUFS => {
+                // The pool ran dry: this connection waits for buffers to
+                // come back (`rearm_starved`) instead of re-arming now,
+                // which would only fail again.
+                tracing::debug!("receive buffers ran out: a connection waits for some to come back");
+                self.starved.push(token);
+                return Ok(());
+            }
+            e if -e == libc::ECANCELED && !conn.receiving => {} // We asked.
             e => {
                 tracing::debug!("recv: {}", io::Error::from_raw_os_error(-e));
                 return self.release(token);
             }
         }
-        if let Some(bid) = buffer {
-            self.give_back(bid)?;
-        }
         self.settle(token)
-    }
-
-    /// Returns a receive buffer to the kernel's pool.
-    fn give_back(&mut self, bid: u16) -> io::Result<()> {
-        let start = bid as usize * CHUNK_SIZE;
-        // SAFETY (for push): the buffer is part of `self.buffers`, which
-        // lives as long as the ring and is never resized.
-        let ptr = self.buffers[start..].as_mut_ptr();
-        let entry = opcode::ProvideBuffers::new(ptr, CHUNK_SIZE as i32, 1, BUFFER_GROUP, bid)
-            .build()
-            .user_data(user_data(Op::Provide, 0));
-        self.push(entry)
     }
 
     fn sent(&mut self, token: usize, cqe: cqueue::Entry, now: Now) -> anyhow::Result<()> {
         let Some(conn) = self.conns.get_mut(token) else {
             return Ok(());
         };
-        conn.sending = false;
+        if cqueue::notif(cqe.flags()) {
+            // send-zc: the kernel is done with `send_buf`.
+            conn.sending = false;
+            return self.settle(token);
+        }
+        // A send-zc result with MORE: its notification is still to come.
+        conn.sending = cqueue::more(cqe.flags());
         match cqe.result() {
             n if n >= 0 => conn.session.consume_output(n as usize, now.instant),
             e => {
@@ -490,11 +846,12 @@ impl Ring {
     /// receive if it wants input, and keep its deadline in the timer queue.
     fn settle(&mut self, token: usize) -> anyhow::Result<()> {
         // Disjoint fields: the connection is borrowed while the ring is fed.
-        let (ring, timers) = (&mut self.ring, &mut self.timers);
+        let (ring, timers, pool, features) = (&mut self.ring, &mut self.timers, &self.pool, self.features);
+        let zero_copy = self.zero_copy;
         let Some(conn) = self.conns.get_mut(token) else {
             return Ok(());
         };
-        let fd = types::Fd(conn.stream.as_raw_fd());
+        let (fd, fd_flags) = target(conn);
         if conn.sending && conn.session.is_finished() {
             // The session gave up on output still being sent (a peer that
             // does not read): end the send, which completes with an error.
@@ -506,10 +863,8 @@ impl Ring {
             conn.send_buf.clear();
             conn.send_buf.extend_from_slice(conn.session.pending_output());
             if !conn.send_buf.is_empty() {
-                let rest = &conn.send_buf;
-                let send = opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32)
-                    .flags(libc::MSG_NOSIGNAL)
-                    .build()
+                let send = send_entry(fd, &conn.send_buf, zero_copy)
+                    .flags(fd_flags)
                     .user_data(user_data(Op::Send, token));
                 push(ring, send)?;
                 conn.sending = true;
@@ -525,18 +880,22 @@ impl Ring {
             conn.closing = Some(until);
             timers.push(Reverse((until, token)));
         }
-        // Receive once the reply is out, as a request/reply peer only
-        // speaks again after it has its answer: one operation in flight
-        // per connection, not two.
         let wants_read = conn.closing.is_some() || conn.session.wants_read();
-        if wants_read && !conn.receiving && !conn.sending {
-            let recv = opcode::Recv::new(fd, std::ptr::null_mut(), CHUNK_SIZE as u32)
-                .buf_group(BUFFER_GROUP)
-                .build()
-                .flags(squeue::Flags::BUFFER_SELECT)
+        // A one-shot receive is armed once the reply is out, as a
+        // request/reply peer only speaks again after it has its answer: one
+        // operation in flight per connection, not two. A multishot receive
+        // stays armed across sends, until the session wants no more input.
+        let multishot = features.recv_multishot;
+        if wants_read && !conn.receiving && (multishot || !conn.sending) {
+            let recv = pool
+                .recv_entry(fd, features)
+                .flags(fd_flags)
                 .user_data(user_data(Op::Recv, token));
             push(ring, recv)?;
             conn.receiving = true;
+        } else if !wants_read && multishot && conn.receiving && !conn.cancelling {
+            push(ring, opcode::AsyncCancel::new(user_data(Op::Recv, token)).build())?;
+            conn.cancelling = true;
         }
         if conn.closing.is_none() {
             match conn.session.poll_timeout() {
@@ -571,16 +930,19 @@ impl Ring {
             conn.closing.get_or_insert(Instant::now());
             return Ok(());
         }
-        self.conns.remove(token);
+        let conn = self.conns.remove(token);
+        if let (Some(files), Some(slot)) = (&self.files, conn.slot) {
+            files.remove(&self.ring, slot);
+        }
         Ok(())
     }
 }
 
 /// Queues one submission, submitting what is queued if the ring is full.
 fn push(ring: &mut IoUring, entry: squeue::Entry) -> io::Result<()> {
-    // SAFETY: every buffer an entry points to (the provided pool, a
+    // SAFETY: every buffer an entry points to (the receive pool, a
     // connection's send_buf) stays allocated and untouched until the
-    // entry's completion has been seen; see `Conn` and `Ring::buffers`.
+    // entry's completion has been seen; see `Conn` and `Pool`.
     unsafe { ring::push(ring, &entry) }
 }
 

@@ -430,6 +430,47 @@ pub fn render(report: &Report) -> String {
         }
     }
 
+    let ladder: Vec<&Row> = by("uring-ladder");
+    if !ladder.is_empty() {
+        page += "<h2>The io_uring ladder: one technique at a time</h2>\n";
+        page += "<p>Echo under uring, each step adding one io_uring technique to the step above it, next to \
+                 epoll at the same message size. Bars: requests/s (median of the runs); the text gives server \
+                 CPU per request. A step that loses is kept: what it costs on this kernel is the finding.</p>\n";
+        for size in super::ladder_sizes(&ladder) {
+            let bars: Vec<Bar> = ladder
+                .iter()
+                .filter(|r| r.message_bytes == Some(size))
+                .filter(ok)
+                .filter_map(|r| {
+                    let t = r.throughput_rps?;
+                    let cpu = r
+                        .cpu_per_request_us
+                        .map_or(String::new(), |c| format!(", {} µs CPU", per_request(c)));
+                    Some(
+                        Bar::new(
+                            &super::ladder_label(r),
+                            t,
+                            format!("{}/s{cpu}", thousands(t as u64)),
+                        )
+                        .served(r),
+                    )
+                })
+                .collect();
+            let _ = writeln!(page, "<h3>{} messages</h3>", escape(&super::bytes(size)));
+            let axis = Axis {
+                title: "requests/s",
+                log: false,
+                tick: tick_count,
+            };
+            page += &chart(&mut charts, &bars, &axis, &legend_bars(&bars));
+        }
+        page += "<ul class=\"note\">\n";
+        for v in super::ladder_verdicts(&ladder) {
+            let _ = writeln!(page, "<li>{}</li>", escape(&v));
+        }
+        page += "</ul>\n";
+    }
+
     page += "<h2>What the numbers show, model by model</h2>\n";
     let mut models: Vec<&str> = Vec::new();
     for r in rows {
@@ -879,7 +920,10 @@ fn c10k_chart(charts: &mut usize, rows: &[&Row]) -> String {
 fn story(model: &str, rows: &[Row]) -> String {
     let find = |s: &str| rows.iter().find(|r| r.model == model && r.scenario == s);
     let mut parts = Vec::new();
-    for r in rows.iter().filter(|r| r.model == model && r.scenario != "c10k") {
+    for r in rows
+        .iter()
+        .filter(|r| r.model == model && r.scenario != "c10k" && r.scenario != "uring-ladder")
+    {
         if let Some(e) = &r.error {
             parts.push(format!("the {} scenario could not run ({e})", r.scenario));
         }

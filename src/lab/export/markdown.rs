@@ -160,7 +160,75 @@ pub fn table(rows: &[Row]) -> String {
             }
         }
     }
-    out + &c10k_table(rows) + &unp_table(rows) + &work_table(rows)
+    out + &c10k_table(rows) + &unp_table(rows) + &work_table(rows) + &uring_ladder_table(rows)
+}
+
+/// uring-ladder: a row per step, requests/s (and the ratio to epoll at the
+/// same size) and CPU per request for each message size; then what each
+/// step did.
+fn uring_ladder_table(rows: &[Row]) -> String {
+    let these: Vec<&Row> = rows.iter().filter(|r| r.scenario == "uring-ladder").collect();
+    if these.is_empty() {
+        return String::new();
+    }
+    let sizes = super::ladder_sizes(&these);
+    let mut labels: Vec<String> = Vec::new();
+    for r in &these {
+        let label = super::ladder_label(r);
+        if !labels.contains(&label) {
+            labels.push(label);
+        }
+    }
+    let mut out = String::from(
+        "## uring-ladder\n\nEcho, each uring step adds one io_uring technique to the step above it; \
+         requests/s (x epoll at the same size) and server CPU per request (µs).\n\n| step |",
+    );
+    for size in &sizes {
+        out += &format!(" {} req/s | {} CPU µs |", bytes(*size), bytes(*size));
+    }
+    out += &format!("\n|{}\n", "---|".repeat(2 * sizes.len() + 1));
+    for label in &labels {
+        out += &format!("| {label} |");
+        for &size in &sizes {
+            let row = these
+                .iter()
+                .find(|r| &super::ladder_label(r) == label && r.message_bytes == Some(size));
+            let epoll = these
+                .iter()
+                .find(|r| r.model == "epoll" && r.message_bytes == Some(size))
+                .and_then(|r| r.throughput_rps);
+            let (rps, cpu) = match row {
+                None => (dash(), dash()),
+                Some(r) if r.error.is_some() => ("failed".into(), dash()),
+                Some(r) => (
+                    match (r.throughput_rps, epoll) {
+                        (Some(t), Some(e)) if r.model != "epoll" && e > 0.0 => {
+                            format!("{} ({:.2}x)", thousands(t as u64), t / e)
+                        }
+                        (Some(t), _) => thousands(t as u64),
+                        _ => dash(),
+                    },
+                    per_request(r.cpu_per_request_us),
+                ),
+            };
+            out += &format!(" {rps} | {cpu} |");
+        }
+        out.push('\n');
+    }
+    out.push('\n');
+    let verdicts = super::ladder_verdicts(&these);
+    if !verdicts.is_empty() {
+        out += "What each step did, against the step above it:\n\n";
+        for v in verdicts {
+            out += &format!("- {}\n", v.replace('|', "/"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn dash() -> String {
+    "-".into()
 }
 
 /// work: requests/s, p99 and cores busy when every request costs CPU.

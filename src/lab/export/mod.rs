@@ -69,8 +69,78 @@ fn scenario_label(name: &str) -> &'static str {
         "c10k" => "c10k scenario",
         "unp" => "unp scenario",
         "work" => "work scenario",
+        "uring-ladder" => "uring-ladder scenario",
         _ => "scenario",
     }
+}
+
+/// uring-ladder: a row's label, `epoll` or `uring +fixed-files`.
+pub fn ladder_label(row: &Row) -> String {
+    match &row.step {
+        Some(step) => format!("{} {step}", row.model),
+        None => row.model.clone(),
+    }
+}
+
+/// uring-ladder: the message sizes measured, in order, and a size's label.
+pub fn ladder_sizes(rows: &[&Row]) -> Vec<u64> {
+    let mut sizes: Vec<u64> = rows.iter().filter_map(|r| r.message_bytes).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
+}
+
+/// uring-ladder: what each step did, against the step below it, at each
+/// size: requests/s and CPU per request, in percent.
+pub fn ladder_verdicts(rows: &[&Row]) -> Vec<String> {
+    let sizes = ladder_sizes(rows);
+    let mut steps: Vec<&str> = Vec::new();
+    for r in rows {
+        if let Some(s) = r.step.as_deref() {
+            if !steps.contains(&s) {
+                steps.push(s);
+            }
+        }
+    }
+    let find = |step: &str, size: u64| {
+        rows.iter()
+            .find(|r| r.step.as_deref() == Some(step) && r.message_bytes == Some(size) && r.error.is_none())
+    };
+    let mut out = Vec::new();
+    for pair in steps.windows(2) {
+        let parts: Vec<String> = sizes
+            .iter()
+            .filter_map(|&size| {
+                let (before, after) = (find(pair[0], size)?, find(pair[1], size)?);
+                let change = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                    (Some(a), Some(b)) if a > 0.0 => format!("{:+.0}%", (b / a - 1.0) * 100.0),
+                    _ => "-".into(),
+                };
+                Some(format!(
+                    "{} {} req/s, {} CPU/request",
+                    bytes(size),
+                    change(before.throughput_rps, after.throughput_rps),
+                    change(before.cpu_per_request_us, after.cpu_per_request_us)
+                ))
+            })
+            .collect();
+        if !parts.is_empty() {
+            out.push(format!("{}: {}", pair[1], parts.join("; ")));
+        }
+    }
+    let failed: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            Some(format!(
+                "{} at {}: {}",
+                ladder_label(r),
+                bytes(r.message_bytes?),
+                r.error.as_deref()?
+            ))
+        })
+        .collect();
+    out.extend(failed.into_iter().map(|f| format!("not measured: {f}")));
+    out
 }
 
 /// A duration in seconds, as the tables show it.
@@ -189,6 +259,13 @@ pub fn summary_line(row: &Row) -> String {
             rps_with_range(row),
             row.p99_us.map_or("-".into(), micros),
             row.cores_used.map_or("-".into(), |c| format!("{c:.2}"))
+        ),
+        "uring-ladder" => format!(
+            "{head} {} at {}: {}/s, {} µs CPU/request{served}",
+            ladder_label(row),
+            row.message_bytes.map_or("-".into(), bytes),
+            row.throughput_rps.map_or("-".into(), |t| thousands(t as u64)),
+            row.cpu_per_request_us.map_or("-".into(), |c| format!("{c:.1}"))
         ),
         "c10k" => format!(
             "{head} {} idle: active client p50 {}{served}",

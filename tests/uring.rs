@@ -1,0 +1,326 @@
+//! The uring model under every `--uring` switch: each technique on its own
+//! and all of them together pass the shared model tests (services, 1 MiB
+//! echo, 1,000 connections, a peer that never reads, SIGTERM mid-delay); a
+//! set the kernel or the grammar refuses says so.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{Server, BIN};
+
+/// Each technique alone, then all of them.
+const SETS: [&str; 8] = [
+    "none",
+    "recv-multishot",
+    "recv-multishot,bundle",
+    "fixed-files",
+    "sqpoll",
+    "send-zc",
+    "batch=16",
+    "recv-multishot,bundle,fixed-files,sqpoll,send-zc,batch=16",
+];
+
+fn args<'a>(set: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["--model", "uring", "--uring", set];
+    v.extend_from_slice(rest);
+    v
+}
+
+#[test]
+fn services_over_tcp_and_unix() {
+    for set in SETS {
+        let a = args(set, &["--service", "welcome"]);
+        for server in [Server::tcp(&a), Server::unix(&a)] {
+            let mut conn = server.connect();
+            assert_eq!(conn.recv_some(), "Welcome!", "{set}");
+            conn.send(b"x");
+            assert_eq!(conn.recv_some(), "Received x;", "{set}");
+            conn.send(b"exit");
+            assert_eq!(conn.recv_to_end(), "", "{set}");
+        }
+        let server = Server::tcp(&args(set, &["--service", "calc"]));
+        let mut conn = server.connect();
+        conn.send(b"2 ^ 10\n1 / 0\n");
+        assert_eq!(conn.recv_exact(26), b"1024\nERR division by zero\n", "{set}");
+    }
+}
+
+#[test]
+fn a_mebibyte_echoes_intact() {
+    for set in SETS {
+        for server in [
+            Server::unix(&args(set, &["--service", "echo"])),
+            Server::tcp(&args(set, &["--service", "echo"])),
+        ] {
+            let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+            let got = server.connect().round_trip(data.clone());
+            assert!(got == data, "{set}: echo differs ({} bytes back)", got.len());
+        }
+    }
+}
+
+/// Opens `n` connections, has every one speak before any answer is read
+/// (more senders at once than the ring has receive buffers when n > 1024),
+/// then checks every answer.
+fn hold_and_echo(addr: &str, n: usize) {
+    let hp = addr.trim_start_matches("tcp:");
+    let mut conns: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(hp).expect("connect")).collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(format!("{i:06}").as_bytes()).unwrap();
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut back = [0u8; 6];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(back, format!("{i:06}").as_bytes());
+    }
+}
+
+#[test]
+fn a_thousand_concurrent_connections() {
+    for set in SETS {
+        let server = Server::tcp(&args(set, &["--service", "echo"]));
+        hold_and_echo(&server.addr, 1000);
+    }
+}
+
+/// The server's CPU time so far, in seconds, from /proc.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime: fields 14 and 15 of stat(5), 11 and 12 after comm.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[test]
+fn an_exhausted_buffer_ring_makes_connections_wait_not_the_server_spin() {
+    for set in ["recv-multishot", "recv-multishot,bundle"] {
+        let server = Server::tcp(&args(set, &["--service", "echo"]));
+        // Three times the ring's 1024 buffers, all sending at once.
+        hold_and_echo(&server.addr, 3000);
+        // Idle now: a loop retrying ENOBUFS would burn a core here. A
+        // bound no waiting server comes near, whatever the machine's load.
+        let before = cpu_seconds(server.pid());
+        std::thread::sleep(Duration::from_secs(1));
+        let spent = cpu_seconds(server.pid()) - before;
+        assert!(spent < 0.3, "{set}: {spent} s of CPU in 1 s of idling");
+        assert_eq!(server.ask(b"still"), "still", "{set}");
+    }
+}
+
+#[test]
+fn a_peer_that_never_reads_is_not_read_from_and_slows_nobody() {
+    for set in SETS {
+        let server = Server::tcp(&args(set, &["--service", "echo"]));
+        let mut flood = server.connect();
+        let sent = flood
+            .flood(&[b'f'; 1 << 16], 256 << 20)
+            .unwrap_or_else(|e| panic!("{set}: {e}"));
+        assert!(
+            sent < 64 << 20,
+            "{set}: the server kept reading {sent} bytes it could not answer"
+        );
+        assert_eq!(server.ask(b"hello"), "hello", "{set}");
+    }
+}
+
+#[test]
+fn sigterm_lets_delayed_replies_finish() {
+    for set in SETS {
+        let server = Server::tcp(&args(set, &["--service", "welcome", "--delay", "300ms"]));
+        let mut conn = server.connect();
+        assert_eq!(conn.recv_some(), "Welcome!", "{set}");
+        conn.send(b"x");
+        let status = server.terminate();
+        assert!(status.success(), "{set}: {status}");
+        assert_eq!(conn.recv_to_end(), "Received x;", "{set}");
+    }
+}
+
+#[test]
+fn an_invalid_set_is_a_usage_error_naming_it() {
+    for (set, says) in [
+        ("bundle", "bundle needs recv-multishot"),
+        ("turbo", "unknown io_uring feature 'turbo'"),
+        ("batch=0", "batch takes 1 to"),
+    ] {
+        let out = common::socklab(&[
+            "serve",
+            "--model",
+            "uring",
+            "--uring",
+            set,
+            "--listen",
+            "tcp:127.0.0.1:0",
+        ]);
+        let err = common::fails_with(2, out);
+        assert!(err.contains(says), "{set}: {err}");
+    }
+}
+
+#[test]
+fn models_and_help_name_the_switches() {
+    let models = common::stdout(&common::socklab(&["models"]));
+    let help = common::stdout(&common::socklab(&["serve", "--help"]));
+    for name in [
+        "recv-multishot",
+        "bundle",
+        "fixed-files",
+        "sqpoll",
+        "send-zc",
+        "batch=",
+    ] {
+        assert!(models.contains(name), "socklab models lacks {name}:\n{models}");
+        assert!(help.contains(name), "serve --help lacks {name}:\n{help}");
+    }
+}
+
+/// Runs `socklab ARGS` with `io_uring_register` failing with EINVAL, as on
+/// a kernel that knows none of the registrations asked for.
+fn without_io_uring_register(args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdin(Stdio::null());
+    // SAFETY: the hook runs between fork and exec and only makes two prctl
+    // calls on data it owns; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(deny_io_uring_register);
+    }
+    cmd.output().expect("run socklab")
+}
+
+fn deny_io_uring_register() -> std::io::Result<()> {
+    // io_uring_register is 427 on every architecture with the generic
+    // table (x86_64, aarch64, riscv64).
+    const IO_URING_REGISTER: u32 = 427;
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const BPF_JEQ_K: u16 = 0x15;
+    const BPF_RET_K: u16 = 0x06;
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let filter = [
+        op(BPF_LD_W_ABS, 0, 0, 0),
+        op(BPF_JEQ_K, 0, 1, IO_URING_REGISTER),
+        op(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | libc::EINVAL as u32),
+        op(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+    ];
+    let program = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: plain prctl calls; `program` and `filter` outlive them.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &program as *const _,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_kernel_that_refuses_a_technique_gets_an_error_naming_it() {
+    for (set, names) in [
+        ("recv-multishot", "IORING_REGISTER_PBUF_RING"),
+        ("fixed-files", "IORING_REGISTER_FILES2"),
+        ("send-zc", "send-zc"),
+    ] {
+        let out = without_io_uring_register(&[
+            "serve",
+            "--model",
+            "uring",
+            "--uring",
+            set,
+            "--listen",
+            "tcp:127.0.0.1:0",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{set}");
+        let err = common::stderr(&out);
+        assert!(
+            err.starts_with(&format!("error: io_uring feature {}", set)) && err.contains(names),
+            "{set}: {err}"
+        );
+        assert!(
+            common::stdout(&out).is_empty(),
+            "{set}: announced before refusing"
+        );
+    }
+}
+
+#[test]
+fn the_ladder_climbs_every_step_at_every_size_next_to_epoll() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (j, md, html) = (path("lab.json"), path("lab.md"), path("lab.html"));
+    let out = common::socklab(&[
+        "lab",
+        "--models",
+        "uring",
+        "--scenarios",
+        "uring-ladder",
+        "--duration",
+        "200ms",
+        "--clients",
+        "4",
+        "--json",
+        &j,
+        "--markdown",
+        &md,
+        "--html",
+        &html,
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let report = socklab::lab::export::json::parse(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    let rows: Vec<_> = report
+        .rows
+        .iter()
+        .filter(|r| r.scenario == "uring-ladder")
+        .collect();
+    // 3 sizes x (epoll + 7 uring steps).
+    assert_eq!(rows.len(), 24);
+    for size in [64, 512, 16384] {
+        let at: Vec<_> = rows.iter().filter(|r| r.message_bytes == Some(size)).collect();
+        assert_eq!(at[0].model, "epoll");
+        let steps: Vec<&str> = at[1..].iter().filter_map(|r| r.step.as_deref()).collect();
+        assert_eq!(
+            steps,
+            [
+                "none",
+                "+recv-multishot",
+                "+bundle",
+                "+fixed-files",
+                "+batch=16",
+                "+send-zc",
+                "+sqpoll"
+            ]
+        );
+        for r in at {
+            assert!(
+                r.error.is_some() || r.throughput_rps.is_some_and(|t| t > 0.0),
+                "{} {:?} at {size}: no figure and no reason",
+                r.model,
+                r.step
+            );
+        }
+    }
+    let markdown = std::fs::read_to_string(&md).unwrap();
+    assert!(markdown.contains("## uring-ladder"), "{markdown}");
+    assert!(markdown.contains("- +recv-multishot: 64 B "), "{markdown}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("The io_uring ladder") && page.contains("<svg"),
+        "the chart"
+    );
+}
