@@ -253,7 +253,7 @@ pub fn summary_line(row: &Row) -> String {
             row.p99_us.map_or("-".into(), micros)
         ),
         "work" => format!(
-            "{:<10} {:<10} {}, p99 {}, {} cores{served}",
+            "{:<13} {:<10} {}, p99 {}, {} cores{served}",
             work_label(row),
             row.scenario,
             rps_with_range(row),
