@@ -70,27 +70,11 @@ fn a_mebibyte_echoes_intact_through_partial_writes() {
     }
 }
 
-/// Opens `n` connections at once, then has each say something and checks
-/// every answer.
-fn hold_and_echo(addr: &str, n: usize) {
-    let hp = addr.trim_start_matches("tcp:");
-    let mut conns: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(hp).expect("connect")).collect();
-    for (i, c) in conns.iter_mut().enumerate() {
-        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        c.write_all(format!("{i:06}").as_bytes()).unwrap();
-    }
-    for (i, c) in conns.iter_mut().enumerate() {
-        let mut back = [0u8; 6];
-        c.read_exact(&mut back).unwrap();
-        assert_eq!(back, format!("{i:06}").as_bytes());
-    }
-}
-
 #[test]
 fn a_thousand_concurrent_connections_on_each() {
     for model in MODELS {
         let server = Server::tcp(&["--model", model, "--service", "echo"]);
-        hold_and_echo(&server.addr, 1000);
+        common::hold_and_echo(&server.addr, 1000);
     }
 }
 
@@ -98,7 +82,7 @@ fn a_thousand_concurrent_connections_on_each() {
 fn ten_thousand_concurrent_connections_on_epoll_async_and_uring() {
     for model in ["epoll", "async", "uring"] {
         let server = Server::tcp(&["--model", model, "--service", "echo"]);
-        hold_and_echo(&server.addr, 10_000);
+        common::hold_and_echo(&server.addr, 10_000);
     }
 }
 

@@ -5,12 +5,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
-use common::{Server, BIN};
+use common::Server;
 
 /// Each technique alone, then all of them.
 const SETS: [&str; 8] = [
@@ -63,28 +61,11 @@ fn a_mebibyte_echoes_intact() {
     }
 }
 
-/// Opens `n` connections, has every one speak before any answer is read
-/// (more senders at once than the ring has receive buffers when n > 1024),
-/// then checks every answer.
-fn hold_and_echo(addr: &str, n: usize) {
-    let hp = addr.trim_start_matches("tcp:");
-    let mut conns: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(hp).expect("connect")).collect();
-    for (i, c) in conns.iter_mut().enumerate() {
-        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        c.write_all(format!("{i:06}").as_bytes()).unwrap();
-    }
-    for (i, c) in conns.iter_mut().enumerate() {
-        let mut back = [0u8; 6];
-        c.read_exact(&mut back).unwrap();
-        assert_eq!(back, format!("{i:06}").as_bytes());
-    }
-}
-
 #[test]
 fn a_thousand_concurrent_connections() {
     for set in SETS {
         let server = Server::tcp(&args(set, &["--service", "echo"]));
-        hold_and_echo(&server.addr, 1000);
+        common::hold_and_echo(&server.addr, 1000);
     }
 }
 
@@ -103,7 +84,7 @@ fn an_exhausted_buffer_ring_makes_connections_wait_not_the_server_spin() {
     for set in ["recv-multishot", "recv-multishot,bundle"] {
         let server = Server::tcp(&args(set, &["--service", "echo"]));
         // Three times the ring's 1024 buffers, all sending at once.
-        hold_and_echo(&server.addr, 3000);
+        common::hold_and_echo(&server.addr, 3000);
         // Idle now: a loop retrying ENOBUFS would burn a core here. A
         // bound no waiting server comes near, whatever the machine's load.
         let before = cpu_seconds(server.pid());
@@ -181,53 +162,12 @@ fn models_and_help_name_the_switches() {
     }
 }
 
-/// Runs `socklab ARGS` with `io_uring_register` failing with EINVAL, as on
+/// Runs `socklab ARGS` with `io_uring_register` refused (EINVAL), as on
 /// a kernel that knows none of the registrations asked for.
 fn without_io_uring_register(args: &[&str]) -> Output {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).stdin(Stdio::null());
-    // SAFETY: the hook runs between fork and exec and only makes two prctl
-    // calls on data it owns; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(deny_io_uring_register);
-    }
-    cmd.output().expect("run socklab")
-}
-
-fn deny_io_uring_register() -> std::io::Result<()> {
     // io_uring_register is 427 on every architecture with the generic
     // table (x86_64, aarch64, riscv64).
-    const IO_URING_REGISTER: u32 = 427;
-    const BPF_LD_W_ABS: u16 = 0x20;
-    const BPF_JEQ_K: u16 = 0x15;
-    const BPF_RET_K: u16 = 0x06;
-    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
-    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
-    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-    let filter = [
-        op(BPF_LD_W_ABS, 0, 0, 0),
-        op(BPF_JEQ_K, 0, 1, IO_URING_REGISTER),
-        op(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | libc::EINVAL as u32),
-        op(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
-    ];
-    let program = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: plain prctl calls; `program` and `filter` outlive them.
-    unsafe {
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-            || libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER,
-                &program as *const _,
-            ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    common::without_syscall(args, 427, libc::EINVAL)
 }
 
 #[test]

@@ -483,55 +483,41 @@ pub fn digit_shape(text: &str) -> String {
 }
 
 /// Runs `socklab ARGS` (and whatever it starts) as on a kernel without
-/// io_uring: a seccomp filter, installed in the child before exec, makes
-/// `io_uring_setup` fail with ENOSYS.
+/// io_uring: `io_uring_setup` fails with ENOSYS.
 pub fn without_io_uring(args: &[&str]) -> Output {
+    // io_uring_setup is 425 on every architecture with the generic table
+    // (x86_64, aarch64, riscv64).
+    without_syscall(args, 425, libc::ENOSYS)
+}
+
+/// Runs `socklab ARGS` (and whatever it starts) with system call `nr`
+/// failing with `errno`: a seccomp filter, installed in the child before
+/// exec, stands for a kernel that lacks what the call asks for.
+pub fn without_syscall(args: &[&str], nr: u32, errno: i32) -> Output {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(BIN);
     cmd.args(args).stdin(Stdio::null());
     // SAFETY: the hook runs between fork and exec and only makes two
     // prctl calls on data it owns; it allocates nothing.
     unsafe {
-        cmd.pre_exec(deny_io_uring_setup);
+        cmd.pre_exec(move || deny_syscall(nr, errno));
     }
     cmd.output().expect("run socklab")
 }
 
-fn deny_io_uring_setup() -> std::io::Result<()> {
-    // io_uring_setup is 425 on every architecture with the generic table
-    // (x86_64, aarch64, riscv64).
-    const IO_URING_SETUP: u32 = 425;
+fn deny_syscall(nr: u32, errno: i32) -> std::io::Result<()> {
     const BPF_LD_W_ABS: u16 = 0x20;
     const BPF_JEQ_K: u16 = 0x15;
     const BPF_RET_K: u16 = 0x06;
     const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
     const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     let filter = [
         // A = the system call number (offset 0 of struct seccomp_data).
-        libc::sock_filter {
-            code: BPF_LD_W_ABS,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-        libc::sock_filter {
-            code: BPF_JEQ_K,
-            jt: 0,
-            jf: 1,
-            k: IO_URING_SETUP,
-        },
-        libc::sock_filter {
-            code: BPF_RET_K,
-            jt: 0,
-            jf: 0,
-            k: SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
-        },
-        libc::sock_filter {
-            code: BPF_RET_K,
-            jt: 0,
-            jf: 0,
-            k: SECCOMP_RET_ALLOW,
-        },
+        op(BPF_LD_W_ABS, 0, 0, 0),
+        op(BPF_JEQ_K, 0, 1, nr),
+        op(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno as u32),
+        op(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
     ];
     let program = libc::sock_fprog {
         len: filter.len() as u16,
@@ -550,4 +536,24 @@ fn deny_io_uring_setup() -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Opens `n` connections to a TCP server at once, has every one speak
+/// before any answer is read (so a server with fewer receive buffers than
+/// senders must wait for some), then checks every echo.
+pub fn hold_and_echo(addr: &str, n: usize) {
+    let hp = addr.trim_start_matches("tcp:");
+    let mut conns: Vec<std::net::TcpStream> = (0..n)
+        .map(|_| std::net::TcpStream::connect(hp).expect("connect"))
+        .collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        c.write_all(format!("{i:06}").as_bytes()).expect("send");
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut back = [0u8; 6];
+        c.read_exact(&mut back).expect("echo");
+        assert_eq!(back, format!("{i:06}").as_bytes());
+    }
 }
