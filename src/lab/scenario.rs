@@ -343,21 +343,9 @@ fn throughput(
     row: &mut Row,
 ) -> anyhow::Result<()> {
     let mut server = start(model, "echo", &[])?;
-    let options = bench_options(
-        &server.process.addr,
-        knobs.clients,
-        Load::Duration(knobs.duration),
-        Payload::Size(knobs.size),
-        STARVED_AFTER,
-    )?;
-    let report = server.drive(&options)?;
-    server.record(row, &report, Some(knobs.duration));
-    row.throughput_rps = Some(report.throughput_rps);
+    server.echo_for(knobs, knobs.size, row)?;
     if let Some(method) = kernel_cost {
-        let window = BenchOptions {
-            load: Load::Duration(KERNEL_COST_FOR),
-            ..options
-        };
+        let window = server.echo_load(knobs, knobs.size, Load::Duration(KERNEL_COST_FOR))?;
         server.count_kernel_cost(&window, method, row)?;
     }
     server.process.stop();
@@ -569,16 +557,7 @@ fn work(model: ModelKind, knobs: &Knobs) -> anyhow::Result<Vec<Row>> {
             STARVED_AFTER,
         )?;
         bench::measure(&warm_up)?;
-        let options = bench_options(
-            &server.process.addr,
-            knobs.clients,
-            Load::Duration(knobs.duration),
-            Payload::Size(knobs.size),
-            STARVED_AFTER,
-        )?;
-        let report = server.drive(&options)?;
-        server.record(&mut row, &report, Some(knobs.duration));
-        row.throughput_rps = Some(report.throughput_rps);
+        let report = server.echo_for(knobs, knobs.size, &mut row)?;
         if let Some(cpu) = row.cpu_s.filter(|_| report.elapsed_s > 0.0) {
             row.cores_used = Some(cpu / report.elapsed_s);
         }
@@ -589,7 +568,6 @@ fn work(model: ModelKind, knobs: &Knobs) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Opens idle connections until `held` has `total`.
 /// The message sizes the ladder climbs at: small requests, the seeds'
 /// size, and replies larger than one receive buffer.
 pub const LADDER_SIZES: [usize; 3] = [64, 512, 16 * 1024];
@@ -627,16 +605,7 @@ fn ladder_step(model: ModelKind, step: Option<(&str, UringFeatures)>, size: usiz
     };
     let run = |row: &mut Row| -> anyhow::Result<()> {
         let mut server = start(model, "echo", &extra)?;
-        let options = bench_options(
-            &server.process.addr,
-            knobs.clients,
-            Load::Duration(knobs.duration),
-            Payload::Size(size),
-            STARVED_AFTER,
-        )?;
-        let report = server.drive(&options)?;
-        server.record(row, &report, Some(knobs.duration));
-        row.throughput_rps = Some(report.throughput_rps);
+        server.echo_for(knobs, size, row)?;
         server.process.stop();
         Ok(())
     };
@@ -646,6 +615,7 @@ fn ladder_step(model: ModelKind, step: Option<(&str, UringFeatures)>, size: usiz
     row
 }
 
+/// Opens idle connections until `held` has `total`.
 fn hold(addr: &str, total: usize, held: &mut Vec<TcpStream>) -> anyhow::Result<()> {
     let target = addr.trim_start_matches("tcp:").to_string();
     held.reserve(total.saturating_sub(held.len()));
@@ -695,6 +665,27 @@ struct Measured {
 }
 
 impl Measured {
+    /// Echo load: `knobs.clients` clients sending `size`-byte messages for
+    /// `knobs.duration`, recorded into `row` with its requests/s.
+    fn echo_for(&mut self, knobs: &Knobs, size: usize, row: &mut Row) -> anyhow::Result<BenchReport> {
+        let options = self.echo_load(knobs, size, Load::Duration(knobs.duration))?;
+        let report = self.drive(&options)?;
+        self.record(row, &report, Some(knobs.duration));
+        row.throughput_rps = Some(report.throughput_rps);
+        Ok(report)
+    }
+
+    /// The scenarios' echo load: `knobs.clients` clients, `size`-byte messages.
+    fn echo_load(&self, knobs: &Knobs, size: usize, load: Load) -> anyhow::Result<BenchOptions> {
+        bench_options(
+            &self.process.addr,
+            knobs.clients,
+            load,
+            Payload::Size(size),
+            STARVED_AFTER,
+        )
+    }
+
     /// Runs the bench against the server.
     fn drive(&mut self, options: &BenchOptions) -> anyhow::Result<BenchReport> {
         self.cpu_before = self.process.sample().map_or(Duration::ZERO, |s| s.cpu);
