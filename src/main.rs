@@ -41,15 +41,17 @@ fn run(command: Command) -> anyhow::Result<()> {
                     model.summary(),
                     model.source_file()
                 )?;
-            }
-            // The uring model's techniques, one line each, in the same shape.
-            let default = socklab::model::uring_features::UringFeatures::DEFAULT;
-            let what = format!("{default}: the techniques on without --uring");
-            for (name, what) in [("default", what.as_str()), ("none", "every technique off")]
-                .into_iter()
-                .chain(socklab::model::uring_features::FEATURES)
-            {
-                writeln!(out, "  --uring {name:<15} {what}  (src/model/uring.rs)")?;
+                if *model == ModelKind::Uring {
+                    // Its techniques, one line each, in the same shape.
+                    let default = socklab::model::uring_features::UringFeatures::DEFAULT;
+                    let what = format!("{default}: the techniques on without --uring");
+                    for (name, what) in [("default", what.as_str()), ("none", "every technique off")]
+                        .into_iter()
+                        .chain(socklab::model::uring_features::FEATURES)
+                    {
+                        writeln!(out, "  --uring {name:<15} {what}  (src/model/uring.rs)")?;
+                    }
+                }
             }
             Ok(())
         }
