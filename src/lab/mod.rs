@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+pub use crate::client::bench::Lane;
 use crate::model::ModelKind;
 pub use probe::SyscallMethod;
 pub use scenario::{Knobs, Scenario};
@@ -167,18 +168,6 @@ pub struct Row {
 pub struct Spread {
     pub min: f64,
     pub max: f64,
-}
-
-/// One client's lane in the delay experiment: seconds after the bench
-/// began when it was connected, got the first byte, and the whole reply.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Lane {
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub connected_s: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub first_byte_s: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub last_byte_s: Option<f64>,
 }
 
 /// Where the figures came from: the machine, the build, the method and

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::probe::{self, Costs, PerfCounter, Sample, SyscallMethod};
-use super::{Lane, Row, ServerProcess};
+use super::{Row, ServerProcess};
 use crate::client::bench::{self, BenchOptions, BenchReport, Expect, Load, Payload};
 use crate::model::uring_features::UringFeatures;
 use crate::model::ModelKind;
@@ -322,17 +322,7 @@ fn delay(model: ModelKind, knobs: &Knobs, row: &mut Row) -> anyhow::Result<()> {
     server.process.stop();
     row.makespan_s = Some(report.elapsed_s);
     row.theory_s = Some(theory.as_secs_f64());
-    row.lanes = Some(
-        report
-            .per_client
-            .iter()
-            .map(|c| Lane {
-                connected_s: c.connected_s,
-                first_byte_s: c.first_byte_s,
-                last_byte_s: c.last_byte_s,
-            })
-            .collect(),
-    );
+    row.lanes = Some(report.per_client.iter().map(|c| c.lane).collect());
     Ok(())
 }
 
@@ -360,13 +350,7 @@ fn idle(model: ModelKind, knobs: &Knobs, row: &mut Row) -> anyhow::Result<()> {
     // Event loops accept in a burst; give them the moment it takes.
     let accepted = settle_accepted(port, held.len() as u64, Duration::from_millis(500));
     // One active client meanwhile.
-    let options = bench_options(
-        &server.process.addr,
-        1,
-        Load::Duration(ACTIVE_FOR),
-        Payload::Text(b"are you there?".to_vec()),
-        STARVED_AFTER,
-    )?;
+    let options = server.active_client(ACTIVE_FOR)?;
     let report = server.drive(&options)?;
     let accepted = accepted.max(probe::accepted_connections(port).min(held.len() as u64));
     server.record(row, &report, None);
@@ -424,13 +408,7 @@ fn c10k(model: ModelKind, knobs: &Knobs) -> anyhow::Result<Vec<Row>> {
             }
         }
         let accepted = settle_accepted(port, level as u64, Duration::from_secs(5));
-        let options = bench_options(
-            &server.process.addr,
-            1,
-            Load::Duration(C10K_ACTIVE_FOR),
-            Payload::Text(b"are you there?".to_vec()),
-            STARVED_AFTER,
-        )?;
+        let options = server.active_client(C10K_ACTIVE_FOR)?;
         server.restart_watch();
         let report = server.drive(&options)?;
         server.record(&mut row, &report, None);
@@ -686,6 +664,18 @@ impl Measured {
         )
     }
 
+    /// One active client asking `are you there?` for `active_for`, the
+    /// probe the idle and c10k scenarios measure while connections sit idle.
+    fn active_client(&self, active_for: Duration) -> anyhow::Result<BenchOptions> {
+        bench_options(
+            &self.process.addr,
+            1,
+            Load::Duration(active_for),
+            Payload::Text(b"are you there?".to_vec()),
+            STARVED_AFTER,
+        )
+    }
+
     /// Runs the bench against the server.
     fn drive(&mut self, options: &BenchOptions) -> anyhow::Result<BenchReport> {
         self.cpu_before = self.process.sample().map_or(Duration::ZERO, |s| s.cpu);
@@ -742,7 +732,7 @@ impl Measured {
         row.errors = Some(report.errors);
         let counts: Vec<u64> = report.per_client.iter().map(|c| c.replies).collect();
         row.clients = Some(counts.len() as u64);
-        let in_time = |c: &bench::ClientReport| match (window, c.first_byte_s) {
+        let in_time = |c: &bench::ClientReport| match (window, c.lane.first_byte_s) {
             (Some(w), Some(first)) => first <= w.as_secs_f64(),
             _ => c.replies > 0,
         };

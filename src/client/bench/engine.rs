@@ -89,7 +89,7 @@ impl ClientResult {
     pub(super) fn replied(&mut self, recorder: &mut Recorder, start: Instant, began: Instant, reply: &[u8]) {
         let micros = began.elapsed().as_micros().max(1) as u64;
         let at = start.elapsed();
-        self.report.last_byte_s = Some(at.as_secs_f64());
+        self.report.lane.last_byte_s = Some(at.as_secs_f64());
         recorder.record(micros, at);
         self.report.replies += 1;
         if self.report.last_reply != reply {

@@ -423,9 +423,16 @@ pub struct ClientReport {
     pub last_reply: Vec<u8>,
     #[serde(default)]
     pub last_error: Option<String>,
-    /// Seconds after the run began when the client's first connection was
-    /// up, the first byte of a reply came in, and its last whole reply was
-    /// in: one lane of a timeline of the run.
+    /// The client's lane in a timeline of the run.
+    #[serde(flatten)]
+    pub lane: Lane,
+}
+
+/// Seconds after the run began when a client's first connection was up,
+/// the first byte of a reply came in, and its last whole reply was in: one
+/// lane of a timeline of the run (the lab draws the delay experiment's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lane {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub connected_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -437,12 +444,14 @@ pub struct ClientReport {
 impl ClientReport {
     /// The client's first connection is up.
     pub(crate) fn mark_connected(&mut self, start: Instant) {
-        self.connected_s.get_or_insert(start.elapsed().as_secs_f64());
+        self.lane.connected_s.get_or_insert(start.elapsed().as_secs_f64());
     }
 
     /// A byte of a reply came in.
     pub(crate) fn mark_first_byte(&mut self, start: Instant) {
-        self.first_byte_s.get_or_insert(start.elapsed().as_secs_f64());
+        self.lane
+            .first_byte_s
+            .get_or_insert(start.elapsed().as_secs_f64());
     }
 }
 

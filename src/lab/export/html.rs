@@ -65,6 +65,12 @@ struct Axis {
     tick: fn(f64) -> String,
 }
 
+impl Axis {
+    fn new(title: &'static str, log: bool, tick: fn(f64) -> String) -> Self {
+        Axis { title, log, tick }
+    }
+}
+
 fn tick_count(v: f64) -> String {
     thousands(v.round() as u64)
 }
@@ -164,11 +170,7 @@ pub fn render(report: &Report) -> String {
                 .served(r)
             })
             .collect::<Vec<_>>();
-        let axis = Axis {
-            title: "seconds until the last reply",
-            log: false,
-            tick: tick_seconds,
-        };
+        let axis = Axis::new("seconds until the last reply", false, tick_seconds);
         page += &chart(
             &mut charts,
             &bars,
@@ -191,12 +193,11 @@ pub fn render(report: &Report) -> String {
             .filter(ok)
             .map(|r| Bar::new(&r.model, r.throughput_rps.unwrap_or(0.0), rps_with_range(r)).served(r))
             .collect();
-        let axis = Axis {
-            title: "requests per second",
-            log: false,
-            tick: tick_count,
-        };
-        page += &chart(&mut charts, &bars, &axis, &legend_bars(&bars));
+        page += &bar_chart(
+            &mut charts,
+            &bars,
+            Axis::new("requests per second", false, tick_count),
+        );
         let notes = within_noise(&throughput);
         if !notes.is_empty() {
             page += "<ul class=\"note\">";
@@ -226,11 +227,7 @@ pub fn render(report: &Report) -> String {
                 .served(r)
             })
             .collect();
-        let axis = Axis {
-            title: "latency (log scale)",
-            log: true,
-            tick: tick_micros,
-        };
+        let axis = Axis::new("latency (log scale)", true, tick_micros);
         let mut legend = vec![("p50", PALETTE[0], false), ("p99", PALETTE[1], false)];
         if bars.iter().any(|b| b.starved) {
             legend.push(("not every client served", "hatch", false));
@@ -248,29 +245,26 @@ pub fn render(report: &Report) -> String {
                 .collect()
         };
         let bars = per(|r| r.cpu_per_request_us, " µs");
-        let axis = Axis {
-            title: "µs of server CPU per request",
-            log: false,
-            tick: tick_plain,
-        };
-        page += &chart(&mut charts, &bars, &axis, &legend_bars(&bars));
+        page += &bar_chart(
+            &mut charts,
+            &bars,
+            Axis::new("µs of server CPU per request", false, tick_plain),
+        );
         page += "<p>Why: what the kernel did for each request, counted from outside the server. Context \
                  switches: each time one of the server's threads stopped running (waiting, or pushed off the \
                  core). System calls: see the method above.</p>\n";
         let bars = per(|r| r.context_switches_per_request, "");
-        let axis = Axis {
-            title: "context switches per request",
-            log: false,
-            tick: tick_plain,
-        };
-        page += &chart(&mut charts, &bars, &axis, &legend_bars(&bars));
+        page += &bar_chart(
+            &mut charts,
+            &bars,
+            Axis::new("context switches per request", false, tick_plain),
+        );
         let bars = per(|r| r.syscalls_per_request, "");
-        let axis = Axis {
-            title: "system calls per request",
-            log: false,
-            tick: tick_plain,
-        };
-        page += &chart(&mut charts, &bars, &axis, &legend_bars(&bars));
+        page += &bar_chart(
+            &mut charts,
+            &bars,
+            Axis::new("system calls per request", false, tick_plain),
+        );
     }
 
     let idle: Vec<&Row> = by("idle");
@@ -287,12 +281,11 @@ pub fn render(report: &Report) -> String {
                 Some(Bar::new(&r.model, b.max(1) as f64, bytes(b)))
             })
             .collect();
-        let axis = Axis {
-            title: "bytes per idle connection (log scale)",
-            log: true,
-            tick: tick_bytes,
-        };
-        page += &chart(&mut charts, &bars, &axis, &legend_bars(&bars));
+        page += &bar_chart(
+            &mut charts,
+            &bars,
+            Axis::new("bytes per idle connection (log scale)", true, tick_bytes),
+        );
         let waiting: Vec<String> = idle
             .iter()
             .filter(ok)
@@ -356,12 +349,11 @@ pub fn render(report: &Report) -> String {
                 Some(Bar::new(&r.model, c, text))
             })
             .collect();
-        let axis = Axis {
-            title: "µs of server CPU per connection",
-            log: false,
-            tick: tick_plain,
-        };
-        page += &chart(&mut charts, &bars, &axis, &legend_bars(&bars));
+        page += &bar_chart(
+            &mut charts,
+            &bars,
+            Axis::new("µs of server CPU per connection", false, tick_plain),
+        );
         let designs: Vec<String> = UNP_DESIGNS
             .iter()
             .enumerate()
@@ -419,12 +411,11 @@ pub fn render(report: &Report) -> String {
                 Bar::new(&label, r.throughput_rps.unwrap_or(0.0), text).served(r)
             })
             .collect();
-        let axis = Axis {
-            title: "requests per second",
-            log: false,
-            tick: tick_count,
-        };
-        page += &chart(&mut charts, &bars, &axis, &legend_bars(&bars));
+        page += &bar_chart(
+            &mut charts,
+            &bars,
+            Axis::new("requests per second", false, tick_count),
+        );
         for finding in super::work_findings(&work) {
             let _ = writeln!(page, "<p>{}</p>", escape(&finding));
         }
@@ -457,12 +448,7 @@ pub fn render(report: &Report) -> String {
                 })
                 .collect();
             let _ = writeln!(page, "<h3>{} messages</h3>", escape(&super::bytes(size)));
-            let axis = Axis {
-                title: "requests/s",
-                log: false,
-                tick: tick_count,
-            };
-            page += &chart(&mut charts, &bars, &axis, &legend_bars(&bars));
+            page += &bar_chart(&mut charts, &bars, Axis::new("requests/s", false, tick_count));
         }
         page += "<ul class=\"note\">\n";
         for v in super::ladder_verdicts(&ladder) {
@@ -613,6 +599,11 @@ fn x_axis(svg: &mut String, axis: &Axis, ticks: &[f64], scale: &dyn Fn(f64) -> f
 }
 
 /// A horizontal bar chart as inline SVG, with its axis and legend.
+/// A chart of `bars` with the legend their own marks call for.
+fn bar_chart(charts: &mut usize, bars: &[Bar], axis: Axis) -> String {
+    chart(charts, bars, &axis, &legend_bars(bars))
+}
+
 fn chart(charts: &mut usize, bars: &[Bar], axis: &Axis, entries: &[(&str, &str, bool)]) -> String {
     if bars.is_empty() {
         return "<p class=\"note\">No model has numbers for this.</p>\n".into();
@@ -728,11 +719,7 @@ fn timeline(charts: &mut usize, rows: &[&Row]) -> String {
         .flat_map(|r| r.lanes.iter().flatten())
         .filter_map(|l| l.last_byte_s.or(l.connected_s))
         .fold(0.1, f64::max);
-    let axis = Axis {
-        title: "seconds since the clients started",
-        log: false,
-        tick: tick_seconds,
-    };
+    let axis = Axis::new("seconds since the clients started", false, tick_seconds);
     let ticks = ticks(&axis, 0.0, end);
     let hi = ticks.last().copied().unwrap_or(end).max(end);
     let scale = |v: f64| (v / hi).clamp(0.0, 1.0) * PLOT_W;
@@ -813,16 +800,8 @@ fn c10k_chart(charts: &mut usize, rows: &[&Row]) -> String {
         }
     }
     let (top, plot_h) = (30.0, 260.0);
-    let x_axis_def = Axis {
-        title: "idle connections held",
-        log: false,
-        tick: tick_count,
-    };
-    let y_axis_def = Axis {
-        title: "active client p50 (log scale)",
-        log: true,
-        tick: tick_micros,
-    };
+    let x_axis_def = Axis::new("idle connections held", false, tick_count);
+    let y_axis_def = Axis::new("active client p50 (log scale)", true, tick_micros);
     let x_max = points.iter().map(|p| p.1).fold(1.0, f64::max);
     let y_min = points.iter().map(|p| p.2).fold(f64::MAX, f64::min).max(1.0);
     let y_max = points.iter().map(|p| p.2).fold(1.0, f64::max);
@@ -1181,11 +1160,7 @@ mod tests {
 
     #[test]
     fn linear_ticks_are_round_and_cover_the_maximum() {
-        let axis = Axis {
-            title: "",
-            log: false,
-            tick: tick_count,
-        };
+        let axis = Axis::new("", false, tick_count);
         assert_eq!(
             ticks(&axis, 0.0, 92_000.0),
             [0.0, 20_000.0, 40_000.0, 60_000.0, 80_000.0, 100_000.0]
