@@ -175,7 +175,7 @@ impl Source<'_> {
     fn fd(&self) -> RawFd {
         match self {
             Source::Listener(listener) => listener.as_raw_fd(),
-            Source::Handoff(handoff) => handoff.event.as_fd().as_raw_fd(),
+            Source::Handoff(handoff) => handoff.fd(),
         }
     }
 
@@ -188,40 +188,70 @@ impl Source<'_> {
     }
 }
 
-/// Connections accepted by another thread, queued for one loop, with an
-/// eventfd that wakes the loop: the master/worker reactors' hand-over. Each
-/// carries its `--max-conns` slot, freed when the loop closes it.
-pub struct Handoff {
-    queue: Mutex<VecDeque<(Stream, Slot)>>,
+/// A list other threads fill and the loop empties, with an eventfd that
+/// wakes the loop when the list stops being empty: how connections accepted
+/// by another thread (reactors), jobs a worker finished (half-async) and
+/// other connections' wake-ups (chat) reach a loop.
+pub struct Mailbox<T> {
+    items: Mutex<VecDeque<T>>,
     event: EventFd,
 }
 
-impl Handoff {
+/// Connections accepted by another thread for one loop (reactors), each
+/// with its `--max-conns` slot, freed when the loop closes it.
+pub type Handoff = Mailbox<(Stream, Slot)>;
+
+impl<T> Mailbox<T> {
     pub fn new() -> io::Result<Self> {
-        Ok(Handoff {
-            queue: Mutex::new(VecDeque::new()),
+        Ok(Mailbox {
+            items: Mutex::new(VecDeque::new()),
             event: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
         })
     }
 
-    /// Queues a connection for the loop and wakes it.
-    pub fn push(&self, stream: Stream, slot: Slot) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back((stream, slot));
+    /// What the loop watches: readable while something waits.
+    fn fd(&self) -> RawFd {
+        self.event.as_fd().as_raw_fd()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<T>> {
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Leaves an item; wakes the loop if nothing was waiting (otherwise it
+    /// has been woken already and not yet emptied the list).
+    pub fn push(&self, item: T) {
+        let mut items = self.lock();
+        let was_empty = items.is_empty();
+        items.push_back(item);
+        drop(items);
+        if was_empty {
+            self.nudge();
+        }
+    }
+
+    /// Wakes the loop with nothing to take (a waiting leader's timer).
+    fn nudge(&self) {
         let _ = self.event.write(1);
     }
 
-    fn take(&self) -> io::Result<(Stream, Slot)> {
-        let pop = || self.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-        if let Some(next) = pop() {
-            return Ok(next);
-        }
-        // Empty: reset the eventfd, then look once more, so that a push
-        // between the two is not left without a wake-up.
+    /// Everything waiting. The wake-up is reset under the lock, so an item
+    /// left after this call always brings a new one.
+    pub fn take_all(&self) -> VecDeque<T> {
+        let mut items = self.lock();
         let _ = self.event.read();
-        pop().ok_or_else(|| io::ErrorKind::WouldBlock.into())
+        std::mem::take(&mut *items)
+    }
+
+    /// The next item, or `WouldBlock` when none waits; the wake-up is reset
+    /// when the list empties.
+    fn take(&self) -> io::Result<T> {
+        let mut items = self.lock();
+        let next = items.pop_front();
+        if items.is_empty() {
+            let _ = self.event.read();
+        }
+        next.ok_or_else(|| io::ErrorKind::WouldBlock.into())
     }
 }
 
@@ -296,12 +326,10 @@ impl Job {
 
 /// Where lent sessions go and come back from (half-async's worker pool).
 pub trait Offload: Sync {
-    /// Readable while finished jobs wait to be taken back.
-    fn finished_fd(&self) -> RawFd;
     /// Hands a job to another thread.
     fn submit(&self, job: Job);
-    /// The jobs done since the last call.
-    fn take_finished(&self) -> Vec<Finished>;
+    /// Where the jobs done come back.
+    fn finished(&self) -> &Mailbox<Finished>;
 }
 
 /// Where a loop runs its sessions' input.
@@ -346,12 +374,9 @@ struct Connection {
     shutdown_owed: bool,
 }
 
-/// Other connections' wake-ups (chat), from any thread: the token to visit
-/// goes in the list, and the eventfd wakes the loop.
-struct Waker {
-    event: EventFd,
-    pending: Mutex<Vec<(usize, u64)>>,
-}
+/// Other connections' wake-ups (chat), from any thread: the connection to
+/// visit, by token and generation.
+type Waker = Mailbox<(usize, u64)>;
 
 /// Runs the loop on the calling thread until shutdown and the grace period.
 pub fn run(
@@ -447,10 +472,7 @@ impl<'a> Loop<'a> {
             // The accepting thread holds the limit for every loop.
             Source::Handoff(_) => usize::MAX,
         };
-        let waker = Arc::new(Waker {
-            event: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
-            pending: Mutex::new(Vec::new()),
-        });
+        let waker = Arc::new(Waker::new()?);
         Ok(Loop {
             source,
             service,
@@ -475,9 +497,9 @@ impl<'a> Loop<'a> {
     pub fn start(&mut self, poller: &mut impl Poller) -> io::Result<()> {
         poller.register(self.source.fd(), LISTENER, Interest::READ)?;
         poller.register(self.shutdown.as_fd().as_raw_fd(), SHUTDOWN, Interest::READ)?;
-        poller.register(self.waker.event.as_fd().as_raw_fd(), WAKER, Interest::READ)?;
+        poller.register(self.waker.fd(), WAKER, Interest::READ)?;
         if let Lend::To(offload) = self.hooks.lend {
-            poller.register(offload.finished_fd(), FINISHED, Interest::READ)?;
+            poller.register(offload.finished().fd(), FINISHED, Interest::READ)?;
         }
         Ok(())
     }
@@ -506,7 +528,7 @@ impl<'a> Loop<'a> {
 
     fn wake_waiter(&self) {
         if self.waiter.is_some() {
-            let _ = self.waker.event.write(1);
+            self.waker.nudge();
         }
     }
 
@@ -532,12 +554,12 @@ impl<'a> Loop<'a> {
                 WAKER => {
                     self.wake(poller, now);
                     if poller.oneshot() {
-                        poller.reregister(self.waker.event.as_fd().as_raw_fd(), WAKER, Interest::READ)?;
+                        poller.reregister(self.waker.fd(), WAKER, Interest::READ)?;
                     }
                 }
                 FINISHED => {
                     if let Lend::To(offload) = self.hooks.lend {
-                        for finished in offload.take_finished() {
+                        for finished in offload.finished().take_all() {
                             self.give_back(finished, poller);
                         }
                     }
@@ -636,14 +658,7 @@ impl<'a> Loop<'a> {
             let token = entry.key();
             if session.uses_wake() {
                 let (waker, generation) = (self.waker.clone(), self.generation);
-                session.set_wake(Arc::new(move || {
-                    waker
-                        .pending
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((token, generation));
-                    let _ = waker.event.write(1);
-                }));
+                session.set_wake(Arc::new(move || waker.push((token, generation))));
             }
             if let Err(e) = poller.register(fd, token, Interest::READ) {
                 tracing::warn!("cannot watch a new connection: {e}");
@@ -697,22 +712,15 @@ impl<'a> Loop<'a> {
             return;
         };
         if (event.readable || event.closed) && session.wants_read() {
-            let input = match conn.stream.read(&mut self.buf) {
-                Ok(0) => Some(Input::Eof),
-                Ok(n) if !matches!(self.hooks.lend, Lend::No) => Some(Input::Data(self.buf[..n].to_vec())),
-                Ok(n) => {
-                    session.handle_read(&self.buf[..n], now);
-                    None
-                }
-                Err(e) if would_block(&e) || interrupted(&e) => None,
+            // Lending, the input goes with the session to another thread.
+            let lending = !matches!(self.hooks.lend, Lend::No);
+            match conn.stream.read(&mut self.buf) {
+                Ok(0) if lending => return self.lend(token, Input::Eof, poller),
+                Ok(0) => session.handle_eof(now),
+                Ok(n) if lending => return self.lend(token, Input::Data(self.buf[..n].to_vec()), poller),
+                Ok(n) => session.handle_read(&self.buf[..n], now),
+                Err(e) if would_block(&e) || interrupted(&e) => {}
                 Err(e) => return self.close(token, poller, Some(e)),
-            };
-            match input {
-                Some(input) if !matches!(self.hooks.lend, Lend::No) => {
-                    return self.lend(token, input, poller);
-                }
-                Some(_) => session.handle_eof(now),
-                None => {}
             }
         } else if event.closed && session.pending_output().is_empty() {
             // Gone, and we have nothing to read or say: close.
@@ -776,9 +784,7 @@ impl<'a> Loop<'a> {
 
     /// Other connections left messages (chat): deliver them.
     fn wake(&mut self, poller: &mut impl Poller, now: Now) {
-        let _ = self.waker.event.read();
-        let pending = std::mem::take(&mut *self.waker.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        for (token, generation) in pending {
+        for (token, generation) in self.waker.take_all() {
             let Some(conn) = self
                 .connections
                 .get_mut(token)

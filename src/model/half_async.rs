@@ -16,13 +16,10 @@
 //! request costs only that connection (see [`Job::run`]).
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::{Arc, Condvar, Mutex};
 
-use nix::sys::eventfd::{EfdFlags, EventFd};
-
 use super::epoll::Epoll;
-use super::event_loop::{self, Finished, Hooks, Job, Lend, Offload, Source};
+use super::event_loop::{self, Finished, Hooks, Job, Lend, Mailbox, Offload, Source};
 use super::ServerConfig;
 use crate::net::Listener;
 use crate::service::Service;
@@ -43,7 +40,7 @@ pub fn serve(
                 .name(format!("worker-{i}"))
                 .spawn_scoped(scope, move || {
                     while let Some(job) = pool.next_job() {
-                        pool.finish(job.run());
+                        pool.finished.push(job.run());
                     }
                 });
             if let Err(e) = worker {
@@ -68,9 +65,8 @@ struct Pool {
     /// the connections the loop holds.
     jobs: Mutex<Jobs>,
     more: Condvar,
-    /// Jobs done, waiting for the loop; `returned` wakes it.
-    finished: Mutex<Vec<Finished>>,
-    returned: EventFd,
+    /// Jobs done, waiting for the loop.
+    finished: Mailbox<Finished>,
 }
 
 struct Jobs {
@@ -87,8 +83,7 @@ impl Pool {
                 closed: false,
             }),
             more: Condvar::new(),
-            finished: Mutex::new(Vec::new()),
-            returned: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
+            finished: Mailbox::new()?,
         })
     }
 
@@ -106,17 +101,6 @@ impl Pool {
         }
     }
 
-    fn finish(&self, finished: Finished) {
-        let mut done = self.finished.lock().unwrap_or_else(|e| e.into_inner());
-        let was_empty = done.is_empty();
-        done.push(finished);
-        drop(done);
-        if was_empty {
-            // The loop has not been told since it last emptied the list.
-            let _ = self.returned.write(1);
-        }
-    }
-
     fn close(&self) {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
         self.more.notify_all();
@@ -124,10 +108,6 @@ impl Pool {
 }
 
 impl Offload for Pool {
-    fn finished_fd(&self) -> RawFd {
-        self.returned.as_fd().as_raw_fd()
-    }
-
     fn submit(&self, job: Job) {
         self.jobs
             .lock()
@@ -137,10 +117,8 @@ impl Offload for Pool {
         self.more.notify_one();
     }
 
-    fn take_finished(&self) -> Vec<Finished> {
-        let mut done = self.finished.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = self.returned.read();
-        std::mem::take(&mut *done)
+    fn finished(&self) -> &Mailbox<Finished> {
+        &self.finished
     }
 }
 

@@ -62,7 +62,7 @@ pub fn serve(
         // The main reactor: accept, and deal round robin.
         let mut next = 0;
         while let Some((stream, slot)) = acceptor.accept() {
-            handoffs[next].push(stream, slot);
+            handoffs[next].push((stream, slot));
             spread.record(next);
             next = (next + 1) % loops;
         }
