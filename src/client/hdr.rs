@@ -136,60 +136,28 @@ pub fn value_at_percentile(h: &Histogram<u64>, p: f64) -> u64 {
     h.max()
 }
 
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding, as HdrHistogram writes it.
+/// Standard base64 with padding, as HdrHistogram writes it (the base64
+/// crate hdrhistogram's own serialization already builds).
 fn base64_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(BASE64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Strict standard base64: padded, no whitespace inside.
 fn base64_decode(text: &str) -> Result<Vec<u8>, DecodeError> {
-    let bytes = text.as_bytes();
-    if !bytes.len().is_multiple_of(4) {
-        return Err(DecodeError::BadLength(bytes.len()));
+    use base64::{DecodeError as Bad, Engine};
+    if !text.len().is_multiple_of(4) {
+        return Err(DecodeError::BadLength(text.len()));
     }
-    let padding = bytes.iter().rev().take_while(|&&b| b == b'=').count();
-    if padding > 2 {
-        return Err(DecodeError::NotBase64(bytes.len() - padding, '='));
-    }
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-    let mut n: u32 = 0;
-    for (i, &b) in bytes[..bytes.len() - padding].iter().enumerate() {
-        let v = match b {
-            b'A'..=b'Z' => b - b'A',
-            b'a'..=b'z' => b - b'a' + 26,
-            b'0'..=b'9' => b - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => {
-                let c = text[i..].chars().next().unwrap_or('?');
-                return Err(DecodeError::NotBase64(i, c));
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| match e {
+            Bad::InvalidByte(at, _) | Bad::InvalidLastSymbol(at, _) => {
+                DecodeError::NotBase64(at, text[at..].chars().next().unwrap_or('?'))
             }
-        };
-        n = n << 6 | v as u32;
-        if i % 4 == 3 {
-            out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
-        }
-    }
-    match padding {
-        1 => out.extend_from_slice(&[(n >> 10) as u8, (n >> 2) as u8]),
-        2 => out.push((n >> 4) as u8),
-        _ => {}
-    }
-    Ok(out)
+            Bad::InvalidLength(n) => DecodeError::BadLength(n),
+            Bad::InvalidPadding => DecodeError::NotBase64(text.find('=').unwrap_or(0), '='),
+        })
 }
 
 /// Where one engine thread records its latencies: the run's histogram and,
