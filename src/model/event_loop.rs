@@ -210,7 +210,7 @@ impl<T> Mailbox<T> {
     }
 
     /// What the loop watches: readable while something waits.
-    fn fd(&self) -> RawFd {
+    pub fn fd(&self) -> RawFd {
         self.event.as_fd().as_raw_fd()
     }
 

@@ -30,13 +30,13 @@ use std::collections::BinaryHeap;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use slab::Slab;
 
+use super::event_loop::Mailbox;
 use super::uring_features::UringFeatures;
 use super::ServerConfig;
 use crate::net::{out_of_descriptors, DescriptorShortage, Listener, Stream};
@@ -197,11 +197,8 @@ struct Conn {
     timer: Option<Instant>,
 }
 
-/// Other connections' wake-ups (chat): tokens to visit, and an eventfd.
-struct Waker {
-    event: EventFd,
-    pending: Mutex<Vec<usize>>,
-}
+/// Other connections' wake-ups (chat), from any thread: the tokens to visit.
+type Waker = Mailbox<usize>;
 
 /// Where receives take their buffers from: `BUFFERS` buffers of CHUNK_SIZE,
 /// lent to the kernel, given back as soon as the session has copied one.
@@ -506,10 +503,7 @@ impl Ring {
             accepting: false,
             paused_at: None,
             shortage: DescriptorShortage::default(),
-            waker: Arc::new(Waker {
-                event: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
-                pending: Mutex::new(Vec::new()),
-            }),
+            waker: Arc::new(Waker::new()?),
             completions: Vec::with_capacity(RING_ENTRIES as usize),
             filled: Vec::new(),
         })
@@ -523,7 +517,7 @@ impl Ring {
         self.arm_accept()?;
         let shutdown_fd = self.shutdown.as_fd().as_raw_fd();
         self.push(poll_readable(shutdown_fd, Op::Shutdown))?;
-        self.push(poll_readable(self.waker.event.as_fd().as_raw_fd(), Op::Wake))?;
+        self.push(poll_readable(self.waker.fd(), Op::Wake))?;
 
         let mut grace: Option<Instant> = None;
         loop {
@@ -676,14 +670,7 @@ impl Ring {
         let token = entry.key();
         if session.uses_wake() {
             let waker = self.waker.clone();
-            session.set_wake(Arc::new(move || {
-                waker
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(token);
-                let _ = waker.event.write(1);
-            }));
+            session.set_wake(Arc::new(move || waker.push(token)));
         }
         let slot = self.files.as_ref().and_then(|t| t.add(&self.ring, token, fd));
         entry.insert(Conn {
@@ -792,11 +779,8 @@ impl Ring {
     }
 
     fn woken(&mut self, now: Now) -> anyhow::Result<()> {
-        let _ = self.waker.event.read();
-        let fd = self.waker.event.as_fd().as_raw_fd();
-        self.push(poll_readable(fd, Op::Wake))?;
-        let tokens = std::mem::take(&mut *self.waker.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        for token in tokens {
+        self.push(poll_readable(self.waker.fd(), Op::Wake))?;
+        for token in self.waker.take_all() {
             if let Some(conn) = self.conns.get_mut(token) {
                 conn.session.handle_wake(now);
                 self.settle(token)?;
