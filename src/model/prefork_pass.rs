@@ -91,18 +91,16 @@ pub fn serve(
                 Err(e) => tracing::debug!("accept: {e}"),
             },
             Event::Children(ready) => {
+                let mut died = false;
                 for i in ready {
                     if !pool.heard_from(i) {
                         tracing::warn!(worker = i, "a worker died; starting another");
                         pool.slots[i] = None;
-                        match pool.start(i, held.as_ref()) {
-                            Ok(child) => pool.slots[i] = Some(child),
-                            Err(e) => {
-                                tracing::error!("cannot replace the worker: {e}");
-                                retry_at = Some(Instant::now() + Duration::from_secs(1));
-                            }
-                        }
+                        died = true;
                     }
+                }
+                if died {
+                    retry_at = pool.restart_missing(held.as_ref());
                 }
             }
         }
@@ -179,8 +177,8 @@ impl Pool<'_> {
         })
     }
 
-    /// Starts the workers that could not be replaced before; when to try
-    /// again if one still cannot be.
+    /// Starts the workers missing (dead, or not replaced before); when to
+    /// try again if one cannot be started now.
     fn restart_missing(&mut self, held: Option<&Stream>) -> Option<Instant> {
         let mut again = None;
         for i in 0..self.slots.len() {

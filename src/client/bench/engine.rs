@@ -87,8 +87,10 @@ impl ClientResult {
     /// A whole, right reply to a request that began at `began`.
     /// `start` is the run's, for the client's timeline.
     pub(super) fn replied(&mut self, recorder: &mut Recorder, start: Instant, began: Instant, reply: &[u8]) {
-        let micros = began.elapsed().as_micros().max(1) as u64;
-        let at = start.elapsed();
+        // One clock read per reply, for its latency and its place in the run.
+        let now = Instant::now();
+        let micros = now.duration_since(began).as_micros().max(1) as u64;
+        let at = now.duration_since(start);
         self.report.lane.last_byte_s = Some(at.as_secs_f64());
         recorder.record(micros, at);
         self.report.replies += 1;
