@@ -67,7 +67,7 @@ impl Scenario {
             Scenario::C10k => C10K_MODELS.contains(&model),
             // The designs of the book's table, whichever exist.
             Scenario::Unp => model.unp_row().is_some(),
-            Scenario::Work => WORK_MODELS.contains(&model),
+            Scenario::Work => work_models().any(|m| *m == model),
             Scenario::UringLadder => model == ModelKind::Uring,
             _ => true,
         }
@@ -84,20 +84,15 @@ const C10K_MODELS: [ModelKind; 6] = [
     ModelKind::Uring,
 ];
 
-/// The event-driven models and the designs built on an event loop: the
-/// ones for which CPU spent per request is a question (a thread or process
-/// per connection spreads it by construction).
-const WORK_MODELS: [ModelKind; 9] = [
-    ModelKind::Select,
-    ModelKind::Poll,
-    ModelKind::Busy,
-    ModelKind::Epoll,
-    ModelKind::Async,
-    ModelKind::Uring,
-    ModelKind::Reactors,
-    ModelKind::HalfAsync,
-    ModelKind::Leader,
-];
+/// The designs built on an event loop that spread its work over threads;
+/// with the C10K models, the ones the `work` scenario is about (where CPU
+/// spent per request is a question: a thread or process per connection
+/// spreads it by construction).
+const LOOP_DESIGNS: [ModelKind; 3] = [ModelKind::Reactors, ModelKind::HalfAsync, ModelKind::Leader];
+
+fn work_models() -> impl Iterator<Item = &'static ModelKind> {
+    C10K_MODELS.iter().chain(&LOOP_DESIGNS)
+}
 
 /// work: CPU per request.
 pub const WORK_PER_REQUEST: Duration = Duration::from_micros(200);
@@ -224,7 +219,7 @@ impl Knobs {
                     "message_bytes": self.size,
                     "duration_ms": self.duration.as_millis() as u64,
                     "pinning": "none: the server may use every core",
-                    "models": WORK_MODELS.iter().map(|m| m.name()).collect::<Vec<_>>(),
+                    "models": work_models().map(|m| m.name()).collect::<Vec<_>>(),
                 }),
                 Scenario::UringLadder => serde_json::json!({
                     "service": "echo",
