@@ -56,8 +56,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
 
     // Bind everything first, so that a bad address fails before anything
     // is announced; then announce in the order asked.
-    let mut streams = Vec::new();
-    let mut datagrams = Vec::new();
+    let mut sockets = Vec::new();
     let mut announced = Vec::new();
     for addr in &listen {
         let options = BindOptions {
@@ -65,11 +64,9 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
             unix_mode,
             ipv6_only,
         };
-        match net::bind(addr, options)? {
-            Bound::Stream(listener) => {
-                announced.push(listener.local_addr()?);
-                streams.push(listener);
-            }
+        let bound = net::bind(addr, options)?;
+        match &bound {
+            Bound::Stream(listener) => announced.push(listener.local_addr()?),
             Bound::Datagram(socket) => {
                 if !model.serves_datagrams() {
                     bail!(
@@ -84,9 +81,9 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
                     );
                 }
                 announced.push(Addr::Udp(socket.local_addr()?.into()));
-                datagrams.push(socket);
             }
         }
+        sockets.push(bound);
     }
     let shutdown = Shutdown::new()?;
     shutdown.on_signals(server.grace)?;
@@ -99,17 +96,15 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
     drop(stdout);
     tracing::info!(%model, service = %service.config().kind, "serving");
 
-    // One instance of the model per socket, each on its own thread.
-    std::thread::scope(|scope| {
-        let mut running = Vec::new();
-        for listener in streams {
-            let (service, server, shutdown) = (service.clone(), &server, &shutdown);
-            running.push(scope.spawn(move || model.serve(listener, service, server, shutdown)));
-        }
-        for socket in datagrams {
-            let (service, server, shutdown) = (service.clone(), &server, &shutdown);
-            running.push(scope.spawn(move || datagram::serve(model, socket, service, server, shutdown)));
-        }
-        shutdown.join_all(running, "a model thread")
-    })
+    // One instance of the model per socket, each on its own thread (on this
+    // one when there is only one socket).
+    shutdown.run_together(
+        sockets,
+        "a model",
+        |i| format!("serve-{i}"),
+        |_, socket| match socket {
+            Bound::Stream(listener) => model.serve(listener, service.clone(), &server, &shutdown),
+            Bound::Datagram(socket) => datagram::serve(model, socket, service.clone(), &server, &shutdown),
+        },
+    )
 }

@@ -322,19 +322,12 @@ pub fn on_sibling_listeners(
             .map_err(|e| e.context(format!("cannot open another listener for a {name} loop")))?;
         listeners.push(sibling);
     }
-    std::thread::scope(|scope| {
-        let loops: Vec<_> = listeners
-            .into_iter()
-            .enumerate()
-            .map(|(i, listener)| {
-                let run_loop = &run_loop;
-                std::thread::Builder::new()
-                    .name(format!("{name}-{i}"))
-                    .spawn_scoped(scope, move || run_loop(i, listener))
-            })
-            .collect::<Result<_, _>>()?;
-        shutdown.join_all(loops, &format!("a {name} loop"))
-    })
+    shutdown.run_together(
+        listeners,
+        &format!("a {name} loop"),
+        |i| format!("{name}-{i}"),
+        run_loop,
+    )
 }
 
 /// Whether a loop winding down after shutdown may stop: every connection

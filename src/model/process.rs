@@ -154,8 +154,8 @@ impl Children {
 /// still the one that forked it (else it was reparented) and leaves.
 ///
 /// SIGTERM ends the child at once if someone sends it one (the parent's
-/// handler would only wake the parent's signal thread, which the child does
-/// not have); SIGINT, which a Ctrl-C sends to the whole process group, is
+/// handler, inherited, would write the eventfd the two share and so stop the
+/// whole server over one worker's signal); SIGINT, which a Ctrl-C sends to the whole process group, is
 /// ignored so that the parent can wind the children down gracefully.
 fn as_a_child(parent: Pid) {
     // SAFETY: prctl with an integer argument touches no memory of ours.
