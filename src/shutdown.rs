@@ -129,10 +129,10 @@ impl Shutdown {
     }
 
     /// Runs `job` on every item as a group that stands or falls together
-    /// (see [`join_all`](Shutdown::join_all)), each on a thread of its own
-    /// named by `name`; or, when there is only one item, on this thread, so
-    /// that a model that runs one loop runs in a process of one thread (see
-    /// [`on_signals`](Shutdown::on_signals)).
+    /// (see [`join_all`](Shutdown::join_all)): the first on this thread, each
+    /// other one on a thread of its own, named by `name`. N loops are then N
+    /// threads, and a model that runs one loop is a process of one thread
+    /// (see [`on_signals`](Shutdown::on_signals)).
     pub fn run_together<T: Send>(
         &self,
         items: Vec<T>,
@@ -140,24 +140,27 @@ impl Shutdown {
         name: impl Fn(usize) -> String,
         job: impl Fn(usize, T) -> anyhow::Result<()> + Sync,
     ) -> anyhow::Result<()> {
-        let panicked = || anyhow::anyhow!("{what} panicked");
-        if items.len() == 1 {
-            let only = items.into_iter().next().ok_or_else(panicked)?;
-            let run = std::panic::AssertUnwindSafe(|| job(0, only));
-            return std::panic::catch_unwind(run).unwrap_or_else(|_| Err(panicked()));
-        }
+        let mut items = items.into_iter().enumerate();
+        let Some((_, first)) = items.next() else {
+            return Ok(());
+        };
         std::thread::scope(|scope| {
-            let threads: Vec<_> = items
-                .into_iter()
-                .enumerate()
+            let job = &job;
+            let others: Vec<_> = items
                 .map(|(i, item)| {
-                    let job = &job;
                     std::thread::Builder::new()
                         .name(name(i))
                         .spawn_scoped(scope, move || job(i, item))
                 })
-                .collect::<Result<_, _>>()?;
-            self.join_all(threads, what)
+                .collect::<Result<_, _>>()
+                .inspect_err(|_| self.trigger())?; // The ones started stop too.
+            let here = std::panic::AssertUnwindSafe(|| job(0, first));
+            let here =
+                std::panic::catch_unwind(here).unwrap_or_else(|_| Err(anyhow::anyhow!("{what} panicked")));
+            if here.is_err() {
+                self.trigger();
+            }
+            here.and(self.join_all(others, what))
         })
     }
 

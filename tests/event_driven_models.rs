@@ -213,3 +213,28 @@ fn without_io_uring_the_uring_model_says_so() {
         common::stderr(&out)
     );
 }
+
+/// What `ps -L` shows: a model that runs one loop is a process of one
+/// thread (signals are handled without a thread of their own), as its C
+/// counterpart is; `--workers 2` is a thread per loop.
+#[test]
+fn a_single_loop_model_is_a_process_of_one_thread() {
+    let threads = |pid: i32| std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count();
+    for (model, workers, expected) in [
+        ("busy", "1", 1),
+        ("select", "1", 1),
+        ("poll", "1", 1),
+        ("epoll", "1", 1),
+        ("async", "1", 1),
+        ("uring", "1", 1),
+        ("epoll", "2", 2),
+        ("leader", "2", 2),
+        ("async", "2", 3), // The accept loop, and the runtime's two workers.
+    ] {
+        let server = Server::tcp(&["--model", model, "--workers", workers]);
+        // Serving already: a reply has come back.
+        assert_eq!(server.ask(b"ping\n"), "ping\n", "{model}");
+        assert_eq!(threads(server.pid()), expected, "{model} --workers {workers}");
+        assert!(server.terminate().success(), "{model}");
+    }
+}

@@ -64,19 +64,13 @@ pub fn serve(
     let answers = Answers::new(service, config.reply_cache);
     match model {
         ModelKind::Iterative => blocking(&socket, &answers, shutdown),
-        ModelKind::Pool => std::thread::scope(|scope| {
-            let workers = (0..config.workers.max(1))
-                .map(|i| {
-                    let (socket, answers) = (&socket, &answers);
-                    std::thread::Builder::new()
-                        .name(format!("udp-worker-{i}"))
-                        .spawn_scoped(scope, move || blocking(socket, answers, shutdown))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            // A worker that fails stops the others, or the scope would wait
-            // for them forever.
-            shutdown.join_all(workers, "a UDP worker")
-        }),
+        // A worker that fails stops the others, or they would serve forever.
+        ModelKind::Pool => shutdown.run_together(
+            vec![(); config.workers.max(1)],
+            "a UDP worker",
+            |i| format!("udp-worker-{i}"),
+            |_, ()| blocking(&socket, &answers, shutdown),
+        ),
         ModelKind::Epoll => event_loop(&socket, &answers, shutdown),
         ModelKind::Async => tokio_loop(socket, answers, config, shutdown),
         other => anyhow::bail!(

@@ -41,21 +41,13 @@ pub fn serve(
     let state = Mutex::new(state);
     // Whoever holds this waits for readiness: the leader.
     let leadership = Mutex::new(());
-    std::thread::scope(|scope| {
-        let mut threads = Vec::new();
-        for i in 0..config.workers.max(1) {
-            let (poller, state, leadership) = (epoll.share(), &state, &leadership);
-            let thread = std::thread::Builder::new()
-                .name(format!("leader-{i}"))
-                .spawn_scoped(scope, move || take_turns(poller, state, leadership));
-            match thread {
-                Ok(thread) => threads.push(thread),
-                Err(e) if i == 0 => return Err(anyhow::Error::new(e).context("cannot start a thread")),
-                Err(e) => tracing::warn!("cannot start thread {i}: {e}"),
-            }
-        }
-        shutdown.join_all(threads, "a leader thread")
-    })
+    let pollers = (0..config.workers.max(1)).map(|_| epoll.share()).collect();
+    shutdown.run_together(
+        pollers,
+        "a leader thread",
+        |i| format!("leader-{i}"),
+        |_, poller| take_turns(poller, &state, &leadership),
+    )
 }
 
 /// One thread's life: wait to lead, lead (wait for one event), hand on,
