@@ -41,6 +41,13 @@ fn counts_are_exact_and_the_json_has_its_keys() {
         let table = r["percentiles_us"].as_array().unwrap();
         assert!(table.iter().any(|p| p["percentile"] == 99.0));
         assert!(r["latency_us"]["p50"].as_u64().unwrap() <= r["latency_us"]["max"].as_u64().unwrap());
+        // The load generator's own CPU over what its thread could use: it
+        // did work, and no more than its one thread can (with a margin for
+        // the process' start-up threads).
+        let busy = r["load_busy"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{engine}: no load_busy in {r}"));
+        assert!(busy > 0.0 && busy < 1.5, "{engine}: load_busy {busy}");
     }
 }
 

@@ -86,6 +86,12 @@ fn two_benches_against_one_server_merge_exactly() {
         .as_u64()
         .max(rb["latency_us"]["max"].as_u64());
     assert_eq!(m["latency_us"]["max"].as_u64(), max);
+    // Load-bound if either driver was: the busier one's figure.
+    let busiest = ra["load_busy"]
+        .as_f64()
+        .unwrap()
+        .max(rb["load_busy"].as_f64().unwrap());
+    assert_eq!(m["load_busy"].as_f64(), Some(busiest));
 
     // One histogram fed both runs' samples: the merged percentiles are its.
     let (ha, hb) = (histogram(&ra), histogram(&rb));

@@ -57,6 +57,8 @@ struct Run {
     #[serde(default)]
     runs: Vec<RunInfo>,
     histogram: String,
+    #[serde(default)]
+    load_busy: Option<f64>,
 }
 
 /// One input, read and checked.
@@ -216,6 +218,7 @@ fn merge(inputs: Vec<Input>) -> anyhow::Result<BenchReport> {
     let mut per_client = Vec::new();
     let (mut requests, mut replies, mut errors, mut clients) = (0, 0, 0, 0);
     let mut rate = Some(0.0);
+    let mut load_busy: Option<f64> = None;
     let mut ids: Option<ClientIds> = None;
     let targets: Vec<&str> = inputs.iter().map(|i| i.run.target.as_str()).collect();
     let mut target_list: Vec<&str> = Vec::new();
@@ -240,6 +243,7 @@ fn merge(inputs: Vec<Input>) -> anyhow::Result<BenchReport> {
             }
         }
         rate = rate.zip(run.rate_rps).map(|(a, b)| a + b);
+        load_busy = [load_busy, run.load_busy].into_iter().flatten().reduce(f64::max);
         ids = Some(match ids {
             None => run.client_ids,
             Some(i) => ClientIds {
@@ -294,6 +298,7 @@ fn merge(inputs: Vec<Input>) -> anyhow::Result<BenchReport> {
         runs,
         start_spread_ms: Some(spread),
         histogram: hdr::encode(&histogram)?,
+        load_busy,
     })
 }
 

@@ -89,6 +89,10 @@ pub struct Row {
     /// Server CPU per reply, in microseconds (throughput).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cpu_per_request_us: Option<f64>,
+    /// How busy the load generator was, 0 to 1 (bench's `load_busy`): near
+    /// 1, requests/s may be its limit rather than the model's.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub load_busy: Option<f64>,
     /// Peak resident memory of the server and its children.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub peak_rss_kb: Option<u64>,

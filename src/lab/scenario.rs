@@ -739,6 +739,7 @@ impl Measured {
                 .count() as u64,
         );
         row.fairness = Some(bench::jain_fairness(&counts));
+        row.load_busy = report.load_busy;
         if report.replies > 0 {
             row.p50_us = Some(report.latency_us.p50);
             row.p99_us = Some(report.latency_us.p99);

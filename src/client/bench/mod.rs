@@ -373,7 +373,17 @@ pub struct BenchReport {
     /// Every latency of the run: the HdrHistogram in its standard V2
     /// compressed encoding, base64 (`HISTF...`), in microseconds.
     pub histogram: String,
+    /// How busy the load generator kept the cores it could use: its CPU
+    /// time (user + system, every thread) over the run's length times
+    /// `min(--threads, the cores it may run on)`. Near 1 it could not go
+    /// faster, and the figures may be its limit rather than the server's.
+    /// A merge has the busiest of its runs'; `null` where unknown.
+    pub load_busy: Option<f64>,
 }
+
+/// Above this share of its cores busy, the load generator may be what
+/// limits a closed loop, and the human summary says so.
+pub const LOAD_BUSY_WARNING: f64 = 0.9;
 
 /// The first and the last client id of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -598,6 +608,7 @@ fn run_once(options: &BenchOptions, target: engine::Target) -> anyhow::Result<Be
     };
     let stop = AtomicBool::new(false);
     let show_progress = !options.quiet && !options.json && io::stderr().is_terminal();
+    let cpu_before = process_cpu_time();
     let results = std::thread::scope(|scope| {
         if show_progress {
             let expected = match options.load {
@@ -612,6 +623,12 @@ fn run_once(options: &BenchOptions, target: engine::Target) -> anyhow::Result<Be
         results
     })?;
     let elapsed = plan.start.elapsed();
+    let cores = options
+        .threads
+        .min(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let load_busy = cpu_before.zip(process_cpu_time()).map(|(before, after)| {
+        (after - before).as_secs_f64() / (elapsed.as_secs_f64() * cores as f64).max(f64::EPSILON)
+    });
 
     let mut merged = new_histogram();
     let mut per_client = Vec::new();
@@ -661,7 +678,14 @@ fn run_once(options: &BenchOptions, target: engine::Target) -> anyhow::Result<Be
         runs: Vec::new(),
         start_spread_ms: None,
         histogram: hdr::encode(&merged)?,
+        load_busy,
     })
+}
+
+/// This process' CPU time so far, every thread's, user and system.
+fn process_cpu_time() -> Option<Duration> {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID).ok()?;
+    Some(Duration::from(ts))
 }
 
 /// The percentile table's rows; `latency_us` reads the same histogram the
@@ -780,6 +804,13 @@ pub fn summary(r: &BenchReport) -> String {
         figure(l.max),
         figure(l.mean.round() as u64),
     );
+    let load = match r.load_busy {
+        Some(busy) if busy >= LOAD_BUSY_WARNING => format!(
+            "  load       the load generator was busy {:.0}% of the time its threads could run: these figures may be its limit, not the server's\n",
+            busy * 100.0
+        ),
+        _ => String::new(),
+    };
     let runs = match r.start_spread_ms {
         Some(spread) if !r.runs.is_empty() => format!(
             "  merged     {} runs, started within {spread:.3} ms of each other\n",
@@ -787,7 +818,7 @@ pub fn summary(r: &BenchReport) -> String {
         ),
         _ => String::new(),
     };
-    text + &errors + &runs
+    text + &errors + &load + &runs
 }
 
 /// The CSV columns of `--csv`, one row per run.

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use super::{
     bytes, memory_per_connection, meta_lines, micros, rps_with_range, seconds, served_label, spread_summary,
-    spread_text, thousands, unp_rows, unp_verdicts, within_noise, UNP_DESIGNS,
+    spread_text, thousands, throughput_notes, unp_rows, unp_verdicts, UNP_DESIGNS,
 };
 use crate::lab::{Report, Row};
 use crate::model::ModelKind;
@@ -198,7 +198,7 @@ pub fn render(report: &Report) -> String {
             &bars,
             Axis::new("requests per second", false, tick_count),
         );
-        let notes = within_noise(&throughput);
+        let notes = throughput_notes(&throughput);
         if !notes.is_empty() {
             page += "<ul class=\"note\">";
             for n in notes {

@@ -3,7 +3,7 @@
 
 use super::{
     bytes, meta_lines, micros, rps_with_range, seconds, served_label, spread_summary, spread_text, thousands,
-    unp_rows, unp_verdicts, within_noise, work_findings, work_label, UNP_DESIGNS,
+    throughput_notes, unp_rows, unp_verdicts, work_findings, work_label, UNP_DESIGNS,
 };
 use crate::lab::{Report, Row};
 
@@ -152,10 +152,11 @@ pub fn table(rows: &[Row]) -> String {
                     starved.join(", ")
                 );
             }
-            for note in within_noise(&these) {
+            let notes = throughput_notes(&these);
+            for note in &notes {
                 out += &format!("- {note}\n");
             }
-            if !within_noise(&these).is_empty() {
+            if !notes.is_empty() {
                 out.push('\n');
             }
         }
@@ -448,6 +449,23 @@ mod tests {
     }
 
     #[test]
+    fn a_load_generator_at_its_limit_is_named() {
+        let row = |model: &str, rps: f64, busy: f64| Row {
+            model: model.into(),
+            scenario: "throughput".into(),
+            throughput_rps: Some(rps),
+            load_busy: Some(busy),
+            ..Row::default()
+        };
+        let md = table(&[row("epoll", 190_000.0, 0.96), row("poll", 120_000.0, 0.62)]);
+        assert!(
+            md.contains("the load generator was at least 90% busy driving epoll (96%): there requests/s may be its limit"),
+            "{md}"
+        );
+        assert!(!md.contains("62%"), "{md}");
+    }
+
+    #[test]
     fn starved_clients_and_backlogs_are_named() {
         let rows = vec![
             Row {
@@ -476,6 +494,7 @@ mod tests {
         ];
         let md = table(&rows);
         assert!(md.contains("| iterative | 70,586/s | 1 of 50 |"), "{md}");
+        assert!(!md.contains("load generator"), "{md}");
         assert!(md.contains("iterative served 1 of 50"), "{md}");
         assert!(md.contains("not accepted: 997 waiting in the backlog"), "{md}");
         assert!(md.contains("| select | past FD_SETSIZE |"), "{md}");

@@ -203,7 +203,29 @@ pub fn rps_with_range(row: &Row) -> String {
 
 /// Pairs of models whose requests/s differ by less than their runs'
 /// spread: which is ahead is not told by this run.
-pub fn within_noise(rows: &[&Row]) -> Vec<String> {
+/// The throughput scenario's notes: rankings within the noise, and the
+/// models whose requests/s may be the load generator's limit.
+pub fn throughput_notes(rows: &[&Row]) -> Vec<String> {
+    let mut notes = within_noise(rows);
+    let limit = crate::client::bench::LOAD_BUSY_WARNING;
+    let bound: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let busy = r.load_busy.filter(|b| *b >= limit)?;
+            Some(format!("{} ({:.0}%)", r.model, busy * 100.0))
+        })
+        .collect();
+    if !bound.is_empty() {
+        notes.push(format!(
+            "the load generator was at least {:.0}% busy driving {}: there requests/s may be its limit rather than the model's; CPU per request still compares them",
+            limit * 100.0,
+            bound.join(", ")
+        ));
+    }
+    notes
+}
+
+fn within_noise(rows: &[&Row]) -> Vec<String> {
     let mut ranked: Vec<&Row> = rows
         .iter()
         .copied()
