@@ -67,15 +67,17 @@ impl Children {
         // glibc's malloc and stdio locks are reset across fork by its atfork
         // handlers, and the other threads' locks it could meet (the ones
         // guarding logs) are taken only for a single write each.
+        let held = StopSignalsHeld::new();
         let forked = unsafe { fork() };
         match forked {
             Err(e) => {
-                drop(child);
+                drop((held, child));
                 Err(e)
             }
             Ok(ForkResult::Child) => {
                 drop(live);
                 as_a_child(parent);
+                drop(held); // Pending ones now meet the child's dispositions.
                 self.shutdown.in_a_forked_child();
                 child();
                 // SAFETY: `_exit` ends the process at once; nothing of ours
@@ -85,7 +87,7 @@ impl Children {
             Ok(ForkResult::Parent { child: pid }) => {
                 // What the closure owns (a connection) was for the child;
                 // the parent's copy closes now.
-                drop(child);
+                drop((held, child));
                 live.insert(pid);
                 shutdown::track_child(pid.as_raw());
                 changed.notify_all();
@@ -146,6 +148,32 @@ impl Children {
     }
 }
 
+/// SIGINT and SIGTERM blocked on this thread while it lives: held across
+/// `fork` so that a new child meets them only once it has its own
+/// dispositions (see [`as_a_child`]); until then the parent's handler,
+/// inherited, would stop the whole server over one child's signal.
+struct StopSignalsHeld {
+    before: signal::SigSet,
+}
+
+impl StopSignalsHeld {
+    fn new() -> Self {
+        let mut stop = signal::SigSet::empty();
+        stop.add(Signal::SIGINT);
+        stop.add(Signal::SIGTERM);
+        let mut before = signal::SigSet::empty();
+        // Cannot fail with a valid `how`; if it did, nothing is held.
+        let _ = signal::pthread_sigmask(signal::SigmaskHow::SIG_BLOCK, Some(&stop), Some(&mut before));
+        StopSignalsHeld { before }
+    }
+}
+
+impl Drop for StopSignalsHeld {
+    fn drop(&mut self) {
+        let _ = signal::pthread_sigmask(signal::SigmaskHow::SIG_SETMASK, Some(&self.before), None);
+    }
+}
+
 /// In a new child: die with the parent, and leave signal handling to it.
 ///
 /// `PR_SET_PDEATHSIG` makes the parent's death (its forking thread's, to be
@@ -155,8 +183,10 @@ impl Children {
 ///
 /// SIGTERM ends the child at once if someone sends it one (the parent's
 /// handler, inherited, would write the eventfd the two share and so stop the
-/// whole server over one worker's signal); SIGINT, which a Ctrl-C sends to the whole process group, is
-/// ignored so that the parent can wind the children down gracefully.
+/// whole server over one worker's signal); SIGINT, which a Ctrl-C sends to
+/// the whole process group, is ignored so that the parent can wind the
+/// children down gracefully. Both are blocked from before the fork until
+/// this is done ([`StopSignalsHeld`]).
 fn as_a_child(parent: Pid) {
     // SAFETY: prctl with an integer argument touches no memory of ours.
     let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
