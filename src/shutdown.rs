@@ -50,7 +50,10 @@ impl Inner {
 /// A line on stderr from a signal handler, which may not take the lock that
 /// `tracing` writes under: one write(2) of bytes formatted in advance.
 fn log_from_handler(line: &str) {
-    let _ = nix::unistd::write(std::io::stderr(), line.as_bytes());
+    // SAFETY: descriptor 2 stays open for the process' life (nothing here
+    // closes it); borrowing it touches no lock, as `std::io::stderr` might.
+    let stderr = unsafe { BorrowedFd::borrow_raw(libc::STDERR_FILENO) };
+    let _ = nix::unistd::write(stderr, line.as_bytes());
 }
 
 impl Shutdown {
