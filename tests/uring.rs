@@ -264,3 +264,19 @@ fn the_ladder_climbs_every_step_at_every_size_next_to_epoll() {
         "the chart"
     );
 }
+
+/// Stopped by SIGTERM, a uring server leaves its port free the moment it
+/// exits, under every switch: the armed accept is cancelled and reaped
+/// first, not left for the kernel to clean up after the exit (a server
+/// restarted at once on the port then failed with EADDRINUSE).
+#[test]
+fn the_port_is_free_the_moment_the_server_exits() {
+    for set in SETS {
+        let server = Server::tcp(&args(set, &["--service", "echo"]));
+        assert_eq!(server.ask(b"ping\n"), "ping\n", "{set}");
+        let port = server.port();
+        assert!(server.terminate().success(), "{set}");
+        let again = std::net::TcpListener::bind(("127.0.0.1", port));
+        assert!(again.is_ok(), "{set}: port {port} still taken: {again:?}");
+    }
+}
