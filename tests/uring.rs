@@ -28,6 +28,11 @@ fn args<'a>(set: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
+/// `socklab serve` of the uring model with `set`, on a port of its choosing.
+fn serve(set: &str) -> Vec<&str> {
+    [&["serve"][..], &args(set, &["--listen", "tcp:127.0.0.1:0"])].concat()
+}
+
 #[test]
 fn services_over_tcp_and_unix() {
     for set in SETS {
@@ -131,15 +136,7 @@ fn an_invalid_set_is_a_usage_error_naming_it() {
         ("turbo", "unknown io_uring feature 'turbo'"),
         ("batch=0", "batch takes 1 to"),
     ] {
-        let out = common::socklab(&[
-            "serve",
-            "--model",
-            "uring",
-            "--uring",
-            set,
-            "--listen",
-            "tcp:127.0.0.1:0",
-        ]);
+        let out = common::socklab(&serve(set));
         let err = common::fails_with(2, out);
         assert!(err.contains(says), "{set}: {err}");
     }
@@ -177,15 +174,7 @@ fn a_kernel_that_refuses_a_technique_gets_an_error_naming_it() {
         ("fixed-files", "IORING_REGISTER_FILES2"),
         ("send-zc", "send-zc"),
     ] {
-        let out = without_io_uring_register(&[
-            "serve",
-            "--model",
-            "uring",
-            "--uring",
-            set,
-            "--listen",
-            "tcp:127.0.0.1:0",
-        ]);
+        let out = without_io_uring_register(&serve(set));
         assert_eq!(out.status.code(), Some(1), "{set}");
         let err = common::stderr(&out);
         assert!(
