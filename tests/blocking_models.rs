@@ -129,7 +129,7 @@ fn pool_queue_at_sigterm_closes_the_queued_unserved_and_logs_its_spread() {
     let log = server.child.stderr.take().unwrap();
     let mut held = server.connect();
     assert_eq!(held.recv_some(), "Welcome!");
-    held.send(b"x");
+    held.deliver(b"x");
     let queued: Vec<Conn> = (0..3).map(|_| server.connect()).collect();
     let status = server.terminate();
     assert!(status.success(), "{status}");

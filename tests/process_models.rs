@@ -149,7 +149,7 @@ fn sigterm_mid_delay_every_client_gets_its_reply_and_nothing_is_left() {
         for c in &mut conns {
             // Welcome! is sent on accept: each connection is in a child.
             assert_eq!(c.recv_some(), "Welcome!");
-            c.send(b"x");
+            c.deliver(b"x");
         }
         let status = server.terminate();
         assert!(status.success(), "{model}: {status}");
@@ -444,7 +444,7 @@ fn a_second_signal_exits_at_once_and_leaves_nothing_behind() {
             .map(|_| {
                 let mut c = server.connect();
                 assert_eq!(c.recv_some(), "Welcome!", "{what}");
-                c.send(b"x");
+                c.deliver(b"x");
                 c
             })
             .collect();
@@ -488,7 +488,7 @@ fn after_sigterm_no_queued_client_is_taken() {
         let server = Server::tcp(&all);
         let mut held = server.connect();
         assert_eq!(held.recv_some(), "Welcome!");
-        held.send(b"x");
+        held.deliver(b"x");
         let queued: Vec<Conn> = (0..3).map(|_| server.connect()).collect();
         let status = server.terminate();
         assert!(status.success(), "{args:?}: {status}");

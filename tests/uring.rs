@@ -122,7 +122,7 @@ fn sigterm_lets_delayed_replies_finish() {
         let server = Server::tcp(&args(set, &["--service", "welcome", "--delay", "300ms"]));
         let mut conn = server.connect();
         assert_eq!(conn.recv_some(), "Welcome!", "{set}");
-        conn.send(b"x");
+        conn.deliver(b"x");
         let status = server.terminate();
         assert!(status.success(), "{set}: {status}");
         assert_eq!(conn.recv_to_end(), "Received x;", "{set}");

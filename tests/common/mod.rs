@@ -11,6 +11,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::process::{Child, ChildStderr, Command, Output, Stdio};
 use std::time::Duration;
@@ -227,6 +228,43 @@ impl Conn {
         self.write_all(data).expect("send");
     }
 
+    /// Sends `data` and returns once the server has taken it out of its
+    /// socket. A signal sent right after a bare `send` can reach the server
+    /// before the request does, and a request the server has not read is
+    /// not yet one it owes a reply to.
+    pub fn deliver(&mut self, data: &[u8]) {
+        self.send(data);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.unread_by_server() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server never read what was sent"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Whether the server's end still holds bytes its process has not read.
+    fn unread_by_server(&self) -> bool {
+        match self {
+            // The receive queue of the server's end, in /proc/net/tcp.
+            Conn::Tcp(s) => {
+                let ours = s.local_addr().expect("local address").port();
+                let theirs = s.peer_addr().expect("peer address").port();
+                server_end_unread(theirs, ours)
+            }
+            // A Unix stream's unread bytes stay charged to the sender's
+            // socket, whose SIOCOUTQ (TIOCOUTQ's number) counts them.
+            Conn::Unix(s) => {
+                let mut queued: libc::c_int = 0;
+                // SAFETY: the descriptor is open; the kernel writes one int.
+                let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+                assert_eq!(rc, 0, "SIOCOUTQ: {}", std::io::Error::last_os_error());
+                queued > 0
+            }
+        }
+    }
+
     /// Reads exactly `n` bytes.
     pub fn recv_exact(&mut self, n: usize) -> Vec<u8> {
         let mut buf = vec![0; n];
@@ -296,6 +334,27 @@ impl Conn {
         }
         Ok(sent)
     }
+}
+
+/// Whether the TCP socket bound to `local` and connected to `remote` (ports
+/// on loopback) still has bytes its process has not read; false once no
+/// such socket exists.
+fn server_end_unread(local: u16, remote: u16) -> bool {
+    let (local, remote) = (format!(":{local:04X}"), format!(":{remote:04X}"));
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        text.lines().skip(1).any(|line| {
+            // sl local_address rem_address st tx_queue:rx_queue ...
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 4
+                && f[1].ends_with(&local)
+                && f[2].ends_with(&remote)
+                && f[4]
+                    .rsplit(':')
+                    .next()
+                    .is_some_and(|rx| rx.trim_start_matches('0') != "")
+        })
+    })
 }
 
 impl Read for Conn {
@@ -443,7 +502,7 @@ pub fn sigterm_mid_delay(model: &str, delay: &str) {
     let mut conn = server.connect();
     // `Welcome!` is sent on accept, undelayed: the connection is in.
     assert_eq!(conn.recv_some(), "Welcome!");
-    conn.send(b"x");
+    conn.deliver(b"x");
     let status = server.terminate();
     assert!(status.success(), "{model}: {status}");
     assert_eq!(conn.recv_to_end(), "Received x;", "{model}");
