@@ -352,7 +352,7 @@ fn server_end_unread(local: u16, remote: u16) -> bool {
                 && f[4]
                     .rsplit(':')
                     .next()
-                    .is_some_and(|rx| rx.trim_start_matches('0') != "")
+                    .is_some_and(|rx| !rx.trim_start_matches('0').is_empty())
         })
     })
 }
