@@ -223,6 +223,23 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// A switch the chosen model has no use for is a usage error, not
+    /// ignored: `--model select --workers 4` would run one loop and be
+    /// measured as if it ran four.
+    pub fn check(&self) -> Result<(), String> {
+        let model = self.model;
+        if let Some(n) = self.workers.filter(|&n| n > 1 && !model.takes_workers()) {
+            return Err(format!(
+                "--workers {n}: the {model} model runs no workers; these do: {}",
+                ModelKind::names_where(ModelKind::takes_workers)
+            ));
+        }
+        if self.uring.is_some() && model != ModelKind::Uring {
+            return Err(format!("--uring is for --model uring, not {model}"));
+        }
+        Ok(())
+    }
+
     pub fn into_options(self) -> ServeOptions {
         let mut service = ServiceConfig::new(self.service);
         service.framing = self.framing.unwrap_or(self.service.default_framing());

@@ -9,6 +9,18 @@ use socklab::model::ModelKind;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Serve(args) = &cli.command {
+        if let Err(why) = args.check() {
+            // Shaped and exited (status 2) as clap's own usage errors are.
+            let mut cli = Cli::command();
+            cli.build();
+            let serve = cli.find_subcommand_mut("serve").map(std::mem::take);
+            let mut command = serve.unwrap_or(cli);
+            command
+                .error(clap::error::ErrorKind::ArgumentConflict, why)
+                .exit();
+        }
+    }
     init_logging();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,

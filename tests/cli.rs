@@ -402,6 +402,25 @@ fn socat_spellings_that_do_not_apply_say_so() {
     }
 }
 
+/// A switch the model would ignore is refused before anything is bound:
+/// `select --workers 4` would run one loop and be measured as four.
+#[test]
+fn a_switch_the_model_has_no_use_for_is_a_usage_error() {
+    for model in ["iterative", "thread", "fork", "busy", "select", "poll"] {
+        let err = fails_with(2, socklab(&["serve", "--model", model, "--workers", "4"]));
+        assert!(
+            err.contains(&format!("the {model} model runs no workers")),
+            "{err}"
+        );
+        assert!(err.contains("Usage: socklab serve"), "{err}");
+    }
+    let err = fails_with(2, socklab(&["serve", "--model", "epoll", "--uring", "sqpoll"]));
+    assert!(err.contains("--uring is for --model uring, not epoll"), "{err}");
+    // One worker is what these models run: saying so is not an error.
+    let server = Server::tcp(&["--model", "select", "--workers", "1"]);
+    assert_eq!(server.ask(b"one\n"), "one\n");
+}
+
 #[test]
 fn a_message_beginning_with_a_dash_needs_double_dash() {
     let err = fails_with(2, socklab(&["send", ":7", "-2 ^ 2"]));

@@ -242,6 +242,21 @@ impl ModelKind {
         delay * rounds as u32
     }
 
+    /// Whether `--workers` means anything to the model: threads, processes
+    /// or loops it runs N of. The others run one (iterative, busy, select,
+    /// poll) or one per connection (thread, fork).
+    pub fn takes_workers(self) -> bool {
+        !matches!(
+            self,
+            ModelKind::Iterative
+                | ModelKind::Thread
+                | ModelKind::Fork
+                | ModelKind::Busy
+                | ModelKind::Select
+                | ModelKind::Poll
+        )
+    }
+
     /// `--workers` when the user gives none.
     pub fn default_workers(self) -> usize {
         match self {
