@@ -134,16 +134,9 @@ fn fork_leaves_no_zombies_and_no_descriptors_behind() {
 #[test]
 fn sigterm_mid_delay_every_client_gets_its_reply_and_nothing_is_left() {
     for model in PROCESS_MODELS {
-        let server = Server::tcp(&[
-            "--model",
-            model,
-            "--workers",
-            "5",
-            "--service",
-            "welcome",
-            "--delay",
-            "500ms",
-        ]);
+        let mut args = common::model_with_workers(model, "5");
+        args.extend(["--service", "welcome", "--delay", "500ms"]);
+        let server = Server::tcp(&args);
         let pid = server.pid();
         let mut conns: Vec<Conn> = (0..5).map(|_| server.connect()).collect();
         for c in &mut conns {
@@ -333,7 +326,8 @@ fn port_frees(port: u16) -> bool {
 /// Starts `model` serving echo with three connections open, each held by a
 /// child process; returns the server and the connections.
 fn serving_three(model: &str, listen: &str) -> (Server, Vec<Conn>) {
-    let args = ["--model", model, "--workers", "3", "--service", "echo"];
+    let mut args = common::model_with_workers(model, "3");
+    args.extend(["--service", "echo"]);
     let server = if listen == "unix" {
         Server::unix(&args)
     } else {
@@ -380,18 +374,8 @@ fn kill_9_takes_every_child_down_and_frees_the_port() {
 /// signal has been taken.
 fn logged(model: &str, listen: &str) -> (Server, BufReader<std::process::ChildStderr>) {
     // Replies held long past the signals: the first signal must wait for them.
-    let args = [
-        "--model",
-        model,
-        "--workers",
-        "3",
-        "--service",
-        "welcome",
-        "--delay",
-        "60s",
-        "--grace",
-        "60s",
-    ];
+    let mut args = common::model_with_workers(model, "3");
+    args.extend(["--service", "welcome", "--delay", "60s", "--grace", "60s"]);
     logged_with(&args, listen)
 }
 

@@ -202,6 +202,19 @@ pub fn children_of(parent: i32) -> Vec<(i32, char)> {
     found
 }
 
+/// `--model MODEL --workers N`, without `--workers` for a model that runs
+/// none (fork, select...), which refuses it: one list of arguments for a
+/// test that walks models of both kinds.
+pub fn model_with_workers<'a>(model: &'a str, workers: &'a str) -> Vec<&'a str> {
+    let kind = socklab::model::ModelKind::all()
+        .iter()
+        .find(|m| m.name() == model);
+    match kind {
+        Some(kind) if !kind.takes_workers() => vec!["--model", model],
+        _ => vec!["--model", model, "--workers", workers],
+    }
+}
+
 /// A client connection over TCP or a Unix socket, with a read timeout so a
 /// broken server fails the test instead of hanging it.
 pub enum Conn {
