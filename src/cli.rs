@@ -234,6 +234,15 @@ impl ServeArgs {
                 ModelKind::names_where(ModelKind::takes_workers)
             ));
         }
+        let only_udp = self.listen.iter().all(|a| matches!(a, Addr::Udp(_)));
+        if let Some(n) = self
+            .workers
+            .filter(|&n| n > 1 && only_udp && model == ModelKind::Epoll)
+        {
+            return Err(format!(
+                "--workers {n}: epoll serves UDP with one loop; pool and async take --workers over UDP"
+            ));
+        }
         if self.uring.is_some() && model != ModelKind::Uring {
             return Err(format!("--uring is for --model uring, not {model}"));
         }
