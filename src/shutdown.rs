@@ -47,13 +47,60 @@ impl Inner {
     }
 }
 
-/// A line on stderr from a signal handler, which may not take the lock that
-/// `tracing` writes under: one write(2) of bytes formatted in advance.
-fn log_from_handler(line: &str) {
+/// A line on stderr from a signal handler, in the shape of `tracing`'s
+/// (`2026-11-23T20:26:23.755608Z  INFO message`), without `tracing`: a
+/// handler may not take the lock it writes under, nor allocate. So one
+/// write(2) of a line formatted on the stack.
+fn log_from_handler(level: &str, message: &str) {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut buf = [0u8; 512];
+    let line = handler_line(&mut buf, since_epoch, level, message);
     // SAFETY: descriptor 2 stays open for the process' life (nothing here
     // closes it); borrowing it touches no lock, as `std::io::stderr` might.
     let stderr = unsafe { BorrowedFd::borrow_raw(libc::STDERR_FILENO) };
-    let _ = nix::unistd::write(stderr, line.as_bytes());
+    let _ = nix::unistd::write(stderr, line);
+}
+
+/// `buf` filled with `TIMESTAMP LEVEL MESSAGE\n` (cut to fit, the newline
+/// kept), as `tracing_subscriber`'s default format writes it: UTC to the
+/// microsecond, the level right-aligned in five columns.
+fn handler_line<'a>(buf: &'a mut [u8], since_epoch: Duration, level: &str, message: &str) -> &'a [u8] {
+    use std::io::Write;
+    let secs = since_epoch.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let of_day = secs % 86_400;
+    let room = buf.len() - 1;
+    let mut out = std::io::Cursor::new(&mut buf[..room]);
+    // core::fmt into a slice: no allocation, no lock. A line too long for
+    // the buffer is cut where it ends.
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z {level:>5} {message}",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60,
+        since_epoch.subsec_micros(),
+    );
+    let end = out.position() as usize;
+    buf[end] = b'\n';
+    &buf[..=end]
+}
+
+/// The proleptic Gregorian date of a day counted from 1970-01-01: Howard
+/// Hinnant's `civil_from_days` (chrono and time do the same sum; taking a
+/// dependency for ten lines that a signal handler may run is not worth it).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // day of the 400-year era
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // from March 1st
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 impl Shutdown {
@@ -114,13 +161,13 @@ impl Shutdown {
         for (signal, name) in [(SIGINT, "SIGINT"), (SIGTERM, "SIGTERM")] {
             let (inner, seen) = (self.inner.clone(), seen.clone());
             let first =
-                format!("INFO {name}: shutting down: no new connections, {grace:?} for the ones in flight\n");
+                format!("{name}: shutting down: no new connections, {grace:?} for the ones in flight");
             let action = move || {
                 if seen.fetch_add(1, Ordering::SeqCst) > 0 {
-                    log_from_handler("WARN second signal: exiting now\n");
+                    log_from_handler("WARN", "second signal: exiting now");
                     exit_now(1);
                 }
-                log_from_handler(&first);
+                log_from_handler("INFO", &first);
                 inner.trigger();
             };
             // SAFETY: the action is async-signal-safe: atomics, write(2) to
@@ -266,6 +313,26 @@ impl AsFd for Shutdown {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_handler_line_has_the_shape_of_tracings() {
+        let mut buf = [0u8; 512];
+        for (secs, micros, want) in [
+            (0, 0, "1970-01-01T00:00:00.000000Z"),
+            (951_782_400, 7, "2000-02-29T00:00:00.000007Z"),
+            (1_795_465_583, 755_608, "2026-11-23T20:26:23.755608Z"),
+            (4_107_542_399, 999_999, "2100-02-28T23:59:59.999999Z"),
+        ] {
+            let at = Duration::new(secs, micros * 1000);
+            let line = handler_line(&mut buf, at, "INFO", "SIGTERM: shutting down");
+            let want = format!("{want}  INFO SIGTERM: shutting down\n");
+            assert_eq!(std::str::from_utf8(line).unwrap(), want);
+        }
+        let mut small = [0u8; 40];
+        let line = handler_line(&mut small, Duration::ZERO, "WARN", &"x".repeat(100));
+        assert_eq!(line.len(), 40, "cut to the buffer");
+        assert!(line.starts_with(b"1970-01-01T00:00:00.000000Z  WARN xxx") && line.ends_with(b"x\n"));
+    }
 
     #[test]
     fn becomes_and_stays_readable() {
