@@ -11,14 +11,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Serve(args) = &cli.command {
         if let Err(why) = args.check() {
-            // Shaped and exited (status 2) as clap's own usage errors are.
-            let mut cli = Cli::command();
-            cli.build();
-            let serve = cli.find_subcommand_mut("serve").map(std::mem::take);
-            let mut command = serve.unwrap_or(cli);
-            command
-                .error(clap::error::ErrorKind::ArgumentConflict, why)
-                .exit();
+            usage_error("serve", why);
         }
     }
     init_logging();
@@ -68,6 +61,18 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Exits with status 2 and `why`, shaped as clap's own usage errors are,
+/// under the usage line of `subcommand`.
+fn usage_error(subcommand: &str, why: String) -> ! {
+    let mut cli = Cli::command();
+    cli.build();
+    let found = cli.find_subcommand_mut(subcommand).map(std::mem::take);
+    let mut command = found.unwrap_or(cli);
+    command
+        .error(clap::error::ErrorKind::ArgumentConflict, why)
+        .exit()
 }
 
 /// Shell completions or the man page, generated from the clap definitions.
