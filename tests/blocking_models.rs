@@ -172,3 +172,34 @@ fn every_service_works_on_pool_queue() {
     b.send(b"FIND ann\n");
     assert_eq!(b.recv_exact(9), b"OK ann 1\n", "another worker sees the change");
 }
+
+/// What the SIGTERM tests wait on before signalling (`Conn::deliver`): a
+/// request the server's process has not read is seen as unread, over TCP
+/// and Unix sockets, and no longer once it has been read.
+#[test]
+fn a_request_is_seen_unread_until_the_server_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let (tcp, addr) = common::tcp_listener();
+    let mut pairs: Vec<(Conn, Box<dyn Read>)> = vec![
+        (Conn::to(&addr), Box::new(tcp.accept().unwrap().0)),
+        (
+            Conn::to(&format!("unix:{}", path.display())),
+            Box::new(unix.accept().unwrap().0),
+        ),
+    ];
+    for (client, server) in &mut pairs {
+        assert!(!client.unread_by_server(), "nothing sent yet");
+        client.send(b"hello");
+        // In the server's queue once the loopback's softirq has run.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !client.unread_by_server() {
+            assert!(std::time::Instant::now() < deadline, "sent, never seen unread");
+            std::thread::yield_now();
+        }
+        let mut got = [0u8; 5];
+        server.read_exact(&mut got).unwrap();
+        assert!(!client.unread_by_server(), "read");
+    }
+}

@@ -10,8 +10,8 @@
 #![allow(dead_code)] // Each test file uses its own subset.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, ChildStderr, Command, Output, Stdio};
 use std::time::Duration;
@@ -105,9 +105,9 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
+        // SAFETY: a plain system call on integers; the pid is our child's,
+        // not yet waited for, so not reused.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
         self.child.wait().expect("wait for serve")
     }
 
@@ -258,14 +258,14 @@ impl Conn {
     }
 
     /// Whether the server's end still holds bytes its process has not read.
-    fn unread_by_server(&self) -> bool {
+    pub fn unread_by_server(&self) -> bool {
         match self {
             // The receive queue of the server's end, in /proc/net/tcp.
-            Conn::Tcp(s) => {
-                let ours = s.local_addr().expect("local address").port();
-                let theirs = s.peer_addr().expect("peer address").port();
-                server_end_unread(theirs, ours)
-            }
+            // The receive queue of the server's end, from the kernel.
+            Conn::Tcp(s) => server_end_unread(
+                s.peer_addr().expect("peer address"),
+                s.local_addr().expect("local address"),
+            ),
             // A Unix stream's unread bytes stay charged to the sender's
             // socket, whose SIOCOUTQ (TIOCOUTQ's number) counts them.
             Conn::Unix(s) => {
@@ -349,25 +349,69 @@ impl Conn {
     }
 }
 
-/// Whether the TCP socket bound to `local` and connected to `remote` (ports
-/// on loopback) still has bytes its process has not read; false once no
-/// such socket exists.
-fn server_end_unread(local: u16, remote: u16) -> bool {
-    let (local, remote) = (format!(":{local:04X}"), format!(":{remote:04X}"));
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
-        let text = std::fs::read_to_string(table).unwrap_or_default();
-        text.lines().skip(1).any(|line| {
-            // sl local_address rem_address st tx_queue:rx_queue ...
-            let f: Vec<&str> = line.split_whitespace().collect();
-            f.len() > 4
-                && f[1].ends_with(&local)
-                && f[2].ends_with(&remote)
-                && f[4]
-                    .rsplit(':')
-                    .next()
-                    .is_some_and(|rx| !rx.trim_start_matches('0').is_empty())
-        })
-    })
+/// Whether the TCP socket bound to `server` and connected to `client` still
+/// holds bytes its process has not read; false if there is no such socket.
+///
+/// Asked of the kernel's socket diagnostics (sock_diag(7), as `ss` does)
+/// for that one socket by its addresses: a lookup, where /proc/net/tcp
+/// lists every socket of the machine (26 ms with the 10,000 connections a
+/// test running alongside may hold, long enough to make a 300 ms window
+/// miss). By hand on libc: the request is two fixed structs, and no
+/// well-kept crate is worth a dependency for it.
+fn server_end_unread(server: SocketAddr, client: SocketAddr) -> bool {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLMSG_HDRLEN: usize = 16;
+    // struct inet_diag_req_v2 after the header: family, protocol, ext, pad,
+    // states, then struct inet_diag_sockid: sport, dport (big-endian),
+    // src[16], dst[16], if, cookie[2].
+    let mut req = [0u8; NLMSG_HDRLEN + 56];
+    let len = req.len() as u32;
+    req[0..4].copy_from_slice(&len.to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    let body = &mut req[NLMSG_HDRLEN..];
+    let ip = |a: SocketAddr| match a.ip() {
+        std::net::IpAddr::V4(v4) => (libc::AF_INET as u8, v4.octets().to_vec()),
+        std::net::IpAddr::V6(v6) => (libc::AF_INET6 as u8, v6.octets().to_vec()),
+    };
+    let ((family, src), (_, dst)) = (ip(server), ip(client));
+    body[0] = family;
+    body[1] = libc::IPPROTO_TCP as u8;
+    body[4..8].copy_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    body[8..10].copy_from_slice(&server.port().to_be_bytes());
+    body[10..12].copy_from_slice(&client.port().to_be_bytes());
+    body[12..12 + src.len()].copy_from_slice(&src);
+    body[28..28 + dst.len()].copy_from_slice(&dst);
+    body[48..56].fill(0xff); // INET_DIAG_NOCOOKIE: any socket of these addresses
+                             // SAFETY: plain system calls on a descriptor this function owns, with
+                             // buffers that outlive them.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    assert!(fd >= 0, "netlink socket: {}", std::io::Error::last_os_error());
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sent = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    assert_eq!(
+        sent,
+        req.len() as isize,
+        "sock_diag request: {}",
+        std::io::Error::last_os_error()
+    );
+    let mut reply = [0u8; 1024];
+    let got = unsafe { libc::recv(fd.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
+    assert!(got >= 0, "sock_diag reply: {}", std::io::Error::last_os_error());
+    // The one struct inet_diag_msg (its idiag_rqueue 56 bytes in), or an
+    // NLMSG_ERROR: ENOENT when the socket is gone.
+    let kind = u16::from_ne_bytes([reply[4], reply[5]]);
+    if kind != SOCK_DIAG_BY_FAMILY || (got as usize) < NLMSG_HDRLEN + 60 {
+        return false;
+    }
+    let at = NLMSG_HDRLEN + 56;
+    u32::from_ne_bytes(reply[at..at + 4].try_into().expect("four bytes")) > 0
 }
 
 impl Read for Conn {
