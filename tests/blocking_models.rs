@@ -129,8 +129,10 @@ fn pool_queue_at_sigterm_closes_the_queued_unserved_and_logs_its_spread() {
     let log = server.child.stderr.take().unwrap();
     let mut held = server.connect();
     assert_eq!(held.recv_some(), "Welcome!");
-    held.deliver(b"x");
     let queued: Vec<Conn> = (0..3).map(|_| server.connect()).collect();
+    // The worker, waiting for the held one's request, takes no other; the
+    // request starts its 300 ms, and the signal comes within them.
+    held.deliver(b"x");
     let status = server.terminate();
     assert!(status.success(), "{status}");
     assert_eq!(held.recv_to_end(), "Received x;", "the one held finishes");

@@ -472,8 +472,10 @@ fn after_sigterm_no_queued_client_is_taken() {
         let server = Server::tcp(&all);
         let mut held = server.connect();
         assert_eq!(held.recv_some(), "Welcome!");
-        held.deliver(b"x");
         let queued: Vec<Conn> = (0..3).map(|_| server.connect()).collect();
+        // The worker, waiting for the held one's request, takes no other;
+        // the request starts its 300 ms, and the signal comes within them.
+        held.deliver(b"x");
         let status = server.terminate();
         assert!(status.success(), "{args:?}: {status}");
         assert_eq!(
