@@ -195,11 +195,8 @@ fn a_request_is_seen_unread_until_the_server_reads_it() {
         assert!(!client.unread_by_server(), "nothing sent yet");
         client.send(b"hello");
         // In the server's queue once the loopback's softirq has run.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !client.unread_by_server() {
-            assert!(std::time::Instant::now() < deadline, "sent, never seen unread");
-            std::thread::yield_now();
-        }
+        let limit = std::time::Duration::from_secs(10);
+        common::eventually(limit, "sent, never seen unread", || client.unread_by_server());
         let mut got = [0u8; 5];
         server.read_exact(&mut got).unwrap();
         assert!(!client.unread_by_server(), "read");

@@ -72,16 +72,6 @@ fn fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-/// Waits until `done` holds, polling what the kernel reports; panics with
-/// `what` after `limit`.
-fn eventually(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < until, "{what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A well-behaved client: one line, its echo.
 fn served(server: &Server, case: &str) {
     let mut conn = server.connect();
@@ -244,12 +234,12 @@ fn attack_every_way(model: &str, server: Server) {
     );
     served(&server, "a peer that never reads");
 
-    eventually(
+    common::eventually(
         Duration::from_secs(20),
         &format!("{model}: descriptors back"),
         || fds(pid) <= fds_at_start + 2,
     );
-    eventually(Duration::from_secs(20), &format!("{model}: threads back"), || {
+    common::eventually(Duration::from_secs(20), &format!("{model}: threads back"), || {
         threads(pid) <= threads_at_start + 2
     });
     let rss = rss_kb(pid);

@@ -308,21 +308,6 @@ fn port_is_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// Whether the port is free within a second. A ring's requests (uring's
-/// armed accept among them) are torn down by a kernel worker after the
-/// process exits, which then lets the listener go: a fraction of a
-/// millisecond later, and nothing to wait on but the port itself.
-fn port_frees(port: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while !port_is_free(port) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    true
-}
-
 /// Starts `model` serving echo with three connections open, each held by a
 /// child process; returns the server and the connections.
 fn serving_three(model: &str, listen: &str) -> (Server, Vec<Conn>) {
@@ -449,7 +434,15 @@ fn a_second_signal_exits_at_once_and_leaves_nothing_behind() {
         all_gone(&kids, &what);
         match server.addr.strip_prefix("unix:") {
             Some(path) => assert!(!std::path::Path::new(path).exists(), "{what}: {path} left behind"),
-            None => assert!(port_frees(server.port()), "{what}: port still taken"),
+            // After `_exit`, a ring's requests (uring's armed accept among
+            // them) are torn down by a kernel worker, which then lets the
+            // listener go: a fraction of a millisecond later, and nothing to
+            // wait on but the port itself.
+            None => common::eventually(
+                Duration::from_secs(1),
+                &format!("{what}: port still taken"),
+                || port_is_free(server.port()),
+            ),
         }
         drop(conns);
     }

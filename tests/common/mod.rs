@@ -180,6 +180,17 @@ pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
     ready == 1
 }
 
+/// Waits until `done` holds, polling what the kernel reports; panics with
+/// `what` after `limit`. For states that give no readiness signal to wait
+/// on (a socket's queue, a port, a process's thread count).
+pub fn eventually(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(std::time::Instant::now() < until, "{what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// The pids of `parent`'s children, with their state letter (`Z` = zombie).
 pub fn children_of(parent: i32) -> Vec<(i32, char)> {
     let mut found = Vec::new();
@@ -247,20 +258,16 @@ impl Conn {
     /// not yet one it owes a reply to.
     pub fn deliver(&mut self, data: &[u8]) {
         self.send(data);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while self.unread_by_server() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the server never read what was sent"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        eventually(
+            Duration::from_secs(10),
+            "the server never read what was sent",
+            || !self.unread_by_server(),
+        );
     }
 
     /// Whether the server's end still holds bytes its process has not read.
     pub fn unread_by_server(&self) -> bool {
         match self {
-            // The receive queue of the server's end, in /proc/net/tcp.
             // The receive queue of the server's end, from the kernel.
             Conn::Tcp(s) => server_end_unread(
                 s.peer_addr().expect("peer address"),
@@ -382,9 +389,10 @@ fn server_end_unread(server: SocketAddr, client: SocketAddr) -> bool {
     body[10..12].copy_from_slice(&client.port().to_be_bytes());
     body[12..12 + src.len()].copy_from_slice(&src);
     body[28..28 + dst.len()].copy_from_slice(&dst);
-    body[48..56].fill(0xff); // INET_DIAG_NOCOOKIE: any socket of these addresses
-                             // SAFETY: plain system calls on a descriptor this function owns, with
-                             // buffers that outlive them.
+    // INET_DIAG_NOCOOKIE: whichever socket has these addresses.
+    body[48..56].fill(0xff);
+    // SAFETY: plain system calls on a descriptor this function owns, with
+    // buffers that outlive them.
     let fd = unsafe {
         libc::socket(
             libc::AF_NETLINK,
