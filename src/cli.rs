@@ -228,19 +228,21 @@ impl ServeArgs {
     /// measured as if it ran four.
     pub fn check(&self) -> Result<(), String> {
         let model = self.model;
-        if let Some(n) = self.workers.filter(|&n| n > 1 && !model.takes_workers()) {
-            return Err(format!(
-                "--workers {n}: the {model} model runs no workers; these do: {}",
-                ModelKind::names_where(ModelKind::takes_workers)
-            ));
-        }
+        // Over UDP only, the datagram loops decide; with a stream listener
+        // too, the stream model does.
         let only_udp = self.listen.iter().all(|a| matches!(a, Addr::Udp(_)));
-        if let Some(n) = self
-            .workers
-            .filter(|&n| n > 1 && only_udp && model == ModelKind::Epoll)
-        {
+        let takes = |m: ModelKind| {
+            if only_udp {
+                m.takes_workers_over_udp()
+            } else {
+                m.takes_workers()
+            }
+        };
+        let over = if only_udp { " over UDP" } else { "" };
+        if let Some(n) = self.workers.filter(|&n| n > 1 && !takes(model)) {
             return Err(format!(
-                "--workers {n}: epoll serves UDP with one loop; pool and async take --workers over UDP"
+                "--workers {n}: the {model} model runs no workers{over}; these do: {}",
+                ModelKind::names_where(takes)
             ));
         }
         if self.uring.is_some() && model != ModelKind::Uring {

@@ -153,8 +153,9 @@ impl Shutdown {
     /// cancellation (4% of the epoll model's echo throughput on the machine
     /// of README's figures). A handler may only do what is async-signal-safe,
     /// so this one sets the flag, writes the eventfd (the self-pipe trick),
-    /// and writes a log line formatted in advance; the interrupted system
-    /// call returns `EINTR`, which every loop takes as "look again".
+    /// and writes its log line with one write(2) (`log_from_handler`);
+    /// the interrupted system call returns `EINTR`, which every loop takes
+    /// as "look again".
     pub fn on_signals(&self, grace: Duration) -> std::io::Result<()> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let seen = Arc::new(AtomicUsize::new(0));

@@ -257,6 +257,13 @@ impl ModelKind {
         )
     }
 
+    /// Whether `--workers` means anything to the model serving UDP
+    /// (datagram.rs): pool's threads and async's runtime; epoll's loop and
+    /// iterative are one.
+    pub fn takes_workers_over_udp(self) -> bool {
+        matches!(self, ModelKind::Pool | ModelKind::Async)
+    }
+
     /// `--workers` when the user gives none.
     pub fn default_workers(self) -> usize {
         match self {
