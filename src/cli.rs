@@ -9,7 +9,7 @@ use crate::addr::{Addr, SocatAddr};
 use crate::client::bench::{BenchOptions, Load, Payload};
 use crate::client::send::SendOptions;
 use crate::client::talk::TalkOptions;
-use crate::lab::{Knobs, LabOptions, Scenario};
+use crate::lab::{scenario, Knobs, LabOptions, Scenario};
 use crate::model::{ModelKind, ServerConfig};
 use crate::relay::RelayOptions;
 use crate::server::ServeOptions;
@@ -592,9 +592,10 @@ pub struct LabArgs {
     /// Models to compare, comma-separated [default: all]
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     pub models: Vec<ModelKind>,
-    /// Scenarios to run, comma-separated: delay, throughput, idle, c10k, unp, work [default: all]
-    #[arg(long, value_delimiter = ',', value_name = "LIST")]
-    pub scenarios: Vec<Scenario>,
+    /// Scenarios to run, comma-separated (the help lists them all)
+    #[arg(long, value_delimiter = ',', value_name = "LIST", value_parser = scenario::parse,
+          help = scenario::help())]
+    pub scenarios: Vec<&'static dyn Scenario>,
     /// Write the rows as JSON
     #[arg(long, value_name = "FILE")]
     pub json: Option<std::path::PathBuf>,
@@ -605,7 +606,7 @@ pub struct LabArgs {
     #[arg(long, value_name = "FILE", default_value = "socklab-report.html")]
     pub html: std::path::PathBuf,
     /// Run each scenario N times and report the median, min and max
-    /// [default: 3 for throughput, 1 for the others]
+    /// [default: 3 for scenarios that compare servers, 1 for the others]
     #[arg(long, value_name = "N", value_parser = parse_runs)]
     pub runs: Option<usize>,
     /// c10k: the idle connections held at each step, comma-separated
@@ -652,7 +653,7 @@ impl LabArgs {
                 self.models
             },
             scenarios: if self.scenarios.is_empty() {
-                Scenario::ALL.to_vec()
+                scenario::default_set()
             } else {
                 self.scenarios
             },

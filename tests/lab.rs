@@ -5,6 +5,7 @@ mod common;
 
 use common::{fails_with, socklab, stderr, stdout, without_io_uring};
 use socklab::lab::export::json;
+use socklab::lab::scenario::{DelayFigures, IdleFigures, UnpFigures};
 
 /// `socklab lab ARGS --json FILE --html none`, which must succeed: its
 /// output and the report it wrote.
@@ -48,7 +49,10 @@ fn delay_lab_matches_theory_and_exports_agree() {
     for row in &rows {
         assert_eq!(row.scenario, "delay");
         assert_eq!(row.error, None, "{row:?}");
-        let (made, theory) = (row.makespan_s.unwrap(), row.theory_s.unwrap());
+        let (made, theory) = (
+            row.figures::<DelayFigures>().makespan_s.unwrap(),
+            row.figures::<DelayFigures>().theory_s.unwrap(),
+        );
         // Lower bound exact; the upper one wide, for a loaded machine.
         assert!(
             made >= theory * 0.99 && made < theory * 2.0 + 0.5,
@@ -59,13 +63,16 @@ fn delay_lab_matches_theory_and_exports_agree() {
         let line = format!("| {} | {:.2} s | {:.2} s | 5 of 5 |", row.model, made, theory);
         assert!(markdown.contains(&line), "{line} not in\n{markdown}");
         // Every client's lane, from connect to reply.
-        let lanes = row.lanes.as_ref().expect("lanes");
+        let lanes = row.figures::<DelayFigures>().lanes.expect("lanes");
         assert_eq!(lanes.len(), 5);
         assert!(lanes
             .iter()
             .all(|l| l.connected_s <= l.last_byte_s && l.last_byte_s.is_some()));
     }
-    let theory: Vec<f64> = rows.iter().map(|r| r.theory_s.unwrap()).collect();
+    let theory: Vec<f64> = rows
+        .iter()
+        .map(|r| r.figures::<DelayFigures>().theory_s.unwrap())
+        .collect();
     assert_eq!(
         theory,
         [1.0, 0.2, 0.4],
@@ -99,8 +106,11 @@ fn delay_lab_matches_theory_and_exports_agree() {
         "the meta block"
     );
     assert!(
-        page.contains("href=\"src/model/pool.rs\""),
-        "each model links its source"
+        page.contains(&format!(
+            "href=\"file://{}/src/model/pool.rs\"",
+            env!("CARGO_MANIFEST_DIR")
+        )),
+        "each model links its source, absolutely"
     );
     for link in [
         "src=\"http",
@@ -176,9 +186,12 @@ fn idle_memory_only_for_accepted_connections() {
     let (pool, epoll) = (row("pool"), row("epoll"));
     // A pool of 3 holds 3 connections; the other 47 wait in the backlog.
     assert_eq!((pool.accepted, pool.backlog), (Some(3), Some(47)), "{pool:?}");
-    assert_eq!(pool.pss_per_conn_bytes, None);
+    assert_eq!(pool.figures::<IdleFigures>().pss_per_conn_bytes, None);
     assert_eq!((epoll.accepted, epoll.backlog), (Some(50), Some(0)), "{epoll:?}");
-    assert!(epoll.pss_per_conn_bytes.is_some(), "{epoll:?}");
+    assert!(
+        epoll.figures::<IdleFigures>().pss_per_conn_bytes.is_some(),
+        "{epoll:?}"
+    );
     assert!(
         stdout(&out).contains("not accepted: 47 waiting in the backlog"),
         "{}",
@@ -237,13 +250,33 @@ fn unp_cpu_per_connection_over_iterative_and_the_accept_spread() {
     for (model, unp_row) in [("iterative", 0), ("prefork", 2), ("pool", 7)] {
         let r = row(model);
         assert_eq!(r.error, None, "{r:?}");
-        assert_eq!(r.unp_row, Some(unp_row));
-        assert_eq!((r.connections, r.errors), (Some(120), Some(0)), "{r:?}");
-        assert!(r.cpu_per_conn_us.is_some_and(|c| c > 0.0), "{r:?}");
-        assert!(r.cpu_per_conn_over_iterative_us.is_some(), "{r:?}");
-        assert!(r.connections_per_s.is_some_and(|c| c > 0.0), "{r:?}");
+        assert_eq!(r.figures::<UnpFigures>().unp_row, Some(unp_row));
+        assert_eq!(
+            (r.figures::<UnpFigures>().connections, r.errors),
+            (Some(120), Some(0)),
+            "{r:?}"
+        );
+        assert!(
+            r.figures::<UnpFigures>().cpu_per_conn_us.is_some_and(|c| c > 0.0),
+            "{r:?}"
+        );
+        assert!(
+            r.figures::<UnpFigures>().cpu_per_conn_over_iterative_us.is_some(),
+            "{r:?}"
+        );
+        assert!(
+            r.figures::<UnpFigures>()
+                .connections_per_s
+                .is_some_and(|c| c > 0.0),
+            "{r:?}"
+        );
     }
-    assert_eq!(row("iterative").cpu_per_conn_over_iterative_us, Some(0.0));
+    assert_eq!(
+        row("iterative")
+            .figures::<UnpFigures>()
+            .cpu_per_conn_over_iterative_us,
+        Some(0.0)
+    );
     // Each worker's accepts, from the line the server logs at shutdown:
     // three workers, every connection counted once.
     for model in ["prefork", "pool"] {
@@ -326,7 +359,7 @@ fn a_model_that_cannot_start_is_reported_and_the_lab_goes_on() {
     assert!(why.contains("io_uring is not available"), "{why}");
     let thread = rows.iter().find(|r| r.model == "thread").unwrap();
     assert_eq!(thread.error, None);
-    assert!(thread.makespan_s.is_some());
+    assert!(thread.figures::<DelayFigures>().makespan_s.is_some());
 
     // And when nothing can run, the lab fails.
     let err = fails_with(

@@ -211,6 +211,7 @@ fn the_ladder_climbs_every_step_at_every_size_next_to_epoll() {
         &html,
     ]);
     assert!(out.status.success(), "{}", common::stderr(&out));
+    use socklab::lab::scenario::LadderFigures;
     let report = socklab::lab::export::json::parse(&std::fs::read_to_string(&j).unwrap()).unwrap();
     let rows: Vec<_> = report
         .rows
@@ -222,7 +223,10 @@ fn the_ladder_climbs_every_step_at_every_size_next_to_epoll() {
     for size in [64, 512, 16384] {
         let at: Vec<_> = rows.iter().filter(|r| r.message_bytes == Some(size)).collect();
         assert_eq!(at[0].model, "epoll");
-        let steps: Vec<&str> = at[1..].iter().filter_map(|r| r.step.as_deref()).collect();
+        let steps: Vec<String> = at[1..]
+            .iter()
+            .filter_map(|r| r.figures::<LadderFigures>().step)
+            .collect();
         assert_eq!(
             steps,
             [
@@ -240,7 +244,7 @@ fn the_ladder_climbs_every_step_at_every_size_next_to_epoll() {
                 r.error.is_some() || r.throughput_rps.is_some_and(|t| t > 0.0),
                 "{} {:?} at {size}: no figure and no reason",
                 r.model,
-                r.step
+                r.figures::<LadderFigures>().step
             );
         }
     }

@@ -13,9 +13,9 @@
 
 pub mod export;
 mod probe;
-mod scenario;
+mod row;
+pub mod scenario;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,149 +29,18 @@ use serde::{Deserialize, Serialize};
 pub use crate::client::bench::Lane;
 use crate::model::ModelKind;
 pub use probe::SyscallMethod;
+pub use row::{aggregate, Row, Spread};
 pub use scenario::{Knobs, Scenario};
 
 /// Everything `socklab lab` was asked for.
 #[derive(Debug, Clone)]
 pub struct LabOptions {
     pub models: Vec<ModelKind>,
-    pub scenarios: Vec<Scenario>,
+    pub scenarios: Vec<&'static dyn Scenario>,
     pub knobs: Knobs,
     pub json: Option<PathBuf>,
     pub markdown: Option<PathBuf>,
     pub html: Option<PathBuf>,
-}
-
-/// One measurement: a model under a scenario. Fields that do not apply to
-/// the scenario are absent from the exports.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Row {
-    pub model: String,
-    pub scenario: String,
-    /// The bench engine that drove the clients.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub engine: Option<String>,
-    /// How many times the scenario ran: figures are the median of the runs,
-    /// `range` holds each figure's min and max.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub runs: Option<u64>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
-    pub range: BTreeMap<String, Spread>,
-    /// Clients that got at least one reply, out of how many: a model that
-    /// served 1 of 50 is not fast, whatever its requests/s.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub served: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub clients: Option<u64>,
-    /// Jain's fairness index over the clients' reply counts: 1 when all got
-    /// the same, 1/n when one got everything.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub fairness: Option<f64>,
-    /// delay: time until the last reply, and what theory says it should be.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub makespan_s: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub theory_s: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub throughput_rps: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub p50_us: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub p99_us: Option<u64>,
-    /// Requests answered and failed (timeouts of starved clients included).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub replies: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub errors: Option<u64>,
-    /// Server CPU (user + system, children included) during the scenario.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub cpu_s: Option<f64>,
-    /// Server CPU per reply, in microseconds (throughput).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub cpu_per_request_us: Option<f64>,
-    /// How busy the load generator was, 0 to 1 (bench's `load_busy`): near
-    /// 1, requests/s may be its limit rather than the model's.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub load_busy: Option<f64>,
-    /// Peak resident memory of the server and its children.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub peak_rss_kb: Option<u64>,
-    /// Proportional memory (PSS) of the server's processes under the load:
-    /// shared pages divided among their sharers, so a fork server's
-    /// children are not counted as copies.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub pss_kb: Option<u64>,
-    /// idle: server memory per idle connection held, PSS and RSS growth;
-    /// only when the model accepted every one of them.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub pss_per_conn_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub rss_per_conn_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub idle_connections: Option<u64>,
-    /// idle, c10k: of the idle connections, those the model accepted and
-    /// those still waiting in the kernel's backlog.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub accepted: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub backlog: Option<u64>,
-    /// Kernel cost per reply, measured from outside: context switches of
-    /// the server's threads, and system calls (method in `meta`).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub context_switches_per_request: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub syscalls_per_request: Option<f64>,
-    /// delay: each client's lane, from connect to reply.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub lanes: Option<Vec<Lane>>,
-    /// Most threads and child processes seen.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub peak_threads: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub peak_children: Option<u64>,
-    /// unp: the design's row in UNP figure 30.1 (0 iterative ... 8).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub unp_row: Option<u64>,
-    /// unp: connections served (connect, `4000\n`, 4000 bytes, close),
-    /// and how many per second.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub connections: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub connections_per_s: Option<f64>,
-    /// unp: server CPU (user + system, children included) per connection,
-    /// and the same minus the iterative server's, as the book reports it.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub cpu_per_conn_us: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub cpu_per_conn_over_iterative_us: Option<f64>,
-    /// How the server's workers shared the connections: each worker's
-    /// accepts, from the `accepts per worker:` line it logs at shutdown.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub accepts_per_worker: Option<Vec<u64>>,
-    /// work: the threads or loops the model ran (`--workers`) and the
-    /// cores it kept busy (CPU time over wall time).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub workers: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub cores_used: Option<f64>,
-    /// uring-ladder: the step's name (`+recv-multishot`), the `--uring`
-    /// set it ran with, and the message size.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub step: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub uring: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub message_bytes: Option<u64>,
-    /// Why the row has no numbers (the server would not start, hung, ...).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub error: Option<String>,
-}
-
-/// A figure's lowest and highest value over the runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Spread {
-    pub min: f64,
-    pub max: f64,
 }
 
 /// Where the figures came from: the machine, the build, the method and
@@ -273,35 +142,22 @@ pub fn run(options: LabOptions) -> anyhow::Result<()> {
                 continue;
             }
             progress.start(model, scenario);
-            let runs = options.knobs.runs_for(scenario).max(1);
-            // Kernel cost is counted in the first run only: it varies little,
-            // and counting it takes a window of its own.
-            let each: Vec<Vec<Row>> = (0..runs)
-                .map(|run| {
-                    let kernel_cost = (run == 0).then_some(method);
-                    scenario::measure(model, scenario, &options.knobs, kernel_cost).unwrap_or_else(|e| {
-                        vec![Row {
-                            model: model.to_string(),
-                            scenario: scenario.to_string(),
-                            error: Some(format!("{e:#}")),
-                            ..Row::default()
-                        }]
-                    })
-                })
-                .collect();
-            for row in aggregate(each) {
+            for row in measure_runs(model, scenario, &options.knobs, method) {
                 progress.finish(&row);
                 report.rows.push(row);
             }
         }
-        // unp's figures relative to iterative's, once both are in.
-        scenario::relate_to_iterative(&mut report.rows);
+        relate(&options.scenarios, &mut report.rows);
         // After every model: a late failure loses nothing.
         report.meta.engine = engines(&report.rows);
         export::write_all(&report, &options)?;
     }
+    if rerun_the_odd(&options, method, &mut report.rows, &progress) {
+        relate(&options.scenarios, &mut report.rows);
+        export::write_all(&report, &options)?;
+    }
     progress.clear();
-    print!("{}", export::markdown::table(&report.rows));
+    print!("{}", export::tables(&report.rows));
     for path in [&options.json, &options.markdown].into_iter().flatten() {
         eprintln!("wrote {}", absolute(path).display());
     }
@@ -312,6 +168,94 @@ pub fn run(options: LabOptions) -> anyhow::Result<()> {
         bail!("no model ran");
     }
     Ok(())
+}
+
+/// Every run of `scenario` on `model`, as one set of rows (medians and
+/// ranges). Kernel cost is counted in the first run only: it varies
+/// little, and counting it takes a window of its own.
+fn measure_runs(model: ModelKind, scenario: &dyn Scenario, knobs: &Knobs, method: SyscallMethod) -> Vec<Row> {
+    let each: Vec<Vec<Row>> = (0..knobs.runs_for(scenario))
+        .map(|run| {
+            let kernel_cost = (run == 0).then_some(method);
+            scenario.measure(model, knobs, kernel_cost).unwrap_or_else(|e| {
+                vec![Row {
+                    error: Some(format!("{e:#}")),
+                    ..Row::new(model.name(), scenario.name())
+                }]
+            })
+        })
+        .collect();
+    aggregate(each)
+}
+
+/// Figures relative to other rows (unp's over iterative), once they are in.
+fn relate(scenarios: &[&'static dyn Scenario], rows: &mut [Row]) {
+    for s in scenarios {
+        s.relate(rows);
+    }
+}
+
+/// The (model, scenario) pairs with a row far outside its peers' or its
+/// own runs', as each scenario judges.
+fn odd_ones(
+    scenarios: &[&'static dyn Scenario],
+    rows: &[Row],
+) -> Vec<(ModelKind, &'static dyn Scenario, String)> {
+    let mut odd = Vec::new();
+    for &s in scenarios {
+        let mine: Vec<&Row> = rows.iter().filter(|r| r.scenario == s.name() && r.ok()).collect();
+        for r in &mine {
+            let Some(why) = s.anomaly(r, &mine) else { continue };
+            let Ok(model) = <ModelKind as clap::ValueEnum>::from_str(&r.model, true) else {
+                continue;
+            };
+            if !odd
+                .iter()
+                .any(|(m, sc, _): &(ModelKind, &dyn Scenario, String)| *m == model && sc.name() == s.name())
+            {
+                odd.push((model, s, why));
+            }
+        }
+    }
+    odd
+}
+
+/// Anomalies are caught, not printed: each odd (model, scenario) is run
+/// again once; the new rows replace the old, and if they are odd too they
+/// keep a warning saying what was odd. Whether anything was rerun.
+fn rerun_the_odd(
+    options: &LabOptions,
+    method: SyscallMethod,
+    rows: &mut Vec<Row>,
+    progress: &Progress,
+) -> bool {
+    let odd = odd_ones(&options.scenarios, rows);
+    for (model, scenario, why) in &odd {
+        progress.note(&format!("{model} {scenario}: {why}; running it again"));
+        let fresh = measure_runs(*model, *scenario, &options.knobs, method);
+        let at = rows
+            .iter()
+            .position(|r| r.model == model.name() && r.scenario == scenario.name())
+            .unwrap_or(rows.len());
+        rows.retain(|r| !(r.model == model.name() && r.scenario == scenario.name()));
+        let at = at.min(rows.len());
+        rows.splice(at..at, fresh);
+    }
+    // What is still odd after its rerun is shown with its warning.
+    for (model, scenario, why) in odd_ones(&options.scenarios, rows) {
+        if odd
+            .iter()
+            .any(|(m, s, _)| *m == model && s.name() == scenario.name())
+        {
+            for r in rows
+                .iter_mut()
+                .filter(|r| r.model == model.name() && r.scenario == scenario.name())
+            {
+                r.anomaly = Some(format!("{why} (and again when run a second time)"));
+            }
+        }
+    }
+    !odd.is_empty()
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -346,80 +290,6 @@ fn raise_descriptor_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
-}
-
-/// The runs of one scenario as one set of rows: every numeric figure the
-/// median of the runs that succeeded, with its min and max in `range`;
-/// the rest (lanes, engine) from the first of them.
-pub fn aggregate(runs: Vec<Vec<Row>>) -> Vec<Row> {
-    let n = runs.len();
-    let mut runs = runs.into_iter();
-    let Some(first) = runs.next() else {
-        return Vec::new();
-    };
-    if n == 1 {
-        return first;
-    }
-    let rest: Vec<Vec<Row>> = runs.collect();
-    first
-        .into_iter()
-        .enumerate()
-        .map(|(i, row)| {
-            let all: Vec<&Row> = std::iter::once(&row)
-                .chain(rest.iter().filter_map(|r| r.get(i)))
-                .collect();
-            let ok: Vec<&Row> = all.iter().copied().filter(|r| r.error.is_none()).collect();
-            let Some(base) = ok.first() else {
-                return row.clone();
-            };
-            let values: Vec<serde_json::Value> =
-                ok.iter().filter_map(|r| serde_json::to_value(r).ok()).collect();
-            let Ok(serde_json::Value::Object(mut merged)) = serde_json::to_value(base) else {
-                return row.clone();
-            };
-            let mut range = BTreeMap::new();
-            for (key, value) in merged.iter_mut() {
-                if !value.is_number() {
-                    continue;
-                }
-                let mut xs: Vec<f64> = values.iter().filter_map(|v| v.get(key)?.as_f64()).collect();
-                if xs.len() != values.len() {
-                    continue;
-                }
-                xs.sort_by(f64::total_cmp);
-                let median = if !xs.len().is_multiple_of(2) {
-                    xs[xs.len() / 2]
-                } else {
-                    (xs[xs.len() / 2 - 1] + xs[xs.len() / 2]) / 2.0
-                };
-                *value = if value.is_u64() {
-                    serde_json::Value::from(median.round() as u64)
-                } else {
-                    serde_json::Value::from(median)
-                };
-                range.insert(
-                    key.clone(),
-                    Spread {
-                        min: xs[0],
-                        max: xs[xs.len() - 1],
-                    },
-                );
-            }
-            let mut out: Row =
-                serde_json::from_value(serde_json::Value::Object(merged)).unwrap_or_else(|_| (*base).clone());
-            out.range = range;
-            out.runs = Some(ok.len() as u64);
-            if let Some(e) = all.iter().find_map(|r| r.error.as_deref()) {
-                tracing::warn!(
-                    "{} {}: {} of {n} runs failed: {e}",
-                    out.model,
-                    out.scenario,
-                    all.len() - ok.len()
-                );
-            }
-            out
-        })
-        .collect()
 }
 
 /// Now as `2026-11-23 14:30:05 UTC`, from the system clock alone.
@@ -773,9 +643,9 @@ impl Progress {
         Progress { bar }
     }
 
-    fn start(&self, model: ModelKind, scenario: Scenario) {
+    fn start(&self, model: ModelKind, scenario: &dyn Scenario) {
         if let Some(bar) = &self.bar {
-            bar.set_message(format!("{model}: {scenario}"));
+            bar.set_message(format!("{model}: {}", scenario.name()));
         }
     }
 
@@ -792,6 +662,16 @@ impl Progress {
                 bar.println(line);
                 bar.inc(1);
             }
+            None => {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
+        }
+    }
+
+    /// A line of its own, above the bar.
+    fn note(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
             None => {
                 let _ = writeln!(std::io::stderr(), "{line}");
             }

@@ -150,6 +150,39 @@ impl ModelKind {
         }
     }
 
+    /// The model's lesson in one line: what it is good and bad at, for the
+    /// lab report's paragraph on it.
+    pub fn takeaway(self) -> &'static str {
+        match self {
+            ModelKind::Iterative => "the simplest server: correct, and one client at a time",
+            ModelKind::Thread => "a client per thread: simple code, a stack and a context switch per client",
+            ModelKind::Pool => "threads made in advance: no creation cost, but only N clients at once",
+            ModelKind::Fork => "a process per client: isolated, and the dearest to create",
+            ModelKind::Prefork => {
+                "processes made in advance: isolation without the fork per client, N at once"
+            }
+            ModelKind::PreforkFlock => {
+                "prefork with a file lock around accept: a cost today's kernel does not need"
+            }
+            ModelKind::PreforkMutex => {
+                "prefork with a shared mutex around accept: a cost today's kernel does not need"
+            }
+            ModelKind::PreforkPass => {
+                "the parent hands each connection to a child: a descriptor passed per client"
+            }
+            ModelKind::PoolQueue => "one acceptor feeding a queue of threads: a hand-off per connection",
+            ModelKind::Busy => "never sleeps: answers fast and burns its core when idle",
+            ModelKind::Select => "one thread for every client, until FD_SETSIZE; every wait scans them all",
+            ModelKind::Poll => "select without the descriptor limit; every wait still scans them all",
+            ModelKind::Epoll => "readiness without the scan: the kernel says which sockets are ready",
+            ModelKind::Async => "tasks on epoll: the event loop's cost with sequential code",
+            ModelKind::Uring => "completions instead of readiness: fewer system calls per request",
+            ModelKind::Reactors => "one acceptor and N loops: an event loop per core",
+            ModelKind::HalfAsync => "one loop for I/O, a pool for the work: for requests that cost CPU",
+            ModelKind::Leader => "threads take turns at one epoll: no hand-off between waiting and serving",
+        }
+    }
+
     /// Where the model's idea lives, for `socklab models` and the lab report.
     pub fn source_file(self) -> String {
         let stem = match self {

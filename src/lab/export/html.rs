@@ -1,515 +1,214 @@
 //! The report as one self-contained HTML page: inline CSS and SVG charts, no
 //! scripts and nothing fetched from anywhere. It opens with where the
-//! figures came from (machine, build, method, parameters); every chart has
-//! axes with ticks and units and a legend; a model that left clients
-//! without a reply is drawn hatched grey and says so; and a paragraph per
-//! model says what it is, where its code lives, and what its numbers show.
+//! figures came from and what the run found; then a section per scenario
+//! (its lesson, charts, the why, its table) and a paragraph per server.
+//!
+//! Drawn with maud, which escapes every value it is given: names of outside
+//! servers are user input. The charts are drawn here rather than by a
+//! plotting crate: the page must stay one file with no script, and each
+//! chart is a few dozen SVG elements sized from its own labels, so no label
+//! is ever cut.
 
-use std::fmt::Write as _;
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use super::{
-    bytes, memory_per_connection, meta_lines, micros, rps_with_range, seconds, served_label, spread_summary,
-    spread_text, thousands, throughput_notes, unp_rows, unp_verdicts, UNP_DESIGNS,
-};
-use crate::lab::{Report, Row};
-use crate::model::ModelKind;
+use super::section::{Axis, Bar, Bars, Block, Chart, Lanes, Lines, Section, Table};
+use super::Document;
 
-/// The width every chart is drawn at; the page scales it down to fit.
-const WIDTH: f64 = 820.0;
-const LABEL_W: f64 = 80.0;
+/// The plot area's width; label margin and text room are added to it.
 const PLOT_W: f64 = 420.0;
 
-/// Colours of the series: the first is the bars' own.
+/// The width of one character of the charts' 12 px font, rounded up (a
+/// digit or a lower-case letter of system-ui is 6.5-7 px): labels are
+/// measured with it, so the margin always holds the longest.
+pub const CHAR_W: f64 = 7.2;
+
+/// Colours of the series.
 const PALETTE: [&str; 6] = ["#4a7fb5", "#d08c2f", "#4f9d5d", "#b5494a", "#7e5fb0", "#6b6b6b"];
+const OUTSIDE: &str = "#3a9d8f";
+const ODD: &str = "#c0392b";
 
-/// One bar: a label, a value, an optional marker (theory), and the text
-/// written next to it.
-struct Bar {
-    label: String,
-    value: f64,
-    marker: Option<f64>,
-    text: String,
-    /// Second series (p99 next to p50), drawn thinner below the first.
-    second: Option<f64>,
-    /// Not every client was served: the bar is hatched grey.
-    starved: bool,
-}
+const CSS: &str = "body{font:15px/1.5 system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}\n\
+h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd}h3{font-size:1.05em}\n\
+table{border-collapse:collapse;font-size:13px;margin:1em 0;display:block;overflow-x:auto}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td{white-space:nowrap}\n\
+td:first-child,th:first-child{text-align:left}svg{width:100%;height:auto;display:block}svg text{font:12px system-ui,sans-serif}\n\
+.note{color:#555;font-size:14px}.lesson{font-size:1.05em;font-weight:500}.model{margin:.8em 0}\n\
+table.meta{font-size:13px;background:#f6f6f6;display:table}table.meta th{text-align:left;vertical-align:top;white-space:nowrap;font-weight:600}table.meta td{text-align:left;white-space:normal}\n\
+.findings li{margin:.3em 0}.warning{color:#8a1f11;background:#fdecea;padding:.4em .8em}\n";
 
-impl Bar {
-    /// A plain bar: no theory mark, no second series.
-    fn new(label: &str, value: f64, text: String) -> Bar {
-        Bar {
-            label: label.to_string(),
-            value,
-            marker: None,
-            text,
-            second: None,
-            starved: false,
-        }
-    }
-
-    /// Hatched, and labelled `served 1 of 50`, when the row left clients out.
-    fn served(mut self, row: &Row) -> Bar {
-        if let Some(label) = served_label(row) {
-            self.starved = true;
-            self.text = format!("{}, {label}", self.text);
-        }
-        self
-    }
-}
-
-/// What a chart's axis measures and how its ticks read.
-struct Axis {
-    title: &'static str,
-    log: bool,
-    tick: fn(f64) -> String,
-}
-
-impl Axis {
-    fn new(title: &'static str, log: bool, tick: fn(f64) -> String) -> Self {
-        Axis { title, log, tick }
-    }
-}
-
-fn tick_count(v: f64) -> String {
-    thousands(v.round() as u64)
-}
-
-fn tick_micros(v: f64) -> String {
-    let trim = |x: f64| {
-        let s = format!("{x:.1}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    };
-    match v {
-        v if v >= 1e6 => format!("{} s", trim(v / 1e6)),
-        v if v >= 1e3 => format!("{} ms", trim(v / 1e3)),
-        v => format!("{} µs", trim(v)),
-    }
-}
-
-fn tick_seconds(v: f64) -> String {
-    if v == v.round() {
-        format!("{v:.0} s")
-    } else {
-        format!("{v:.1} s")
-    }
-}
-
-fn tick_bytes(v: f64) -> String {
-    format!("{} B", thousands(v.round() as u64))
-}
-
-fn tick_plain(v: f64) -> String {
-    if v >= 10.0 {
-        thousands(v.round() as u64)
-    } else {
-        let s = format!("{v:.2}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    }
-}
-
-/// A per-request figure: two decimals below 1, where they matter.
-fn per_request(x: f64) -> String {
-    if x < 1.0 {
-        format!("{x:.2}")
-    } else {
-        format!("{x:.1}")
-    }
-}
-
-pub fn render(report: &Report) -> String {
-    let rows = &report.rows;
-    let mut page = String::new();
-    page += "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>socklab lab report</title>\n";
-    page += "<style>\nbody{font:15px/1.5 system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}\n\
-             h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd}\n\
-             table{border-collapse:collapse;font-size:13px;margin:1em 0;display:block;overflow-x:auto}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td{white-space:nowrap}\n\
-             td:first-child,th:first-child{text-align:left}svg{width:100%;height:auto;max-width:820px;display:block}svg text{font:12px system-ui,sans-serif}\n\
-             .note{color:#555}.model{margin:.8em 0}.meta{font-size:13px;color:#333;background:#f6f6f6;padding:.6em 1em}\n\
-             .meta dt{font-weight:600;float:left;clear:left;width:10em}.meta dd{margin-left:10.5em}\n</style></head><body>\n";
-    page += "<h1>socklab: the concurrency models side by side</h1>\n";
-    page += "<dl class=\"meta\" id=\"meta\">\n";
-    for (label, value) in meta_lines(&report.meta) {
-        let _ = writeln!(page, "<dt>{}</dt><dd>{}</dd>", escape(label), escape(&value));
-    }
-    page += "</dl>\n";
-    let _ = writeln!(
-        page,
-        "<p class=\"note\">Every model served the same protocols on loopback, started as its own process and \
-         measured from outside. {} measurements. Where a scenario ran several times, figures are the median \
-         and ranges the min-max.</p>",
-        rows.len()
-    );
-
-    let by = |scenario: &str| -> Vec<&Row> { rows.iter().filter(|r| r.scenario == scenario).collect() };
-    let ok = |r: &&&Row| r.error.is_none();
+pub fn render(doc: &Document) -> String {
     let mut charts = 0usize;
-
-    let delay: Vec<&Row> = by("delay");
-    if !delay.is_empty() {
-        page += "<h2>The seeds' experiment: clients at once, each reply delayed</h2>\n";
-        page +=
-            "<p>The time until the last client got its reply (bar) and what theory says (black mark): one \
-                 delay per round of connections the model can serve at once.</p>\n";
-        let bars = delay
-            .iter()
-            .filter(ok)
-            .map(|r| {
-                Bar {
-                    marker: r.theory_s,
-                    ..Bar::new(
-                        &r.model,
-                        r.makespan_s.unwrap_or(0.0),
-                        format!(
-                            "{} (theory {})",
-                            r.makespan_s.map_or("-".into(), seconds),
-                            r.theory_s.map_or("-".into(), seconds)
-                        ),
-                    )
-                }
-                .served(r)
-            })
-            .collect::<Vec<_>>();
-        let axis = Axis::new("seconds until the last reply", false, tick_seconds);
-        page += &chart(
-            &mut charts,
-            &bars,
-            &axis,
-            &[("measured", PALETTE[0], false), ("theory", "#000", true)],
-        );
-        page += "<p>Each client's lane: from its connection (left end) to its whole reply (right end). \
-                 The kernel accepts every connection at once; what differs is when the model gets to it: \
-                 one after another (a staircase), in rounds of the workers, or all together.</p>\n";
-        page += &timeline(&mut charts, &delay);
-    }
-
-    let throughput: Vec<&Row> = by("throughput");
-    if !throughput.is_empty() {
-        page += "<h2>Throughput: echo, many connections at once</h2>\n<p>Requests per second, median of the runs \
-                 (the range: min-max). A hatched grey bar is a model that left clients without a single reply: \
-                 its figures are those of the few it served, not a speed.</p>\n";
-        let bars: Vec<Bar> = throughput
-            .iter()
-            .filter(ok)
-            .map(|r| Bar::new(&r.model, r.throughput_rps.unwrap_or(0.0), rps_with_range(r)).served(r))
-            .collect();
-        page += &bar_chart(
-            &mut charts,
-            &bars,
-            Axis::new("requests per second", false, tick_count),
-        );
-        let notes = throughput_notes(&throughput);
-        if !notes.is_empty() {
-            page += "<ul class=\"note\">";
-            for n in notes {
-                let _ = write!(page, "<li>{}</li>", escape(&n));
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "socklab lab report" }
+                style { (PreEscaped(CSS)) }
             }
-            page += "</ul>\n";
-        }
-        page += "<p>Latency of the served requests: p50 (thick) and p99 (thin), log scale.</p>\n";
-        let bars: Vec<Bar> = throughput
-            .iter()
-            .filter(ok)
-            .filter(|r| r.p50_us.is_some())
-            .map(|r| {
-                Bar {
-                    second: r.p99_us.map(|p| p as f64),
-                    ..Bar::new(
-                        &r.model,
-                        r.p50_us.unwrap_or(0) as f64,
-                        format!(
-                            "p50 {}, p99 {}",
-                            r.p50_us.map_or("-".into(), micros),
-                            r.p99_us.map_or("-".into(), micros)
-                        ),
-                    )
+            body {
+                h1 { "socklab: the concurrency models side by side" }
+                @if !doc.findings.is_empty() || !doc.warnings.is_empty() {
+                    h2 id="findings" { "What this run found" }
+                    ul.findings {
+                        @for f in &doc.findings { li { (f) } }
+                    }
+                    @for w in &doc.warnings { p.warning { "Odd figure, kept after a rerun: " (w) } }
                 }
-                .served(r)
-            })
-            .collect();
-        let axis = Axis::new("latency (log scale)", true, tick_micros);
-        let mut legend = vec![("p50", PALETTE[0], false), ("p99", PALETTE[1], false)];
-        if bars.iter().any(|b| b.starved) {
-            legend.push(("not every client served", "hatch", false));
-        }
-        page += &chart(&mut charts, &bars, &axis, &legend);
-        page += "<p>Server CPU time per served request (user + system, its children included).</p>\n";
-        let per = |pick: fn(&Row) -> Option<f64>, unit: &'static str| -> Vec<Bar> {
-            throughput
-                .iter()
-                .filter(ok)
-                .filter_map(|r| {
-                    let c = pick(r)?;
-                    Some(Bar::new(&r.model, c, format!("{}{unit}", per_request(c))).served(r))
-                })
-                .collect()
-        };
-        let bars = per(|r| r.cpu_per_request_us, " µs");
-        page += &bar_chart(
-            &mut charts,
-            &bars,
-            Axis::new("µs of server CPU per request", false, tick_plain),
-        );
-        page += "<p>Why: what the kernel did for each request, counted from outside the server. Context \
-                 switches: each time one of the server's threads stopped running (waiting, or pushed off the \
-                 core). System calls: see the method above.</p>\n";
-        let bars = per(|r| r.context_switches_per_request, "");
-        page += &bar_chart(
-            &mut charts,
-            &bars,
-            Axis::new("context switches per request", false, tick_plain),
-        );
-        let bars = per(|r| r.syscalls_per_request, "");
-        page += &bar_chart(
-            &mut charts,
-            &bars,
-            Axis::new("system calls per request", false, tick_plain),
-        );
-    }
-
-    let idle: Vec<&Row> = by("idle");
-    if !idle.is_empty() {
-        page += "<h2>Idle connections: what holding them costs</h2>\n";
-        page += "<p>Server memory (PSS: shared pages divided among the processes sharing them) per idle \
-                 connection, log scale, for the models that accepted every one. A model that did not has no \
-                 bar: its connections wait in the kernel's backlog and cost it nothing.</p>\n";
-        let bars: Vec<Bar> = idle
-            .iter()
-            .filter(ok)
-            .filter_map(|r| {
-                let b = r.pss_per_conn_bytes?;
-                Some(Bar::new(&r.model, b.max(1) as f64, bytes(b)))
-            })
-            .collect();
-        page += &bar_chart(
-            &mut charts,
-            &bars,
-            Axis::new("bytes per idle connection (log scale)", true, tick_bytes),
-        );
-        let waiting: Vec<String> = idle
-            .iter()
-            .filter(ok)
-            .filter(|r| r.pss_per_conn_bytes.is_none())
-            .map(|r| format!("{}: {}", r.model, memory_per_connection(r)))
-            .collect();
-        if !waiting.is_empty() {
-            let _ = writeln!(page, "<p class=\"note\">{}.</p>", escape(&waiting.join("; ")));
-        }
-    }
-
-    let c10k: Vec<&Row> = by("c10k");
-    if !c10k.is_empty() {
-        page += "<h2>C10K: one active client among many idle ones</h2>\n";
-        page += "<p>One client's p50 latency while the server holds this many idle connections. select and poll \
-                 hand the kernel every descriptor on every wait, and busy tries each socket in turn: their cost \
-                 grows with the idle crowd. epoll, async (epoll underneath) and uring are told only about the \
-                 sockets that are ready.</p>\n";
-        page += &c10k_chart(&mut charts, &c10k);
-        let skipped: Vec<String> = c10k
-            .iter()
-            .filter_map(|r| {
-                Some(format!(
-                    "{} at {}: {}",
-                    r.model,
-                    thousands(r.idle_connections?),
-                    r.error.as_deref()?
-                ))
-            })
-            .collect();
-        if !skipped.is_empty() {
-            let _ = writeln!(
-                page,
-                "<p class=\"note\">Not measured: {}.</p>",
-                escape(&skipped.join("; "))
-            );
-        }
-    }
-
-    let unp: Vec<&Row> = unp_rows(rows);
-    if !unp.is_empty() {
-        page += "<h2>Stevens' table, re-run: the server designs of UNP chapter 30</h2>\n";
-        page += "<p>Stevens' client: clients at once, each connecting, asking for 4000 bytes \
-                 (<code>bytes</code>: a line holding N, N bytes back), reading them and closing, again and \
-                 again. The bar is the server's CPU time per connection (user + system, its children \
-                 included, read when it exits as the book's servers read getrusage), in the book's order; \
-                 the text adds the same over the iterative server's (the book's column) and connections \
-                 per second.</p>\n";
-        let bars: Vec<Bar> = unp
-            .iter()
-            .filter(ok)
-            .filter_map(|r| {
-                let c = r.cpu_per_conn_us?;
-                let over = r
-                    .cpu_per_conn_over_iterative_us
-                    .map_or(String::new(), |o| format!(", {o:+.1} µs over iterative"));
-                let text = format!(
-                    "{c:.1} µs{over}, {}/s",
-                    thousands(r.connections_per_s.unwrap_or(0.0).round() as u64)
-                );
-                Some(Bar::new(&r.model, c, text))
-            })
-            .collect();
-        page += &bar_chart(
-            &mut charts,
-            &bars,
-            Axis::new("µs of server CPU per connection", false, tick_plain),
-        );
-        let designs: Vec<String> = UNP_DESIGNS
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let model = unp
-                    .iter()
-                    .find(|r| r.unp_row == Some(i as u64))
-                    .map_or("not in this run".to_string(), |r| r.model.clone());
-                format!("{i} {d} ({model})")
-            })
-            .collect();
-        let _ = writeln!(
-            page,
-            "<p class=\"note\">The book's rows: {}. socklab's pool is row 7 without the mutex: its \
-             workers wait in poll(2) and accept without blocking.</p>",
-            escape(&designs.join("; "))
-        );
-        let verdicts = unp_verdicts(rows);
-        if !verdicts.is_empty() {
-            page += "<p><b>The book's conclusions on this kernel.</b></p>\n<ul>\n";
-            for verdict in verdicts {
-                let _ = writeln!(page, "<li>{}</li>", escape(&verdict));
+                h2 id="method" { "Where the figures came from" }
+                p.note {
+                    "Every server was started as its own process on loopback and measured from outside. "
+                    (doc.measurements) " measurements. Where a scenario ran several times, figures are the \
+                    median and ranges the min-max."
+                }
+                table.meta id="meta" {
+                    @for (label, value) in &doc.meta { tr { th { (label) } td { (value) } } }
+                }
+                @for section in &doc.sections { (draw(section, &mut charts)) }
+                @if !doc.servers.is_empty() {
+                    h2 id="servers" { "Server by server" }
+                    @for p in &doc.servers {
+                        p.model {
+                            b { (p.name) } @if p.outside { " (outside server)" } ": " (p.takeaway)
+                            @if let Some((file, link)) = &p.source {
+                                " Code: " a href=(link) { code { (file) } } "."
+                            }
+                            br;
+                            (p.story.join(" "))
+                        }
+                    }
+                }
             }
-            page += "</ul>\n";
         }
-        if let Some(spread) = spread_summary(rows) {
-            let _ = writeln!(
-                page,
-                "<p><b>The thundering herd.</b> {} Rows 3 and 4 put a lock around accept because, when the \
-                 book was written, every process blocked in accept(2) woke for each connection. Linux \
-                 wakes one waiter of a blocking accept(2) per connection; a worker that waits in poll(2) or \
-                 select(2) first, as socklab's do, is still woken with all the others, and the losers \
-                 find nothing to accept. The counts show who won.</p>",
-                escape(&spread)
-            );
-        }
-    }
-
-    let work: Vec<&Row> = by("work");
-    if !work.is_empty() {
-        page += "<h2>Work: every request costs CPU</h2>\n<p>Echo with CPU spent on every request (<code>--work</code>), \
-                 many connections, the server free to use every core. Requests per second; the label adds the p99 \
-                 latency and how many cores the server kept busy (its CPU time over the run's wall time).</p>\n";
-        let bars: Vec<Bar> = work
-            .iter()
-            .filter(ok)
-            .map(|r| {
-                let label = super::work_label(r);
-                let text = format!(
-                    "{}, p99 {}, {} cores",
-                    rps_with_range(r),
-                    r.p99_us.map_or("-".into(), micros),
-                    r.cores_used.map_or("-".into(), |c| format!("{c:.2}"))
-                );
-                Bar::new(&label, r.throughput_rps.unwrap_or(0.0), text).served(r)
-            })
-            .collect();
-        page += &bar_chart(
-            &mut charts,
-            &bars,
-            Axis::new("requests per second", false, tick_count),
-        );
-        for finding in super::work_findings(&work) {
-            let _ = writeln!(page, "<p>{}</p>", escape(&finding));
-        }
-    }
-
-    let ladder: Vec<&Row> = by("uring-ladder");
-    if !ladder.is_empty() {
-        page += "<h2>The io_uring ladder: one technique at a time</h2>\n";
-        page += "<p>Echo under uring, each step adding one io_uring technique to the step above it, next to \
-                 epoll at the same message size. Bars: requests/s (median of the runs); the text gives server \
-                 CPU per request. A step that loses is kept: what it costs on this kernel is the finding.</p>\n";
-        for size in super::ladder_sizes(&ladder) {
-            let bars: Vec<Bar> = ladder
-                .iter()
-                .filter(|r| r.message_bytes == Some(size))
-                .filter(ok)
-                .filter_map(|r| {
-                    let t = r.throughput_rps?;
-                    let cpu = r
-                        .cpu_per_request_us
-                        .map_or(String::new(), |c| format!(", {} µs CPU", per_request(c)));
-                    Some(
-                        Bar::new(
-                            &super::ladder_label(r),
-                            t,
-                            format!("{}/s{cpu}", thousands(t as u64)),
-                        )
-                        .served(r),
-                    )
-                })
-                .collect();
-            let _ = writeln!(page, "<h3>{} messages</h3>", escape(&super::bytes(size)));
-            page += &bar_chart(&mut charts, &bars, Axis::new("requests/s", false, tick_count));
-        }
-        page += "<ul class=\"note\">\n";
-        for v in super::ladder_verdicts(&ladder) {
-            let _ = writeln!(page, "<li>{}</li>", escape(&v));
-        }
-        page += "</ul>\n";
-    }
-
-    page += "<h2>What the numbers show, model by model</h2>\n";
-    let mut models: Vec<&str> = Vec::new();
-    for r in rows {
-        if !models.contains(&r.model.as_str()) {
-            models.push(&r.model);
-        }
-    }
-    for model in models {
-        let kind = <ModelKind as clap::ValueEnum>::from_str(model, true).ok();
-        let idea = kind.map_or(String::new(), |k| {
-            format!(
-                " {}. Code: <a href=\"{file}\"><code>{file}</code></a>.<br>",
-                escape(&capitalize(k.summary())),
-                file = k.source_file()
-            )
-        });
-        let _ = writeln!(
-            page,
-            "<p class=\"model\"><b>{}</b>:{idea} {}</p>",
-            escape(model),
-            escape(&story(model, rows))
-        );
-    }
-
-    page += "<h2>All the numbers</h2>\n";
-    page += &markdown_tables_as_html(rows);
-    page += "</body></html>\n";
-    page
+    };
+    page.into_string()
 }
 
-fn capitalize(s: &str) -> String {
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(first) => first.to_uppercase().collect::<String>() + chars.as_str(),
-        None => String::new(),
+/// One section: its lesson, then its blocks in order.
+fn draw(section: &Section, charts: &mut usize) -> Markup {
+    html! {
+        h2 id=(section.name) { (section.title) }
+        p.lesson { (section.lesson) }
+        @for block in &section.blocks {
+            @match block {
+                Block::Text(text) => p { (text) },
+                Block::Heading(h) => h3 { (h) },
+                Block::Chart(chart) => (draw_chart(chart, charts)),
+                Block::Table(t) => (table(t)),
+                Block::Notes(notes) => ul.note { @for n in notes { li { (n) } } },
+                Block::Warning(w) => p.warning { (w) },
+            }
+        }
     }
 }
 
-/// The legend of a one-series chart: the bar, and the hatch if any.
-fn legend_bars(bars: &[Bar]) -> Vec<(&'static str, &'static str, bool)> {
-    let mut legend = vec![("all clients served", PALETTE[0], false)];
-    if bars.iter().any(|b| b.starved) {
-        legend.push(("not every client served", "hatch", false));
+fn table(t: &Table) -> Markup {
+    html! {
+        table {
+            tr { @for h in &t.header { th { (h) } } }
+            @for row in &t.rows { tr { @for c in row { td { (c) } } } }
+        }
     }
-    legend
+}
+
+fn draw_chart(chart: &Chart, charts: &mut usize) -> Markup {
+    *charts += 1;
+    let id = *charts;
+    let (svg, caveat) = match chart {
+        Chart::Bars(b) => (bars(b, id), &b.caveat),
+        Chart::Lanes(l) => (lanes(l, id), &l.caveat),
+        Chart::Lines(l) => (lines(l, id), &l.caveat),
+    };
+    html! {
+        (svg)
+        @if let Some(c) = caveat { p.note { (c) } }
+    }
+}
+
+/// A number for an SVG attribute.
+fn n(x: f64) -> String {
+    format!("{x:.1}")
+}
+
+/// The width a text takes in the charts' font.
+pub fn text_width(text: &str) -> f64 {
+    CHAR_W * text.chars().count() as f64
+}
+
+/// The label margin that holds the longest of `labels`.
+fn label_margin<'a>(labels: impl Iterator<Item = &'a str>) -> f64 {
+    labels.map(text_width).fold(48.0, f64::max) + 14.0
+}
+
+/// One entry of a legend: what it shows, drawn as the mark it names.
+enum Swatch {
+    Bar(&'static str),
+    Hatch,
+    Thin(&'static str),
+    Mark,
+    Lane(&'static str),
+    /// A line as drawn: colour, dashed, marker shape.
+    Line(&'static str, bool, usize),
+}
+
+/// The legend: entries left to right, wrapping at `width`. Its height.
+fn legend(id: usize, entries: &[(String, Swatch)], x0: f64, width: f64) -> (Markup, f64) {
+    let mut placed = Vec::new();
+    let (mut x, mut y) = (x0, 14.0);
+    for (name, swatch) in entries {
+        let w = 26.0 + text_width(name) + 14.0;
+        if x + w > width && x > x0 {
+            x = x0;
+            y += 18.0;
+        }
+        placed.push((x, y, name, swatch));
+        x += w;
+    }
+    let markup = html! {
+        @for (x, y, name, swatch) in placed {
+            @match swatch {
+                Swatch::Bar(colour) => rect x=(n(x)) y=(n(y - 10.0)) width="12" height="12" fill=(colour) {},
+                Swatch::Hatch => rect x=(n(x)) y=(n(y - 10.0)) width="12" height="12" fill=(format!("url(#hatch{id})")) stroke="#888" {},
+                Swatch::Thin(colour) => rect x=(n(x)) y=(n(y - 4.0)) width="16" height="5" fill=(colour) {},
+                Swatch::Mark => line x1=(n(x + 6.0)) x2=(n(x + 6.0)) y1=(n(y - 11.0)) y2=(n(y + 3.0)) stroke="#000" stroke-width="3" {},
+                Swatch::Lane(colour) => rect x=(n(x)) y=(n(y - 7.0)) width="16" height="5" fill=(colour) {},
+                Swatch::Line(colour, dashed, shape) => {
+                    line x1=(n(x)) x2=(n(x + 20.0)) y1=(n(y - 4.0)) y2=(n(y - 4.0)) stroke=(colour) stroke-width="2"
+                        stroke-dasharray=[dashed.then_some("5 3")] {}
+                    (marker(*shape, x + 10.0, y - 4.0, colour))
+                }
+            }
+            text x=(n(x + 24.0)) y=(n(y)) { (name) }
+        }
+    };
+    (markup, y + 10.0)
+}
+
+fn svg_open(id: usize, width: f64, height: f64, body: Markup) -> Markup {
+    html! {
+        svg xmlns="http://www.w3.org/2000/svg" viewBox=(format!("0 0 {} {}", n(width), n(height)))
+            style=(format!("max-width:{}px", width.round())) role="img" {
+            defs {
+                pattern id=(format!("hatch{id}")) width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)" {
+                    rect width="6" height="6" fill="#ddd" {}
+                    line x1="0" y1="0" x2="0" y2="6" stroke="#888" stroke-width="2" {}
+                }
+            }
+            (body)
+        }
+    }
 }
 
 /// Ticks for an axis from 0 (or `lo`, log) to `max`: positions in value.
-fn ticks(axis: &Axis, lo: f64, max: f64) -> Vec<f64> {
+pub fn ticks(axis: &Axis, lo: f64, max: f64) -> Vec<f64> {
     if axis.log {
-        let (a, b) = (lo.log10().floor() as i32, max.log10().ceil() as i32);
-        return (a..=b).map(|e| 10f64.powi(e)).collect();
+        let (a, b) = (
+            lo.max(1e-9).log10().floor() as i32,
+            max.max(1e-9).log10().ceil() as i32,
+        );
+        return (a..=b.max(a + 1)).map(|e| 10f64.powi(e)).collect();
     }
+    let max = if max > 0.0 { max } else { 1.0 };
     let raw = max / 5.0;
     let magnitude = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 2.5, 5.0, 10.0]
@@ -526,545 +225,340 @@ fn ticks(axis: &Axis, lo: f64, max: f64) -> Vec<f64> {
     out
 }
 
-/// The legend as one line of swatches at the top of a chart.
-fn legend(svg: &mut String, id: usize, entries: &[(&str, &str, bool)], y: f64) {
-    let mut x = LABEL_W;
-    for (name, colour, is_mark) in entries {
-        if *is_mark {
-            let _ = write!(
-                svg,
-                "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{}\" y2=\"{}\" stroke=\"{colour}\" stroke-width=\"3\"/>",
-                x + 6.0,
-                x + 6.0,
-                y - 11.0,
-                y + 3.0
-            );
-        } else if *colour == "hatch" {
-            let _ = write!(
-                svg,
-                "<rect x=\"{x:.1}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"url(#hatch{id})\" stroke=\"#888\"/>",
-                y - 10.0
-            );
-        } else {
-            let _ = write!(
-                svg,
-                "<rect x=\"{x:.1}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{colour}\"/>",
-                y - 10.0
-            );
-        }
-        let _ = writeln!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{y}\">{}</text>",
-            x + 17.0,
-            escape(name)
-        );
-        x += 30.0 + 7.0 * name.chars().count() as f64;
-    }
+/// An axis's scale: value to position in `0..=len`.
+struct Scale {
+    log: bool,
+    lo: f64,
+    hi: f64,
+    len: f64,
 }
 
-fn svg_open(id: usize, height: f64) -> String {
-    format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {WIDTH} {height}\" role=\"img\">\n\
-         <defs><pattern id=\"hatch{id}\" width=\"6\" height=\"6\" patternUnits=\"userSpaceOnUse\" patternTransform=\"rotate(45)\">\
-         <rect width=\"6\" height=\"6\" fill=\"#ddd\"/><line x1=\"0\" y1=\"0\" x2=\"0\" y2=\"6\" stroke=\"#888\" stroke-width=\"2\"/></pattern></defs>\n"
-    )
+impl Scale {
+    fn new(axis: &Axis, ticks: &[f64], max: f64, len: f64) -> Scale {
+        let first = ticks.first().copied().unwrap_or(1.0);
+        let last = ticks.last().copied().unwrap_or(max).max(max);
+        if axis.log {
+            Scale {
+                log: true,
+                lo: first,
+                hi: last.max(first * 10.0),
+                len,
+            }
+        } else {
+            Scale {
+                log: false,
+                lo: 0.0,
+                hi: last.max(f64::MIN_POSITIVE),
+                len,
+            }
+        }
+    }
+
+    fn at(&self, v: f64) -> f64 {
+        if v <= 0.0 {
+            return 0.0;
+        }
+        let x = if self.log {
+            (v.log10() - self.lo.log10()) / (self.hi.log10() - self.lo.log10()).max(1e-9)
+        } else {
+            (v - self.lo) / (self.hi - self.lo)
+        };
+        x.clamp(0.0, 1.0) * self.len
+    }
 }
 
 /// The x axis under a chart: a line, ticks with labels, and its title.
-fn x_axis(svg: &mut String, axis: &Axis, ticks: &[f64], scale: &dyn Fn(f64) -> f64, top: f64, y: f64) {
-    let _ = writeln!(
-        svg,
-        "<line class=\"axis\" x1=\"{LABEL_W}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#444\"/>",
-        LABEL_W + PLOT_W
-    );
-    for &t in ticks {
-        let x = LABEL_W + scale(t);
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{top}\" y2=\"{y}\" stroke=\"#eee\"/>\
-             <line class=\"tick\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{y}\" y2=\"{}\" stroke=\"#444\"/>\
-             <text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-            y + 5.0,
-            y + 18.0,
-            escape(&(axis.tick)(t))
-        );
+fn x_axis(axis: &Axis, ticks: &[f64], scale: &Scale, left: f64, top: f64, y: f64) -> Markup {
+    html! {
+        line.axis x1=(n(left)) x2=(n(left + scale.len)) y1=(n(y)) y2=(n(y)) stroke="#444" {}
+        @for &t in ticks {
+            @let x = left + scale.at(t);
+            line x1=(n(x)) x2=(n(x)) y1=(n(top)) y2=(n(y)) stroke="#eee" {}
+            line.tick x1=(n(x)) x2=(n(x)) y1=(n(y)) y2=(n(y + 5.0)) stroke="#444" {}
+            text x=(n(x)) y=(n(y + 18.0)) text-anchor="middle" { ((axis.tick)(t)) }
+        }
+        text x=(n(left + scale.len / 2.0)) y=(n(y + 34.0)) text-anchor="middle" fill="#444" { (axis.title) }
     }
-    let _ = writeln!(
-        svg,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"#444\">{}</text>",
-        LABEL_W + PLOT_W / 2.0,
-        y + 34.0,
-        escape(axis.title)
-    );
 }
 
-/// A horizontal bar chart as inline SVG, with its axis and legend.
-/// A chart of `bars` with the legend their own marks call for.
-fn bar_chart(charts: &mut usize, bars: &[Bar], axis: Axis) -> String {
-    chart(charts, bars, &axis, &legend_bars(bars))
+/// The legend a bar chart's own marks call for, under the chart's names.
+fn bar_legend(chart: &Bars) -> Vec<(String, Swatch)> {
+    let any = |f: fn(&Bar) -> bool| chart.bars.iter().any(f);
+    let mut entries = Vec::new();
+    if any(|b| !b.starved && !b.outside) {
+        entries.push((chart.bar.to_string(), Swatch::Bar(PALETTE[0])));
+    }
+    if any(|b| b.outside && !b.starved) {
+        entries.push((format!("{} (outside server)", chart.bar), Swatch::Bar(OUTSIDE)));
+    }
+    if let Some(name) = chart.second.filter(|_| any(|b| b.second.is_some())) {
+        entries.push((name.to_string(), Swatch::Thin(PALETTE[1])));
+    }
+    if let Some(name) = chart.marker.filter(|_| any(|b| b.marker.is_some())) {
+        entries.push((name.to_string(), Swatch::Mark));
+    }
+    if any(|b| b.starved) {
+        entries.push(("not every client served".into(), Swatch::Hatch));
+    }
+    if any(|b| b.odd) {
+        entries.push(("⚠ odd figure (see the warnings)".into(), Swatch::Bar(ODD)));
+    }
+    entries
 }
 
-fn chart(charts: &mut usize, bars: &[Bar], axis: &Axis, entries: &[(&str, &str, bool)]) -> String {
-    if bars.is_empty() {
-        return "<p class=\"note\">No model has numbers for this.</p>\n".into();
+/// Horizontal bars, the margin sized to the longest label and the room on
+/// the right to the longest text.
+fn bars(chart: &Bars, id: usize) -> Markup {
+    if chart.bars.is_empty() {
+        return html! { p.note { "No server has numbers for this." } };
     }
-    *charts += 1;
-    let id = *charts;
+    let label_w = label_margin(chart.bars.iter().map(|b| b.label.as_str()));
+    let text_w = chart
+        .bars
+        .iter()
+        .map(|b| text_width(&b.text) + if b.odd { 2.0 * CHAR_W } else { 0.0 })
+        .fold(120.0, f64::max)
+        + 12.0;
+    let width = label_w + PLOT_W + text_w;
+    let (legend_markup, legend_h) = legend(id, &bar_legend(chart), label_w, width);
     let row_h = 26.0;
-    let top = 24.0;
-    let max = bars
+    let top = legend_h + 4.0;
+    let max = chart
+        .bars
         .iter()
         .flat_map(|b| [Some(b.value), b.marker, b.second])
         .flatten()
         .fold(f64::MIN_POSITIVE, f64::max);
-    let min_positive = bars
+    let min_positive = chart
+        .bars
         .iter()
         .flat_map(|b| [Some(b.value), b.second])
         .flatten()
         .filter(|v| *v > 0.0)
         .fold(max, f64::min);
-    let ticks = ticks(axis, min_positive, max);
-    let (lo, hi) = if axis.log {
-        (ticks[0], ticks[ticks.len() - 1].max(ticks[0] * 10.0))
-    } else {
-        (0.0, ticks.last().copied().unwrap_or(max).max(max))
+    let ticks = ticks(&chart.axis, min_positive, max);
+    let scale = Scale::new(&chart.axis, &ticks, max, PLOT_W);
+    let bottom = top + row_h * chart.bars.len() as f64 + 4.0;
+    let body = html! {
+        (legend_markup)
+        (x_axis(&chart.axis, &ticks, &scale, label_w, top, bottom))
+        @for (i, b) in chart.bars.iter().enumerate() {
+            @let y = top + row_h * i as f64;
+            @let w = scale.at(b.value);
+            @let thick = if b.second.is_some() { 12.0 } else { 18.0 };
+            @let fill = if b.starved { format!("url(#hatch{id})") } else if b.outside { OUTSIDE.into() } else { PALETTE[0].into() };
+            text x=(n(label_w - 8.0)) y=(n(y + 15.0)) text-anchor="end" { (b.label) }
+            rect x=(n(label_w)) y=(n(y + 2.0)) width=(n(w)) height=(n(thick)) fill=(fill)
+                stroke=[b.starved.then_some("#888")] {}
+            @if let Some(v) = b.second {
+                rect x=(n(label_w)) y=(n(y + 15.0)) width=(n(scale.at(v))) height="5"
+                    fill=(if b.starved { "#888" } else { PALETTE[1] }) {}
+            }
+            @if let Some(m) = b.marker {
+                @let x = label_w + scale.at(m);
+                line x1=(n(x)) x2=(n(x)) y1=(n(y)) y2=(n(y + 22.0)) stroke="#000" stroke-width="3" {}
+            }
+            @let right = [Some(b.value), b.second, b.marker].into_iter().flatten().map(|v| scale.at(v)).fold(w, f64::max);
+            text x=(n(label_w + right + 6.0)) y=(n(y + 15.0)) fill=[b.odd.then_some(ODD)] {
+                (b.text) @if b.odd { " ⚠" }
+            }
+        }
     };
-    let scale = |v: f64| -> f64 {
-        if v <= 0.0 {
-            return 0.0;
-        }
-        let x = if axis.log {
-            (v.log10() - lo.log10()) / (hi.log10() - lo.log10()).max(1e-9)
-        } else {
-            v / hi
-        };
-        x.clamp(0.0, 1.0) * PLOT_W
-    };
-    let bottom = top + row_h * bars.len() as f64 + 4.0;
-    let height = bottom + 42.0;
-    let mut svg = svg_open(id, height);
-    legend(&mut svg, id, entries, 14.0);
-    x_axis(&mut svg, axis, &ticks, &scale, top, bottom);
-    for (i, b) in bars.iter().enumerate() {
-        let y = top + row_h * i as f64;
-        let w = scale(b.value);
-        let _ = writeln!(
-            svg,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
-            LABEL_W - 8.0,
-            y + 15.0,
-            escape(&b.label)
-        );
-        let thick = if b.second.is_some() { 12.0 } else { 18.0 };
-        let fill = if b.starved {
-            format!("url(#hatch{id})")
-        } else {
-            PALETTE[0].to_string()
-        };
-        let _ = writeln!(
-            svg,
-            "<rect x=\"{LABEL_W}\" y=\"{}\" width=\"{w:.1}\" height=\"{thick}\" fill=\"{fill}\"{}/>",
-            y + 2.0,
-            if b.starved { " stroke=\"#888\"" } else { "" }
-        );
-        let mut text_x = LABEL_W + w;
-        if let Some(v) = b.second {
-            let w2 = scale(v);
-            let _ = writeln!(
-                svg,
-                "<rect x=\"{LABEL_W}\" y=\"{}\" width=\"{w2:.1}\" height=\"5\" fill=\"{}\"/>",
-                y + 15.0,
-                if b.starved { "#888" } else { PALETTE[1] }
-            );
-            text_x = text_x.max(LABEL_W + w2);
-        }
-        if let Some(m) = b.marker {
-            let x = LABEL_W + scale(m);
-            let _ = writeln!(
-                svg,
-                "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{}\" y2=\"{}\" stroke=\"#000\" stroke-width=\"3\"/>",
-                y,
-                y + 22.0
-            );
-            text_x = text_x.max(x);
-        }
-        let _ = writeln!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{}\">{}</text>",
-            text_x + 6.0,
-            y + 15.0,
-            escape(&b.text)
-        );
-    }
-    svg += "</svg>\n";
-    svg
+    svg_open(id, width, bottom + 42.0, body)
 }
 
 /// The delay experiment as lanes: a lane per client from connect to its
-/// whole reply, grouped by model, on one time axis.
-fn timeline(charts: &mut usize, rows: &[&Row]) -> String {
-    let rows: Vec<&Row> = rows
-        .iter()
-        .copied()
-        .filter(|r| r.error.is_none() && r.lanes.as_ref().is_some_and(|l| !l.is_empty()))
-        .collect();
-    if rows.is_empty() {
-        return "<p class=\"note\">No lanes were recorded.</p>\n".into();
+/// whole reply, grouped by server, on one time axis.
+fn lanes(chart: &Lanes, id: usize) -> Markup {
+    if chart.groups.is_empty() {
+        return html! { p.note { "No lanes were recorded." } };
     }
-    *charts += 1;
-    let id = *charts;
-    let (lane_h, gap, top) = (7.0, 8.0, 24.0);
-    let end = rows
+    let label_w = label_margin(chart.groups.iter().map(|g| g.0.as_str()));
+    let width = label_w + PLOT_W + 40.0;
+    let any_lost = chart
+        .groups
         .iter()
-        .flat_map(|r| r.lanes.iter().flatten())
+        .any(|g| g.1.iter().any(|l| l.last_byte_s.is_none()));
+    let mut entries = vec![
+        ("waiting for the reply".to_string(), Swatch::Lane("#c9d7e8")),
+        ("first byte of the reply".to_string(), Swatch::Mark),
+    ];
+    if any_lost {
+        entries.push(("no reply".into(), Swatch::Lane("#b5494a")));
+    }
+    let (legend_markup, legend_h) = legend(id, &entries, label_w, width);
+    let (lane_h, gap, top) = (7.0, 8.0, legend_h + 4.0);
+    let end = chart
+        .groups
+        .iter()
+        .flat_map(|g| g.1.iter())
         .filter_map(|l| l.last_byte_s.or(l.connected_s))
         .fold(0.1, f64::max);
-    let axis = Axis::new("seconds since the clients started", false, tick_seconds);
-    let ticks = ticks(&axis, 0.0, end);
-    let hi = ticks.last().copied().unwrap_or(end).max(end);
-    let scale = |v: f64| (v / hi).clamp(0.0, 1.0) * PLOT_W;
-    let lanes: f64 = rows
-        .iter()
-        .map(|r| r.lanes.as_ref().map_or(0, Vec::len) as f64)
-        .sum();
-    let bottom = top + lanes * lane_h + gap * rows.len() as f64;
-    let mut svg = svg_open(id, bottom + 42.0);
-    legend(
-        &mut svg,
-        id,
-        &[
-            ("waiting for the reply", "#c9d7e8", false),
-            ("reply in", PALETTE[1], true),
-            ("no reply", "#b5494a", false),
-        ],
-        14.0,
-    );
-    x_axis(&mut svg, &axis, &ticks, &scale, top, bottom);
+    let ticks = ticks(&chart.axis, 0.0, end);
+    let scale = Scale::new(&chart.axis, &ticks, end, PLOT_W);
+    let count: usize = chart.groups.iter().map(|g| g.1.len()).sum();
+    let bottom = top + count as f64 * lane_h + gap * chart.groups.len() as f64;
     let mut y = top;
-    for r in rows {
-        let lanes = r.lanes.as_deref().unwrap_or_default();
-        let _ = writeln!(
-            svg,
-            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            LABEL_W - 8.0,
-            y + lanes.len() as f64 * lane_h / 2.0 + 4.0,
-            escape(&r.model)
-        );
-        for lane in lanes {
-            let from = scale(lane.connected_s.unwrap_or(0.0));
-            let (to, colour) = match lane.last_byte_s {
-                Some(t) => (scale(t), "#c9d7e8"),
-                None => (scale(end), "#b5494a"),
-            };
-            let _ = writeln!(
-                svg,
-                "<rect x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{}\" fill=\"{colour}\"/>",
-                LABEL_W + from,
-                (to - from).max(1.0),
-                lane_h - 2.0
-            );
-            if let Some(t) = lane.first_byte_s.or(lane.last_byte_s) {
-                let x = LABEL_W + scale(t);
-                let _ = writeln!(
-                    svg,
-                    "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{y:.1}\" y2=\"{:.1}\" stroke=\"{}\" stroke-width=\"3\"/>",
-                    y + lane_h - 2.0,
-                    PALETTE[1]
-                );
-            }
-            y += lane_h;
-        }
-        y += gap;
+    let mut placed = Vec::new();
+    for (name, group) in &chart.groups {
+        placed.push((y, name, group));
+        y += group.len() as f64 * lane_h + gap;
     }
-    svg += "</svg>\n";
-    svg
+    let body = html! {
+        (legend_markup)
+        (x_axis(&chart.axis, &ticks, &scale, label_w, top, bottom))
+        @for (y0, name, group) in placed {
+            text x=(n(label_w - 8.0)) y=(n(y0 + group.len() as f64 * lane_h / 2.0 + 4.0)) text-anchor="end" { (name) }
+            @for (i, lane) in group.iter().enumerate() {
+                @let y = y0 + i as f64 * lane_h;
+                @let from = scale.at(lane.connected_s.unwrap_or(0.0));
+                @let (to, colour) = match lane.last_byte_s { Some(t) => (scale.at(t), "#c9d7e8"), None => (scale.at(end), "#b5494a") };
+                rect x=(n(label_w + from)) y=(n(y)) width=(n((to - from).max(1.0))) height=(n(lane_h - 2.0)) fill=(colour) {}
+                @if let Some(t) = lane.first_byte_s.or(lane.last_byte_s) {
+                    @let x = label_w + scale.at(t);
+                    line x1=(n(x)) x2=(n(x)) y1=(n(y)) y2=(n(y + lane_h - 2.0)) stroke="#000" stroke-width="3" {}
+                }
+            }
+        }
+    };
+    svg_open(id, width, bottom + 42.0, body)
 }
 
-/// The C10K curve: a line per model, idle connections across, latency up
-/// (log scale).
-fn c10k_chart(charts: &mut usize, rows: &[&Row]) -> String {
-    let points: Vec<(&str, f64, f64)> = rows
+/// A hollow marker of the `shape`-th kind: lines that share points stay
+/// visible because no two series share a shape, and hollow marks do not
+/// cover each other.
+fn marker(shape: usize, x: f64, y: f64, colour: &str) -> Markup {
+    let r = 4.5;
+    html! {
+        @match shape % 5 {
+            0 => circle cx=(n(x)) cy=(n(y)) r=(n(r)) fill="#fff" stroke=(colour) stroke-width="2" {},
+            1 => rect x=(n(x - r)) y=(n(y - r)) width=(n(2.0 * r)) height=(n(2.0 * r)) fill="#fff" stroke=(colour) stroke-width="2" {},
+            2 => polygon points=(format!("{},{} {},{} {},{}", n(x), n(y - r - 1.0), n(x + r + 1.0), n(y + r), n(x - r - 1.0), n(y + r))) fill="#fff" stroke=(colour) stroke-width="2" {},
+            3 => polygon points=(format!("{},{} {},{} {},{} {},{}", n(x), n(y - r - 1.5), n(x + r + 1.5), n(y), n(x), n(y + r + 1.5), n(x - r - 1.5), n(y))) fill="#fff" stroke=(colour) stroke-width="2" {},
+            _ => path d=(format!("M{} {}L{} {}M{} {}L{} {}", n(x - r), n(y - r), n(x + r), n(y + r), n(x - r), n(y + r), n(x + r), n(y - r))) stroke=(colour) stroke-width="2" {},
+        }
+    }
+}
+
+/// Lines of points, a line per series, each with its own colour, dash and
+/// marker shape, named at its end and in the legend.
+fn lines(chart: &Lines, id: usize) -> Markup {
+    let points: Vec<(f64, f64)> = chart
+        .series
         .iter()
-        .filter(|r| r.error.is_none())
-        .filter_map(|r| Some((r.model.as_str(), r.idle_connections? as f64, r.p50_us? as f64)))
+        .flat_map(|s| s.points.iter().copied())
         .collect();
     if points.is_empty() {
-        return "<p class=\"note\">No model has numbers for this.</p>\n".into();
+        return html! { p.note { "No server has numbers for this." } };
     }
-    *charts += 1;
-    let id = *charts;
-    let mut models: Vec<&str> = Vec::new();
-    for (m, _, _) in &points {
-        if !models.contains(m) {
-            models.push(m);
-        }
-    }
-    let (top, plot_h) = (30.0, 260.0);
-    let x_axis_def = Axis::new("idle connections held", false, tick_count);
-    let y_axis_def = Axis::new("active client p50 (log scale)", true, tick_micros);
-    let x_max = points.iter().map(|p| p.1).fold(1.0, f64::max);
-    let y_min = points.iter().map(|p| p.2).fold(f64::MAX, f64::min).max(1.0);
-    let y_max = points.iter().map(|p| p.2).fold(1.0, f64::max);
-    let xt = ticks(&x_axis_def, 0.0, x_max);
-    let x_hi = xt.last().copied().unwrap_or(x_max).max(x_max);
-    let yt = ticks(&y_axis_def, y_min, y_max);
-    let (y_lo, y_hi) = (yt[0], yt[yt.len() - 1].max(yt[0] * 10.0));
-    let sx = |v: f64| (v / x_hi).clamp(0.0, 1.0) * PLOT_W;
-    let sy = |v: f64| {
-        top + plot_h
-            - ((v.max(y_lo).log10() - y_lo.log10()) / (y_hi.log10() - y_lo.log10()).max(1e-9)) * plot_h
+    let label_w = 64.0;
+    let names_w = chart
+        .series
+        .iter()
+        .map(|s| text_width(&s.name))
+        .fold(40.0, f64::max)
+        + 16.0;
+    let width = label_w + PLOT_W + names_w;
+    let style = |i: usize, outside: bool| -> (&'static str, bool, usize) {
+        let colour = if outside {
+            OUTSIDE
+        } else {
+            PALETTE[i % PALETTE.len()]
+        };
+        (colour, i % 2 == 1, i)
     };
-    let bottom = top + plot_h;
-    let mut svg = svg_open(id, bottom + 42.0);
-    let entries: Vec<(&str, &str, bool)> = models
+    let entries: Vec<(String, Swatch)> = chart
+        .series
         .iter()
         .enumerate()
-        .map(|(i, m)| (*m, PALETTE[i % PALETTE.len()], false))
-        .collect();
-    legend(&mut svg, id, &entries, 14.0);
-    // The y axis: a line, decade ticks, its title turned up.
-    let _ = writeln!(
-        svg,
-        "<line class=\"axis\" x1=\"{LABEL_W}\" x2=\"{LABEL_W}\" y1=\"{top}\" y2=\"{bottom}\" stroke=\"#444\"/>"
-    );
-    for &t in &yt {
-        let y = sy(t);
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{LABEL_W}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/>\
-             <line class=\"tick\" x1=\"{}\" x2=\"{LABEL_W}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#444\"/>\
-             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            LABEL_W + PLOT_W,
-            LABEL_W - 5.0,
-            LABEL_W - 8.0,
-            y + 4.0,
-            escape(&tick_micros(t))
-        );
-    }
-    let _ = writeln!(
-        svg,
-        "<text transform=\"translate(14 {:.1}) rotate(-90)\" text-anchor=\"middle\" fill=\"#444\">{}</text>",
-        top + plot_h / 2.0,
-        escape(y_axis_def.title)
-    );
-    x_axis(&mut svg, &x_axis_def, &xt, &sx, top, bottom);
-    // Each line's name at its end, nudged apart where lines end together.
-    let mut labels: Vec<(f64, f64, &str, &str)> = Vec::new();
-    for (i, m) in models.iter().enumerate() {
-        let colour = PALETTE[i % PALETTE.len()];
-        let mine: Vec<(f64, f64)> = points
-            .iter()
-            .filter(|p| p.0 == *m)
-            .map(|p| (LABEL_W + sx(p.1), sy(p.2)))
-            .collect();
-        let path: Vec<String> = mine.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
-        let _ = writeln!(
-            svg,
-            "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"{}/>",
-            path.join(" "),
-            // Every other line dashed: lines that run together stay apart.
-            if i % 2 == 1 {
-                " stroke-dasharray=\"7 4\""
+        .map(|(i, s)| {
+            let (c, dashed, shape) = style(i, s.outside);
+            let name = if s.outside {
+                format!("{} (outside server)", s.name)
             } else {
-                ""
-            }
-        );
-        for (x, y) in &mine {
-            let _ = writeln!(
-                svg,
-                "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3.5\" fill=\"{colour}\"/>"
-            );
-        }
-        if let Some((x, y)) = mine.last() {
-            labels.push((*x, *y, m, colour));
-        }
-    }
-    labels.sort_by(|a, b| a.1.total_cmp(&b.1));
-    let mut last_y = f64::MIN;
-    for (x, y, m, colour) in labels {
-        let y = (y + 4.0).max(last_y + 13.0);
-        last_y = y;
-        let _ = writeln!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{y:.1}\" fill=\"{colour}\">{}</text>",
-            x + 8.0,
-            escape(m)
-        );
-    }
-    svg += "</svg>\n";
-    svg
-}
-
-/// A paragraph about one model, from its numbers only.
-fn story(model: &str, rows: &[Row]) -> String {
-    let find = |s: &str| rows.iter().find(|r| r.model == model && r.scenario == s);
-    let mut parts = Vec::new();
-    for r in rows
-        .iter()
-        .filter(|r| r.model == model && r.scenario != "c10k" && r.scenario != "uring-ladder")
-    {
-        if let Some(e) = &r.error {
-            parts.push(format!("the {} scenario could not run ({e})", r.scenario));
-        }
-    }
-    if let Some(r) = find("delay").filter(|r| r.error.is_none()) {
-        if let (Some(m), Some(t)) = (r.makespan_s, r.theory_s) {
-            let verdict = if (m - t).abs() <= 0.1 * t {
-                "as theory says"
-            } else if m > t {
-                "slower than theory"
-            } else {
-                "faster than theory"
+                s.name.clone()
             };
-            parts.push(format!(
-                "its delayed clients had their last reply after {} ({verdict}: {})",
-                seconds(m),
-                seconds(t)
-            ));
-        }
-    }
-    if let Some(r) = find("throughput").filter(|r| r.error.is_none()) {
-        let mut s = match served_label(r) {
-            Some(label) => format!(
-                "under echo load it {label} clients, so its {} is the speed of a few clients alone",
-                rps_with_range(r)
-            ),
-            None => format!("under echo load it answered {}", rps_with_range(r)),
-        };
-        if let Some(c) = r.cpu_per_request_us {
-            s += &format!(" at {c:.1} µs of server CPU each");
-        }
-        if let (Some(cs), Some(sc)) = (r.context_switches_per_request, r.syscalls_per_request) {
-            s += &format!(
-                " ({} context switches and {} system calls per request)",
-                per_request(cs),
-                per_request(sc)
-            );
-        }
-        if let Some(p) = r.p99_us {
-            s += &format!(", p99 {}", micros(p));
-        }
-        parts.push(s);
-    }
-    if let Some(r) = find("idle").filter(|r| r.error.is_none()) {
-        let n = thousands(r.idle_connections.unwrap_or(0));
-        let mut s = match r.pss_per_conn_bytes {
-            Some(b) => format!("holding {n} idle connections cost it {} each (PSS)", bytes(b)),
-            None => format!(
-                "of {n} idle connections it accepted {} ({})",
-                thousands(r.accepted.unwrap_or(0)),
-                memory_per_connection(r)
-            ),
-        };
-        s += &match r.p50_us {
-            Some(p) => format!(
-                ", and one active client meanwhile was answered in {} (p50)",
-                micros(p)
-            ),
-            None => ", and one active client meanwhile got no reply at all: the idle connections held every \
-                   place the model has"
-                .to_string(),
-        };
-        parts.push(s);
-    }
-    let c10k: Vec<String> = rows
+            (name, Swatch::Line(c, dashed, shape))
+        })
+        .collect();
+    let (legend_markup, legend_h) = legend(id, &entries, label_w, width);
+    let (top, plot_h) = (legend_h + 12.0, 260.0);
+    let x_max = points.iter().map(|p| p.0).fold(1.0, f64::max);
+    let y_min = points.iter().map(|p| p.1).fold(f64::MAX, f64::min).max(1e-9);
+    let y_max = points.iter().map(|p| p.1).fold(f64::MIN_POSITIVE, f64::max);
+    let xt = ticks(&chart.x, 0.0, x_max);
+    let yt = ticks(&chart.y, y_min, y_max);
+    let sx = Scale::new(&chart.x, &xt, x_max, PLOT_W);
+    let sy = Scale::new(&chart.y, &yt, y_max, plot_h);
+    let bottom = top + plot_h;
+    let y_at = |v: f64| bottom - sy.at(v);
+    // Each line's name at its end, nudged apart where lines end together.
+    let mut ends: Vec<(f64, f64, &str, &str)> = chart
+        .series
         .iter()
-        .filter(|r| r.model == model && r.scenario == "c10k" && r.error.is_none())
-        .filter_map(|r| {
-            Some(format!(
-                "{} at {}",
-                micros(r.p50_us?),
-                thousands(r.idle_connections?)
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let &(x, y) = s.points.last()?;
+            Some((
+                label_w + sx.at(x),
+                y_at(y),
+                s.name.as_str(),
+                style(i, s.outside).0,
             ))
         })
         .collect();
-    if !c10k.is_empty() {
-        parts.push(format!(
-            "its active client's p50 among idle connections: {}",
-            c10k.join(", ")
-        ));
+    ends.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let mut last_y = f64::MIN;
+    for end in &mut ends {
+        end.1 = (end.1 + 4.0).max(last_y + 13.0);
+        last_y = end.1;
     }
-    if let Some(r) = find("unp").filter(|r| r.error.is_none()) {
-        if let Some(c) = r.cpu_per_conn_us {
-            let mut s = format!(
-                "in Stevens' experiment (UNP row {}) it used {c:.1} µs of CPU per connection",
-                r.unp_row.map_or("-".into(), |n| n.to_string())
-            );
-            if let Some(o) = r.cpu_per_conn_over_iterative_us {
-                s += &format!(" ({o:+.1} µs over iterative)");
-            }
-            if let Some(cps) = r.connections_per_s {
-                s += &format!(" and served {}/s", thousands(cps.round() as u64));
-            }
-            if let Some(a) = &r.accepts_per_worker {
-                s += &format!(", its workers accepting {}", spread_text(a));
-            }
-            parts.push(s);
+    let body = html! {
+        (legend_markup)
+        line.axis x1=(n(label_w)) x2=(n(label_w)) y1=(n(top)) y2=(n(bottom)) stroke="#444" {}
+        @for &t in &yt {
+            @let y = y_at(t);
+            line x1=(n(label_w)) x2=(n(label_w + PLOT_W)) y1=(n(y)) y2=(n(y)) stroke="#eee" {}
+            line.tick x1=(n(label_w - 5.0)) x2=(n(label_w)) y1=(n(y)) y2=(n(y)) stroke="#444" {}
+            text x=(n(label_w - 8.0)) y=(n(y + 4.0)) text-anchor="end" { ((chart.y.tick)(t)) }
         }
-    }
-    if parts.is_empty() {
-        return "No measurements.".into();
-    }
-    let mut text = parts.join("; ");
-    text.push('.');
-    capitalize(&text)
-}
-
-/// The Markdown tables, turned into HTML tables.
-fn markdown_tables_as_html(rows: &[Row]) -> String {
-    let mut out = String::new();
-    let mut in_table = false;
-    for line in super::markdown::table(rows).lines() {
-        if let Some(title) = line.strip_prefix("## ") {
-            let _ = writeln!(out, "<h3>{}</h3>", escape(title));
-        } else if line.starts_with("|---") {
-            continue;
-        } else if let Some(inner) = line.strip_prefix('|') {
-            let cells: Vec<&str> = inner.trim_end_matches('|').split('|').map(str::trim).collect();
-            let tag = if in_table { "td" } else { "th" };
-            if !in_table {
-                out += "<table>\n";
-                in_table = true;
-            }
-            out += "<tr>";
-            for c in cells {
-                let _ = write!(out, "<{tag}>{}</{tag}>", escape(c));
-            }
-            out += "</tr>\n";
-        } else {
-            if in_table {
-                out += "</table>\n";
-                in_table = false;
-            }
-            let text = line.trim_start_matches("- ").trim();
-            if !text.is_empty() {
-                let _ = writeln!(out, "<p class=\"note\">{}</p>", escape(text));
-            }
+        text transform=(format!("translate(14 {}) rotate(-90)", n(top + plot_h / 2.0))) text-anchor="middle" fill="#444" { (chart.y.title) }
+        (x_axis(&chart.x, &xt, &sx, label_w, top, bottom))
+        @for (i, s) in chart.series.iter().enumerate() {
+            @let (colour, dashed, shape) = style(i, s.outside);
+            @let path: Vec<String> = s.points.iter().map(|&(x, y)| format!("{},{}", n(label_w + sx.at(x)), n(y_at(y)))).collect();
+            polyline points=(path.join(" ")) fill="none" stroke=(colour) stroke-width="2"
+                stroke-dasharray=[dashed.then_some("7 4")] {}
+            @for &(x, y) in &s.points { (marker(shape, label_w + sx.at(x), y_at(y), colour)) }
         }
-    }
-    if in_table {
-        out += "</table>\n";
-    }
-    out
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+        @for (x, y, name, colour) in ends {
+            text x=(n(x + 10.0)) y=(n(y)) fill=(colour) { (name) }
+        }
+    };
+    svg_open(id, width, bottom + 42.0, body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::Lane;
+    use crate::lab::export::format::{tick_count, tick_micros};
+    use crate::lab::export::section::{Axis, Series};
+    use crate::lab::export::Document;
+    use crate::lab::scenario::{DelayFigures, WorkFigures};
+    use crate::lab::{Lane, Report, Row, Spread};
 
+    /// A report with the longest labels the lab makes, an outside server
+    /// named with markup, a starved model and an odd figure.
     fn report() -> Report {
-        let rows = vec![
-            Row {
-                model: "iterative".into(),
-                scenario: "delay".into(),
+        let mut rows = Vec::new();
+        for model in ["iterative", "prefork-mutex", "<b>mine</b>"] {
+            let mut r = Row {
+                served: Some(if model == "iterative" { 1 } else { 5 }),
+                clients: Some(5),
+                outside: model.starts_with('<'),
+                ..Row::new(model, "delay")
+            };
+            r.set_figures(&DelayFigures {
                 makespan_s: Some(5.01),
                 theory_s: Some(5.0),
                 lanes: Some(vec![
@@ -1073,99 +567,177 @@ mod tests {
                         first_byte_s: Some(1.0),
                         last_byte_s: Some(1.0),
                     },
-                    Lane {
-                        connected_s: Some(0.0),
-                        first_byte_s: None,
-                        last_byte_s: None,
-                    },
+                    Lane::default(),
                 ]),
-                ..Row::default()
-            },
-            Row {
-                model: "uring".into(),
-                scenario: "delay".into(),
-                error: Some("io_uring is not available: <EPERM>".into()),
-                ..Row::default()
-            },
-            Row {
-                model: "iterative".into(),
-                scenario: "throughput".into(),
-                throughput_rps: Some(70_586.0),
-                served: Some(1),
-                clients: Some(50),
-                p50_us: Some(13),
-                p99_us: Some(40),
-                ..Row::default()
-            },
-            Row {
-                model: "epoll".into(),
-                scenario: "idle".into(),
-                pss_per_conn_bytes: Some(244),
-                idle_connections: Some(1000),
-                accepted: Some(1000),
-                p50_us: Some(40),
-                ..Row::default()
-            },
-            Row {
-                model: "prefork".into(),
-                scenario: "unp".into(),
-                unp_row: Some(2),
-                cpu_per_conn_us: Some(41.5),
-                cpu_per_conn_over_iterative_us: Some(8.0),
-                connections_per_s: Some(9_000.0),
-                accepts_per_worker: Some(vec![10, 12, 11]),
-                ..Row::default()
-            },
-            Row {
-                model: "poll".into(),
-                scenario: "c10k".into(),
-                idle_connections: Some(1000),
-                p50_us: Some(200),
-                ..Row::default()
-            },
-        ];
+            });
+            rows.push(r);
+        }
+        for (model, workers, cores) in [
+            ("half-async", 2, 1.8),
+            ("epoll", 1, 0.34),
+            ("poll", 1, 1.0),
+            ("select", 1, 1.0),
+        ] {
+            let mut r = Row {
+                workers: Some(workers),
+                throughput_rps: Some(4500.0),
+                runs: Some(3),
+                ..Row::new(model, "work")
+            };
+            r.range.insert(
+                "throughput_rps".into(),
+                Spread {
+                    min: 4400.0,
+                    max: 4600.0,
+                },
+            );
+            r.set_figures(&WorkFigures {
+                cores_used: Some(cores),
+            });
+            rows.push(r);
+        }
+        rows.push(Row {
+            error: Some("io_uring is not available: <EPERM>".into()),
+            ..Row::new("uring", "delay")
+        });
+        for (level, p50) in [(0, 40), (1000, 200)] {
+            for model in ["select", "poll"] {
+                rows.push(Row {
+                    idle_connections: Some(level),
+                    p50_us: Some(p50),
+                    ..Row::new(model, "c10k")
+                });
+            }
+        }
+        rows[4].anomaly = Some("it kept 0.34 cores busy".into());
         Report {
             rows,
             ..Report::default()
         }
     }
 
+    /// The `<text text-anchor="end">` labels of the page's charts, each with
+    /// its x: a label is drawn leftwards from x.
+    fn end_anchored(page: &str) -> Vec<(f64, String)> {
+        page.split("<text ")
+            .skip(1)
+            .filter(|t| t.contains("text-anchor=\"end\""))
+            .filter_map(|t| {
+                let x: f64 = t.split("x=\"").nth(1)?.split('"').next()?.parse().ok()?;
+                let text = t.split('>').nth(1)?.split('<').next()?.to_string();
+                Some((x, text))
+            })
+            .collect()
+    }
+
+    fn unescape(s: &str) -> String {
+        s.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&")
+    }
+
     #[test]
-    fn self_contained_with_charts_and_stories() {
-        let page = render(&report());
+    fn no_label_is_cut_however_long() {
+        let page = render(&Document::of(&report()));
+        let labels = end_anchored(&page);
+        assert!(
+            labels.iter().any(|(_, t)| t == "half-async (1 loop, 2 workers)"),
+            "{labels:?}"
+        );
+        for (x, text) in labels {
+            let needed = text_width(&unescape(&text));
+            assert!(needed <= x, "'{text}' needs {needed} px left of x={x}");
+        }
+    }
+
+    #[test]
+    fn legends_carry_every_mark_used_and_no_other() {
+        let page = render(&Document::of(&report()));
+        // delay: bars, theory marks, a starved model's hatch, an outside server.
+        assert!(page.contains(">theory</text>"));
+        assert!(page.contains(">not every client served</text>"));
+        assert!(page.contains(">measured (outside server)</text>"));
+        // the lanes: a client with no reply.
+        assert!(page.contains(">no reply</text>"));
+        // work: the odd figure is marked and in the legend.
+        assert!(page.contains("⚠ odd figure (see the warnings)"));
+        assert!(page.contains("Odd figure, kept after a rerun: epoll in work"));
+        // No legend entry for a mark no bar uses: work has no second series.
+        let work = &page[page.find("id=\"work\"").unwrap()..];
+        assert!(!work.contains(">p99</text>"));
+        // c10k: a line per model, each legend entry drawn as its line and marker.
+        let c10k = &page[page.find("id=\"c10k\"").unwrap()..page.find("id=\"work\"").unwrap()];
+        assert!(
+            c10k.contains("stroke-dasharray=\"5 3\""),
+            "the dashed line's legend is dashed"
+        );
+        assert!(
+            c10k.contains("<circle") && c10k.contains("<rect x="),
+            "two marker shapes"
+        );
+    }
+
+    #[test]
+    fn escaped_self_contained_and_linked_absolutely() {
+        let mut report = report();
+        report.rows.push(Row {
+            throughput_rps: Some(1000.0),
+            ..Row::new("epoll", "throughput")
+        });
+        let page = render(&Document::of(&report));
         assert!(page.starts_with("<!DOCTYPE html>"));
-        assert!(!page.contains("src=\"http") && !page.contains("href=\"http") && !page.contains("<script"));
-        assert!(page.contains("<svg"));
-        assert!(page.contains("5.01 s (theory 5.00 s)"));
+        assert!(!page.contains("src=\"http") && !page.contains("<script"));
         assert!(page.contains("&lt;EPERM&gt;"), "errors are escaped");
         assert!(
-            page.contains("Its delayed clients had their last reply after 5.01 s (as theory says: 5.00 s)")
+            page.contains("&lt;b&gt;mine&lt;/b&gt;") && !page.contains("<b>mine</b>"),
+            "names are escaped"
         );
-        assert!(page.contains("Holding 1,000 idle connections cost it 244 B each"));
-        assert!(page.contains("70,586/s, served 1 of 50"), "starved bars say so");
-        assert!(page.contains("url(#hatch"), "and are hatched");
-        assert!(page.contains("href=\"src/model/epoll.rs\""));
-        assert!(page.contains("class=\"tick\""));
-        assert!(page.contains("<polyline"), "the c10k curve");
-        assert!(
-            page.contains("41.5 µs, +8.0 µs over iterative, 9,000/s"),
-            "the unp chart"
-        );
-        assert!(
-            page.contains("Accepts per worker: prefork 10 12 11"),
-            "the spread"
-        );
-        assert!(page.contains("2 prefork, each child calling accept (prefork)"));
+        assert!(page.contains(&format!(
+            "href=\"file://{}/src/model/epoll.rs\"",
+            env!("CARGO_MANIFEST_DIR")
+        )));
+        assert!(!page.contains("href=\"src/"), "no relative links");
+        assert!(page.contains("<table class=\"meta\""), "the metadata is a table");
+        let findings = page.find("What this run found").unwrap();
+        assert!(findings < page.find("id=\"delay\"").unwrap(), "findings first");
     }
 
     #[test]
     fn linear_ticks_are_round_and_cover_the_maximum() {
-        let axis = Axis::new("", false, tick_count);
+        let axis = Axis::linear("", tick_count);
         assert_eq!(
             ticks(&axis, 0.0, 92_000.0),
             [0.0, 20_000.0, 40_000.0, 60_000.0, 80_000.0, 100_000.0]
         );
-        let log = Axis { log: true, ..axis };
+        let log = Axis::log("", tick_micros);
         assert_eq!(ticks(&log, 13.0, 4_690.0), [10.0, 100.0, 1000.0, 10_000.0]);
+    }
+
+    #[test]
+    fn series_that_coincide_stay_visible() {
+        let same = vec![(0.0, 40.0), (1000.0, 200.0)];
+        let chart = Lines {
+            x: Axis::linear("x", tick_count),
+            y: Axis::log("y", tick_micros),
+            series: ["select", "poll"]
+                .iter()
+                .map(|name| Series {
+                    name: name.to_string(),
+                    points: same.clone(),
+                    outside: false,
+                })
+                .collect(),
+            caveat: None,
+        };
+        let svg = lines(&chart, 1).into_string();
+        // Two shapes, both hollow: the one drawn second does not cover the first.
+        assert!(svg.contains("<circle") && svg.contains("<rect x="));
+        assert!(!svg.contains("fill=\"#4a7fb5\" stroke"), "markers are hollow");
+        assert_eq!(
+            svg.matches(">select</text>").count(),
+            2,
+            "in the legend and at the line's end"
+        );
     }
 }

@@ -25,18 +25,22 @@ mod tests {
 
     #[test]
     fn round_trips_and_leaves_out_what_does_not_apply() {
+        let mut row = Row::new("thread", "delay");
+        row.set_figures(&crate::lab::scenario::DelayFigures {
+            makespan_s: Some(1.003),
+            theory_s: Some(1.0),
+            lanes: None,
+        });
         let report = Report {
-            rows: vec![Row {
-                model: "thread".into(),
-                scenario: "delay".into(),
-                makespan_s: Some(1.003),
-                theory_s: Some(1.0),
-                ..Row::default()
-            }],
+            rows: vec![row],
             ..Report::default()
         };
         let text = render(&report).unwrap();
         assert!(!text.contains("throughput_rps"));
+        assert!(
+            text.contains("\"makespan_s\": 1.003"),
+            "a scenario's figures are keys of the row: {text}"
+        );
         assert!(text.contains("\"meta\""));
         assert_eq!(parse(&text).unwrap(), report);
     }
