@@ -642,6 +642,18 @@ pub struct LabArgs {
     /// unp: rounds (connect, ask for 4000 bytes, read them, close) per client
     #[arg(long, default_value_t = 500, value_parser = |s: &str| parse_count(s, MAX_REQUESTS))]
     pub unp_rounds: usize,
+    /// cost: the offered rates, requests per second in total, comma-separated
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "10000,30000,60000,100000",
+        value_parser = |s: &str| parse_count(s, MAX_RATE as usize).map(|n| n as u32)
+    )]
+    pub cost_rates: Vec<u32>,
+    /// cost: how long each rate is offered (at most 1 day)
+    #[arg(long, value_parser = parse_positive_duration, default_value = "1s")]
+    pub cost_duration: Duration,
 }
 
 impl LabArgs {
@@ -668,6 +680,8 @@ impl LabArgs {
                 runs: self.runs,
                 unp_clients: self.unp_clients,
                 unp_rounds: self.unp_rounds,
+                cost_rates: self.cost_rates,
+                cost_duration: self.cost_duration,
             },
             json: self.json,
             markdown: self.markdown,

@@ -376,3 +376,56 @@ fn a_model_that_cannot_start_is_reported_and_the_lab_goes_on() {
     );
     assert!(err.contains("error: no model ran"), "{err}");
 }
+
+#[test]
+fn cost_reports_cpu_per_request_at_each_rate_and_ranks_only_who_kept_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("cost.md");
+    let md_arg = md.to_str().unwrap();
+    let (_, report) = lab_report(&[
+        "--models",
+        "iterative,epoll",
+        "--scenarios",
+        "cost",
+        "--runs",
+        "1",
+        "--cost-rates",
+        "3000,6000",
+        "--cost-duration",
+        "300ms",
+        "--markdown",
+        md_arg,
+    ]);
+    let json = serde_json::to_value(&report).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    let epoll: Vec<_> = rows.iter().filter(|r| r["model"] == "epoll").collect();
+    assert!(!epoll.is_empty());
+    for r in &epoll {
+        for key in [
+            "offered_rps",
+            "kept_up",
+            "cpu_source",
+            "server_busy",
+            "cpu_per_request_us",
+            "p99_us",
+        ] {
+            assert!(!r[key].is_null(), "{key} missing from {r}");
+        }
+    }
+    // One client at a time cannot keep 50 clients served at any rate: it is
+    // marked so at the first rate, not measured at the next, and not ranked.
+    let iterative: Vec<_> = rows.iter().filter(|r| r["model"] == "iterative").collect();
+    assert_eq!(iterative.len(), 1, "{iterative:?}");
+    assert_eq!(iterative[0]["kept_up"], false);
+    assert!(
+        iterative[0]["missed"].as_str().unwrap().starts_with("served "),
+        "{}",
+        iterative[0]
+    );
+    let markdown = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        markdown.contains("iterative kept up with none of the offered rates, so it is not ranked"),
+        "{markdown}"
+    );
+    assert!(!markdown.contains("cheapest first: iterative"), "{markdown}");
+}

@@ -11,6 +11,7 @@
 //! late failure loses nothing; a model that fails has its failure in its row
 //! and the lab goes on.
 
+mod cgroup;
 pub mod export;
 mod probe;
 mod row;
@@ -330,6 +331,9 @@ pub struct ServerProcess {
     /// The server's whole CPU time (user + system, its reaped children
     /// included), from wait4's rusage once it has exited.
     exit_cpu: Option<Duration>,
+    /// The cgroup the server runs in, when it was given one: removed after
+    /// the server is gone (fields drop after `Drop::drop` has stopped it).
+    group: Option<cgroup::CpuGroup>,
 }
 
 impl ServerProcess {
@@ -343,6 +347,25 @@ impl ServerProcess {
     /// As [`start`](ServerProcess::start), on every core when not `pinned`
     /// (the work scenario: how many cores a model can use is the question).
     pub fn start_pinned(args: &[String], pinned: bool) -> anyhow::Result<ServerProcess> {
+        Self::launch(args, pinned, None)
+    }
+
+    /// As [`start`](ServerProcess::start), in a cgroup of its own, whose
+    /// `cpu.stat` then counts every CPU microsecond of the server's tree.
+    pub fn start_grouped(args: &[String], group: cgroup::CpuGroup) -> anyhow::Result<ServerProcess> {
+        Self::launch(args, true, Some(group))
+    }
+
+    /// The CPU the server's cgroup has counted, if it has one.
+    pub fn group_cpu(&self) -> Option<Duration> {
+        self.group.as_ref()?.usage()
+    }
+
+    fn launch(
+        args: &[String],
+        pinned: bool,
+        group: Option<cgroup::CpuGroup>,
+    ) -> anyhow::Result<ServerProcess> {
         let exe = std::env::current_exe().context("cannot find the socklab executable")?;
         let mut command = Command::new(exe);
         if pinned {
@@ -358,6 +381,9 @@ impl ServerProcess {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
                 Ok(())
             });
+            if let Some(group) = &group {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, group.entering());
+            }
         }
         let mut child = command
             .arg("serve")
@@ -415,6 +441,7 @@ impl ServerProcess {
             spread,
             stderr_done,
             exit_cpu: None,
+            group,
         };
         server.watch();
         Ok(server)

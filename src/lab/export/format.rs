@@ -132,11 +132,8 @@ pub fn tick_micros(v: f64) -> String {
 }
 
 pub fn tick_seconds(v: f64) -> String {
-    if v == v.round() {
-        format!("{v:.0} s")
-    } else {
-        format!("{v:.1} s")
-    }
+    let s = format!("{v:.2}");
+    format!("{} s", s.trim_end_matches('0').trim_end_matches('.'))
 }
 
 pub fn tick_bytes(v: f64) -> String {
@@ -155,6 +152,13 @@ pub fn tick_plain(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticks_keep_their_digits() {
+        assert_eq!(tick_seconds(0.25), "0.25 s");
+        assert_eq!(tick_seconds(0.5), "0.5 s");
+        assert_eq!(tick_seconds(2.0), "2 s");
+    }
 
     #[test]
     fn separators() {

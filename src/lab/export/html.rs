@@ -216,11 +216,10 @@ pub fn ticks(axis: &Axis, lo: f64, max: f64) -> Vec<f64> {
         .map(|m| m * magnitude)
         .find(|s| *s >= raw)
         .unwrap_or(raw);
-    let mut out = Vec::new();
-    let mut v = 0.0;
-    while v <= max * 1.0001 + step * 0.5 && out.len() < 12 {
-        out.push(v);
-        v += step;
+    // From 0 to the first tick at or above the maximum.
+    let mut out = vec![0.0];
+    while out[out.len() - 1] < max * 0.9999 && out.len() < 12 {
+        out.push(out.len() as f64 * step);
     }
     out
 }
@@ -352,7 +351,7 @@ fn bars(chart: &Bars, id: usize) -> Markup {
                 stroke=[b.starved.then_some("#888")] {}
             @if let Some(v) = b.second {
                 rect x=(n(label_w)) y=(n(y + 15.0)) width=(n(scale.at(v))) height="5"
-                    fill=(if b.starved { "#888" } else { PALETTE[1] }) {}
+                    fill=(PALETTE[1]) {}
             }
             @if let Some(m) = b.marker {
                 @let x = label_w + scale.at(m);

@@ -209,8 +209,10 @@ pub fn summary_line(row: &Row) -> String {
     if let Some(e) = &row.error {
         return format!("{head} failed: {e}");
     }
-    let served = format::served_label(row).map_or(String::new(), |s| format!(", {s}"));
     let line = scenario::by_name(&row.scenario).map_or(String::new(), |s| s.headline(row));
+    let served = format::served_label(row)
+        .filter(|s| !line.contains(s.as_str()))
+        .map_or(String::new(), |s| format!(", {s}"));
     format!("{head} {line}{served}")
 }
 

@@ -107,7 +107,7 @@ impl Scenario for C10k {
         let mut levels: Vec<u64> = rows.iter().filter_map(|r| r.idle_connections).collect();
         levels.sort_unstable();
         levels.dedup();
-        let models = models_of(rows);
+        let models = super::servers_of(rows);
         let series = models
             .iter()
             .map(|m| {
@@ -193,7 +193,7 @@ impl Scenario for C10k {
     }
 
     fn findings(&self, rows: &[&Row]) -> Vec<String> {
-        let grew: Vec<String> = models_of(rows)
+        let grew: Vec<String> = super::servers_of(rows)
             .iter()
             .filter_map(|m| {
                 let mine: Vec<&&Row> = rows.iter().filter(|r| &r.model == m && r.ok()).collect();
@@ -245,15 +245,4 @@ impl Scenario for C10k {
             )
         })
     }
-}
-
-/// The servers in the rows, in order of first appearance.
-fn models_of(rows: &[&Row]) -> Vec<String> {
-    let mut models: Vec<String> = Vec::new();
-    for r in rows {
-        if !models.contains(&r.model) {
-            models.push(r.model.clone());
-        }
-    }
-    models
 }

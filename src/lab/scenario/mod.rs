@@ -6,6 +6,7 @@
 
 mod c10k;
 mod compare;
+mod cost;
 mod delay;
 mod idle;
 mod measured;
@@ -22,6 +23,7 @@ use super::probe::SyscallMethod;
 use super::Row;
 use crate::model::ModelKind;
 
+pub use cost::Figures as CostFigures;
 pub use delay::Figures as DelayFigures;
 pub use idle::Figures as IdleFigures;
 pub use unp::Figures as UnpFigures;
@@ -30,6 +32,7 @@ pub use work::Figures as WorkFigures;
 
 /// Every scenario, in the report's order.
 pub static ALL: &[&dyn Scenario] = &[
+    &cost::Cost,
     &delay::Delay,
     &throughput::Throughput,
     &idle::Idle,
@@ -115,6 +118,17 @@ impl fmt::Display for dyn Scenario {
     }
 }
 
+/// The servers in `rows`, in order of first appearance.
+pub fn servers_of(rows: &[&Row]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for r in rows {
+        if !names.contains(&r.model) {
+            names.push(r.model.clone());
+        }
+    }
+    names
+}
+
 /// The scenarios a bare `socklab lab` runs.
 pub fn default_set() -> Vec<&'static dyn Scenario> {
     ALL.iter().copied().filter(|s| s.by_default()).collect()
@@ -173,6 +187,9 @@ pub struct Knobs {
     /// unp: clients at once, and rounds (connections) each.
     pub unp_clients: usize,
     pub unp_rounds: usize,
+    /// cost: the offered rates (requests/s in total), and how long each.
+    pub cost_rates: Vec<u32>,
+    pub cost_duration: Duration,
 }
 
 impl Default for Knobs {
@@ -188,6 +205,8 @@ impl Default for Knobs {
             runs: None,
             unp_clients: 5,
             unp_rounds: 500,
+            cost_rates: vec![10_000, 30_000, 60_000, 100_000],
+            cost_duration: Duration::from_secs(1),
         }
     }
 }

@@ -1,0 +1,467 @@
+//! `cost`: every model at fixed offered rates (an open loop: requests sent
+//! on a schedule, latency from each request's intended start), the server's
+//! CPU per request at each rate, read from its own cgroup v2 `cpu.stat`
+//! (or /proc of its process tree where the lab cannot make one), and the
+//! rate at which it stopped keeping up. On a small machine the load
+//! generator sets a closed loop's requests/s; at a rate every fast model
+//! sustains, CPU per request is what ranks them (HttpArena's method).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::compare::Figure;
+use super::measured::{bench_options, start, Measured, STARVED_AFTER};
+use super::{Knobs, Scenario};
+use crate::client::bench::{self, BenchOptions, Load, Payload, LOAD_BUSY_WARNING};
+use crate::lab::cgroup::CpuGroup;
+use crate::lab::export::format::{micros, or_dash, served, thousands, tick_count, tick_plain};
+use crate::lab::export::section::{Axis, Block, Chart, Lines, Section, Series, Table};
+use crate::lab::probe::{self, SyscallMethod};
+use crate::lab::{pin, Row, ServerProcess};
+use crate::model::ModelKind;
+
+pub struct Cost;
+
+/// A rate is kept up when at least this share of the requests it offered
+/// was answered, every client served, nothing failed.
+const KEPT_UP: f64 = 0.97;
+
+/// A server using this share of the CPU it was given is at its limit.
+const SATURATED: f64 = 0.95;
+
+/// cost's own figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Figures {
+    /// The rate the load offered, requests per second in total.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub offered_rps: Option<f64>,
+    /// Whether the server kept up with it; if not, why not (the server, or
+    /// the load generator that could not send on time).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kept_up: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub missed: Option<String>,
+    /// Where CPU per request came from: `cgroup` (cgroup v2 `cpu.stat` of
+    /// the server's own group) or `proc` (/proc schedstat of its tree).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cpu_source: Option<String>,
+    /// The server's CPU over the wall time, as a share of the cores it was
+    /// given.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub server_busy: Option<f64>,
+}
+
+/// Where the server's CPU is read from.
+enum Meter {
+    Group,
+    Proc,
+}
+
+impl Meter {
+    fn name(&self) -> &'static str {
+        match self {
+            Meter::Group => "cgroup",
+            Meter::Proc => "proc",
+        }
+    }
+
+    fn read(&self, server: &Measured) -> Option<Duration> {
+        match self {
+            Meter::Group => server.process.group_cpu(),
+            Meter::Proc => probe::cpu_precise(server.process.pid()),
+        }
+    }
+}
+
+/// `model` serving echo in a cgroup of its own, or, where the lab cannot
+/// make one, as every other scenario starts it, read through /proc.
+fn start_metered(model: ModelKind) -> anyhow::Result<(Measured, Meter)> {
+    match CpuGroup::create() {
+        Ok(group) => {
+            let args: Vec<String> = ["--model", model.name(), "--service", "echo"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            Ok((
+                Measured::new(ServerProcess::start_grouped(&args, group)?)?,
+                Meter::Group,
+            ))
+        }
+        Err(e) => {
+            tracing::debug!("cost: no cgroup of its own for the server ({e:#}); its CPU is read from /proc");
+            Ok((start(model, "echo", &[])?, Meter::Proc))
+        }
+    }
+}
+
+impl Scenario for Cost {
+    fn name(&self) -> &'static str {
+        "cost"
+    }
+
+    fn parameters(&self, knobs: &Knobs) -> serde_json::Value {
+        serde_json::json!({
+            "service": "echo",
+            "clients": knobs.clients,
+            "message_bytes": knobs.size,
+            "offered_rps": knobs.cost_rates,
+            "duration_ms": knobs.cost_duration.as_millis() as u64,
+            "load": "open loop, latency from each request's intended start",
+            "kept_up": format!("{:.0}% of the offered requests answered, every client served, no error, server under {:.0}% of its CPU", KEPT_UP * 100.0, SATURATED * 100.0),
+            "cpu": "cgroup v2 cpu.stat of the server's own group; /proc schedstat of its process tree where no group can be made (each row's cpu_source)",
+        })
+    }
+
+    /// The ladder, lowest rate first, on one server; it stops at the first
+    /// rate the server did not keep up with (the rates above it would only
+    /// say so again).
+    fn measure(&self, model: ModelKind, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
+        let (mut server, meter) = start_metered(model)?;
+        let given = pin::cores().saturating_sub(1).max(1) as f64;
+        // Every connection made and served once before the schedule starts.
+        let warm_up = bench_options(
+            &server.process.addr,
+            knobs.clients,
+            Load::Duration(Duration::from_millis(300)),
+            Payload::Size(knobs.size),
+            STARVED_AFTER,
+        )?;
+        bench::measure(&warm_up).context("the warm-up load failed")?;
+        let mut rates = knobs.cost_rates.clone();
+        rates.sort_unstable();
+        rates.dedup();
+        let mut rows = Vec::new();
+        for rate in rates {
+            let mut row = Row {
+                message_bytes: Some(knobs.size as u64),
+                ..Row::new(model.name(), self.name())
+            };
+            let options = BenchOptions {
+                rate: Some(rate as f64),
+                ..bench_options(
+                    &server.process.addr,
+                    knobs.clients,
+                    Load::Duration(knobs.cost_duration),
+                    Payload::Size(knobs.size),
+                    STARVED_AFTER,
+                )?
+            };
+            let before = meter.read(&server).context("the server died")?;
+            let report = server.drive(&options)?;
+            let after = meter.read(&server).context("the server died")?;
+            server.record(&mut row, &report, Some(knobs.cost_duration));
+            row.throughput_rps = Some(report.throughput_rps);
+            let cpu = after.saturating_sub(before).as_secs_f64();
+            row.cpu_s = Some(cpu);
+            row.cpu_per_request_us = (report.replies > 0).then(|| cpu * 1e6 / report.replies as f64);
+            let busy = cpu / report.elapsed_s.max(f64::MIN_POSITIVE) / given;
+            let offered = rate as f64 * report.elapsed_s;
+            let short = (report.replies as f64) < KEPT_UP * offered || report.errors > 0;
+            let generator = report.load_busy.filter(|b| *b >= LOAD_BUSY_WARNING);
+            let missed = match generator {
+                // The schedule was missed on the sending side: not the server's.
+                Some(b) if short && busy < SATURATED => Some(format!(
+                    "the load generator could not keep the schedule ({:.0}% busy): a limit of this machine, not of the server",
+                    b * 100.0
+                )),
+                _ if row.served < row.clients => Some(format!("served {}", served(&row))),
+                _ if busy >= SATURATED => Some(format!("the server used {:.0}% of the CPU it was given", busy * 100.0)),
+                _ if report.errors > 0 => Some(format!("{} requests failed", thousands(report.errors))),
+                _ if short => Some(format!("answered {}/s", thousands(report.throughput_rps.round() as u64))),
+                _ => None,
+            };
+            row.set_figures(&Figures {
+                offered_rps: Some(rate as f64),
+                kept_up: Some(missed.is_none()),
+                missed: missed.clone(),
+                cpu_source: Some(meter.name().into()),
+                server_busy: Some(busy),
+            });
+            rows.push(row);
+            if missed.is_some() {
+                break;
+            }
+        }
+        server.process.stop();
+        Ok(rows)
+    }
+
+    fn headline(&self, row: &Row) -> String {
+        let f: Figures = row.figures();
+        format!(
+            "{}/s offered: {} CPU/request, p99 {}{}",
+            thousands(f.offered_rps.unwrap_or(0.0).round() as u64),
+            or_dash(row.cpu_per_request_us, |c| format!("{c:.2} µs")),
+            or_dash(row.p99_us, micros),
+            f.missed.map_or(String::new(), |m| format!(", not kept up: {m}"))
+        )
+    }
+
+    fn section(&self, rows: &[&Row]) -> Section {
+        let servers = super::servers_of(rows);
+        let series = servers
+            .iter()
+            .map(|name| Series {
+                name: name.clone(),
+                points: rows
+                    .iter()
+                    .filter(|r| &r.model == name && kept_up(r))
+                    .filter_map(|r| Some((r.figures::<Figures>().offered_rps?, r.cpu_per_request_us?)))
+                    .collect(),
+                outside: rows.iter().any(|r| &r.model == name && r.outside),
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect();
+        let sources: Vec<String> = {
+            let mut s: Vec<String> = rows
+                .iter()
+                .filter_map(|r| r.figures::<Figures>().cpu_source)
+                .collect();
+            s.sort();
+            s.dedup();
+            s
+        };
+        let chart = Lines {
+            x: Axis::linear("offered requests per second", tick_count),
+            y: Axis::linear("µs of server CPU per request", tick_plain),
+            series,
+            caveat: Some(format!(
+                "Only the rates each server kept up with are drawn; the table gives the rest and why. CPU read from {}.",
+                if sources == ["cgroup"] {
+                    "each server's own cgroup (cgroup v2 cpu.stat)".to_string()
+                } else if sources == ["proc"] {
+                    "/proc of each server's process tree: this machine gave the lab no cgroup".to_string()
+                } else {
+                    format!("{} (per row)", sources.join(" and "))
+                }
+            )),
+        };
+        let mut table = Table::new(&[
+            "model",
+            "offered",
+            "answered",
+            "CPU/request (min-max)",
+            "p50",
+            "p99",
+            "server busy",
+            "kept up",
+        ]);
+        for r in rows {
+            if let Some(e) = &r.error {
+                table.push_failed(&r.model, e);
+                continue;
+            }
+            let f: Figures = r.figures();
+            table.push(vec![
+                r.model.clone(),
+                format!("{}/s", thousands(f.offered_rps.unwrap_or(0.0).round() as u64)),
+                or_dash(r.throughput_rps, |t| format!("{}/s", thousands(t.round() as u64))),
+                Figure::of(r, "cpu_per_request_us").map_or("-".into(), |c| c.show(" µs")),
+                or_dash(r.p50_us, micros),
+                or_dash(r.p99_us, micros),
+                or_dash(f.server_busy, |b| format!("{:.0}%", b * 100.0)),
+                match f.missed {
+                    None => "yes".into(),
+                    Some(why) => format!("no: {why}"),
+                },
+            ]);
+        }
+        let mut blocks = vec![Block::Chart(Chart::Lines(chart))];
+        blocks.push(Block::Text(
+            "Why: at a fixed rate the load generator does the same work for every server, so what differs is \
+             the server's own CPU for each request: how many system calls it makes, how often it sleeps and is \
+             woken, what it copies. A server that sleeps in read(2) for every request pays a wake-up each time; \
+             an event loop at a higher rate finds more sockets ready per wait and pays less per request."
+                .into(),
+        ));
+        blocks.push(Block::Notes(ranking(rows)));
+        blocks.push(Block::Table(table));
+        Section {
+            name: self.name(),
+            title: "Cost: the server's CPU per request at fixed rates",
+            lesson:
+                "At a rate every fast model sustains, the load generator does the same work for each, and \
+                     the CPU each request costs the server is what ranks them."
+                    .into(),
+            blocks,
+        }
+    }
+
+    fn findings(&self, rows: &[&Row]) -> Vec<String> {
+        ranking(rows).into_iter().take(1).collect()
+    }
+
+    fn story(&self, rows: &[&Row]) -> Option<String> {
+        let kept: Vec<&&Row> = rows.iter().filter(|r| kept_up(r)).collect();
+        let top = kept.last();
+        let missed = rows
+            .iter()
+            .find_map(|r| r.figures::<Figures>().missed.map(|m| (r, m)));
+        let mut s = match top {
+            Some(r) => format!(
+                "it kept up with up to {}/s offered, at {} of CPU per request",
+                thousands(r.figures::<Figures>().offered_rps.unwrap_or(0.0).round() as u64),
+                Figure::of(r, "cpu_per_request_us").map_or("-".into(), |c| c.show(" µs"))
+            ),
+            None => "it kept up with none of the offered rates".to_string(),
+        };
+        if let Some((r, why)) = missed {
+            s += &format!(
+                "; at {}/s: {why}",
+                thousands(r.figures::<Figures>().offered_rps.unwrap_or(0.0).round() as u64)
+            );
+        }
+        Some(s)
+    }
+
+    fn anomaly(&self, row: &Row, _peers: &[&Row]) -> Option<String> {
+        let c = Figure::of(row, "cpu_per_request_us")?;
+        (kept_up(row) && c.relative_spread() > 0.5)
+            .then(|| format!("its runs disagree: CPU per request {}", c.show(" µs")))
+    }
+}
+
+fn kept_up(row: &Row) -> bool {
+    row.ok() && row.figures::<Figures>().kept_up == Some(true)
+}
+
+/// The ranking: CPU per request at the highest rate every ranked server
+/// kept up with (a server that kept up with none is not ranked, and is
+/// said to have sustained what it did), neighbours whose runs overlap
+/// "too close to call".
+fn ranking(rows: &[&Row]) -> Vec<String> {
+    let servers = super::servers_of(rows);
+    let rate_of = |r: &Row| r.figures::<Figures>().offered_rps.unwrap_or(0.0);
+    let sustained = |name: &str| -> Vec<f64> {
+        rows.iter()
+            .filter(|r| r.model == name && kept_up(r))
+            .map(|r| rate_of(r))
+            .collect()
+    };
+    let (ranked, unranked): (Vec<&String>, Vec<&String>) =
+        servers.iter().partition(|name| !sustained(name).is_empty());
+    let mut out = Vec::new();
+    let common = ranked
+        .iter()
+        .map(|name| sustained(name))
+        .reduce(|a, b| a.into_iter().filter(|x| b.contains(x)).collect())
+        .unwrap_or_default()
+        .into_iter()
+        .fold(None, |best: Option<f64>, r| Some(best.map_or(r, |b| b.max(r))));
+    if let Some(rate) = common {
+        let mut at: Vec<(&str, Figure)> = ranked
+            .iter()
+            .filter_map(|name| {
+                let r = rows.iter().find(|r| &r.model == *name && rate_of(r) == rate)?;
+                Some((name.as_str(), Figure::of(r, "cpu_per_request_us")?))
+            })
+            .collect();
+        at.sort_by(|a, b| a.1.value.total_cmp(&b.1.value));
+        let order: Vec<String> = at.iter().map(|(n, f)| format!("{n} {}", f.show(" µs"))).collect();
+        let close: Vec<String> = at
+            .windows(2)
+            .filter(|w| !w[0].1.apart(&w[1].1))
+            .map(|w| format!("{} and {}", w[0].0, w[1].0))
+            .collect();
+        let mut s = format!(
+            "Cost: at {}/s, the highest rate every ranked server kept up with, CPU per request, cheapest first: {}.",
+            thousands(rate.round() as u64),
+            order.join(", ")
+        );
+        if !close.is_empty() {
+            s += &format!(
+                " Too close to call (their runs overlap, or one run only): {}.",
+                close.join("; ")
+            );
+        }
+        out.push(s);
+    } else if !ranked.is_empty() {
+        out.push(
+            "Cost: no offered rate was kept up with by every server that kept up with any: no ranking."
+                .into(),
+        );
+    }
+    for name in unranked {
+        let first = rows.iter().find(|r| &r.model == name);
+        let why = first
+            .and_then(|r| r.error.clone().or_else(|| r.figures::<Figures>().missed))
+            .unwrap_or_default();
+        out.push(format!(
+            "{name} kept up with none of the offered rates, so it is not ranked ({}/s: {why}).",
+            thousands(first.map_or(0.0, |r| rate_of(r)).round() as u64)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::Spread;
+
+    fn row(model: &str, rate: f64, cpu: f64, spread: f64, kept: bool) -> Row {
+        let mut r = Row {
+            cpu_per_request_us: Some(cpu),
+            runs: Some(3),
+            ..Row::new(model, "cost")
+        };
+        r.range.insert(
+            "cpu_per_request_us".into(),
+            Spread {
+                min: cpu - spread,
+                max: cpu + spread,
+            },
+        );
+        r.set_figures(&Figures {
+            offered_rps: Some(rate),
+            kept_up: Some(kept),
+            missed: (!kept).then(|| "served 3 of 50".into()),
+            cpu_source: Some("cgroup".into()),
+            server_busy: Some(0.5),
+        });
+        r
+    }
+
+    #[test]
+    fn ranked_at_the_highest_rate_all_sustained_and_close_ones_not_ordered() {
+        let rows = [
+            row("epoll", 10_000.0, 4.0, 0.1, true),
+            row("epoll", 60_000.0, 3.1, 0.05, true),
+            row("uring", 10_000.0, 3.9, 0.1, true),
+            row("uring", 60_000.0, 2.9, 0.05, true),
+            row("async", 10_000.0, 4.2, 0.1, true),
+            row("async", 60_000.0, 3.12, 0.05, true),
+            row("thread", 10_000.0, 9.0, 0.2, true),
+            row("thread", 60_000.0, 9.0, 0.2, false),
+            row("iterative", 10_000.0, 30.0, 1.0, false),
+        ];
+        let refs: Vec<&Row> = rows.iter().collect();
+        let said = ranking(&refs).join("\n");
+        assert!(
+            said.contains("at 10,000/s, the highest rate every ranked server kept up with"),
+            "{said}"
+        );
+        assert!(
+            said.contains("uring 3.9 µs (3.8-4.0), epoll 4.0 µs (3.9-4.1)"),
+            "{said}"
+        );
+        assert!(said.contains("Too close to call"), "{said}");
+        assert!(
+            said.contains("iterative kept up with none of the offered rates, so it is not ranked"),
+            "{said}"
+        );
+        assert!(!said.contains("thread kept up with none"), "{said}");
+        // Without thread, 60,000/s is the common rate; epoll and async overlap.
+        let fast: Vec<&Row> = refs.iter().copied().filter(|r| r.model != "thread").collect();
+        let said = ranking(&fast).join("\n");
+        assert!(said.contains("at 60,000/s"), "{said}");
+        assert!(said.contains("cheapest first: uring 2.9 µs"), "{said}");
+        assert!(said.contains("epoll and async"), "{said}");
+        assert!(
+            !said.contains("uring and epoll"),
+            "uring is apart from epoll: {said}"
+        );
+    }
+}
