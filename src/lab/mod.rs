@@ -12,7 +12,7 @@
 //! and the lab goes on.
 
 pub mod export;
-mod probe;
+pub(crate) mod probe;
 mod scenario;
 
 use std::collections::BTreeMap;
@@ -334,7 +334,7 @@ fn engines(rows: &[Row]) -> String {
 }
 
 /// Ten thousand idle connections need ten thousand descriptors here.
-fn raise_descriptor_limit() {
+pub(crate) fn raise_descriptor_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
