@@ -51,6 +51,8 @@ pub enum Command {
     Models,
     /// Several bench --json runs (several hosts) as one run, exactly
     Merge(MergeArgs),
+    /// Is any server correct and robust? Its wire behaviour and hostile peers, case by case
+    Check(CheckArgs),
 }
 
 // Bounds on what the command line accepts, checked while parsing, so that a
@@ -686,6 +688,128 @@ impl LabArgs {
             json: self.json,
             markdown: self.markdown,
             html: (self.html.as_os_str() != "none").then_some(self.html),
+        }
+    }
+}
+
+/// `check --transport`: the socket a `--server` command serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportArg {
+    Tcp,
+    Udp,
+    Unix,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  socklab check :7000 --service echo
+  socklab check --server 'python3 server.py {port}' --service time --junit check.xml
+  socklab check --server './srv {path}' --service welcome --quick
+
+Exit status: 0 when no case failed, 1 when one did, 2 on a usage error.")]
+pub struct CheckArgs {
+    /// The server to check, if it is already running: tcp:HOST:PORT,
+    /// HOST:PORT, :PORT, unix:PATH, udp:HOST:PORT
+    #[arg(
+        value_name = "ADDR",
+        required_unless_present = "server",
+        conflicts_with = "server"
+    )]
+    pub addr: Option<Addr>,
+    /// A command that starts the server: `{port}` becomes a free port,
+    /// `{addr}` HOST:PORT (or the socket path), `{path}` a Unix socket path;
+    /// check starts it under sh, watches it from /proc and stops it
+    #[arg(long, value_name = "'CMD {port}'")]
+    pub server: Option<String>,
+    /// What the server speaks (see DESIGN section 3)
+    #[arg(long, value_enum)]
+    pub service: ServiceKind,
+    /// With --server: the socket it serves [default: unix when the command
+    /// has {path}, else tcp]
+    #[arg(long, value_enum, requires = "server")]
+    pub transport: Option<TransportArg>,
+    /// With --server: where it listens, for a command without a placeholder
+    #[arg(long = "addr", value_name = "ADDR", requires = "server")]
+    pub listen: Option<Addr>,
+    /// Write the results as one JSON document
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+    /// Write the results as JUnit XML (for CI and autograders)
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<std::path::PathBuf>,
+    /// Fewer connections, smaller floods, less patience: under 10 s
+    #[arg(long)]
+    pub quick: bool,
+    /// Run only these cases or groups, comma-separated (framing, peers.junk, ...)
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub only: Vec<String>,
+    /// Do not run these cases or groups, comma-separated
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub skip: Vec<String>,
+    /// peers.many: connections open at once [default: 1000; 100 with --quick]
+    #[arg(long, value_name = "N", value_parser = parse_clients)]
+    pub connections: Option<usize>,
+}
+
+impl CheckArgs {
+    /// What clap cannot say: a command must tell where it listens, and
+    /// `--only`/`--skip` name cases or groups that exist.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(server) = &self.server {
+            let placeholder = crate::check::server::has_placeholder(server);
+            if !placeholder && self.listen.is_none() {
+                return Err(format!(
+                    "--server '{server}' has no {{port}}, {{addr}} or {{path}}: put one where the port goes, or say where it listens with --addr"
+                ));
+            }
+            if placeholder && self.listen.is_some() {
+                return Err("--addr is for a --server command without {port}, {addr} or {path}".into());
+            }
+        }
+        for name in self.only.iter().chain(&self.skip) {
+            if !crate::check::is_case_or_group(name) {
+                return Err(format!(
+                    "'{name}' is neither a case nor a group; the groups: {}",
+                    crate::check::GROUPS.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn into_options(self) -> crate::check::CheckOptions {
+        use crate::check::server::Transport;
+        let target = match (self.server, self.addr) {
+            (Some(template), _) => {
+                let transport = match self.transport {
+                    Some(TransportArg::Tcp) => Transport::Tcp,
+                    Some(TransportArg::Udp) => Transport::Udp,
+                    Some(TransportArg::Unix) => Transport::Unix,
+                    None => Transport::guess(&template),
+                };
+                crate::check::Target::Command {
+                    template,
+                    transport,
+                    listen: self.listen,
+                }
+            }
+            // clap requires one of the two.
+            (None, addr) => crate::check::Target::Addr(addr.unwrap_or_else(|| {
+                Addr::Tcp(crate::addr::HostPort {
+                    host: "127.0.0.1".into(),
+                    port: 50000,
+                })
+            })),
+        };
+        crate::check::CheckOptions {
+            target,
+            service: self.service,
+            json: self.json,
+            junit: self.junit,
+            quick: self.quick,
+            only: self.only,
+            skip: self.skip,
+            connections: self.connections,
         }
     }
 }

@@ -13,11 +13,13 @@
 //! - [`relay`]: the socat-like relay.
 //! - [`ring`]: io_uring plumbing shared by the `uring` model and `bench`.
 //! - [`lab`]: every model side by side, measured, and the report.
+//! - [`check`]: any server's wire behaviour and robustness, case by case.
 //! - [`store`]: durable storage for `contacts` (SQLite).
 //! - [`shutdown`]: the stop signal every model watches.
 //! - [`cli`]: the command line, turned into validated options.
 
 pub mod addr;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod lab;

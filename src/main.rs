@@ -14,9 +14,14 @@ fn main() -> ExitCode {
             usage_error("serve", why);
         }
     }
+    if let Command::Check(args) = &cli.command {
+        if let Err(why) = args.check() {
+            usage_error("check", why);
+        }
+    }
     init_logging();
     match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -25,8 +30,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+/// Runs the command: its exit status when it has one of its own (check:
+/// 1 when a case failed), else success.
+fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Check(args) => {
+            let passed = socklab::check::run(args.into_options())?;
+            return Ok(if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
         Command::Serve(args) => socklab::server::run(args.into_options()),
         Command::Send(args) => socklab::client::send::run(args.into_options()),
         Command::Connect(args) => socklab::client::talk::connect(&args.into_options()),
@@ -36,31 +51,35 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Lab(args) => socklab::lab::run(args.into_options()),
         Command::Relay(args) => socklab::relay::run(args.into_options()),
         Command::Merge(args) => socklab::client::merge::run(args.into_options()),
-        Command::Models => {
-            let mut out = std::io::stdout().lock();
-            for model in ModelKind::all() {
-                writeln!(
-                    out,
-                    "{:<13} {}  ({})",
-                    model.name(),
-                    model.summary(),
-                    model.source_file()
-                )?;
-                if *model == ModelKind::Uring {
-                    // Its techniques, one line each, in the same shape.
-                    let default = socklab::model::uring_features::UringFeatures::DEFAULT;
-                    let what = format!("{default}: the techniques on without --uring");
-                    for (name, what) in [("default", what.as_str()), ("none", "every technique off")]
-                        .into_iter()
-                        .chain(socklab::model::uring_features::FEATURES)
-                    {
-                        writeln!(out, "  --uring {name:<15} {what}  (src/model/uring.rs)")?;
-                    }
-                }
+        Command::Models => models(),
+    }?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `socklab models`: one line per model, with its source file.
+fn models() -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for model in ModelKind::all() {
+        writeln!(
+            out,
+            "{:<13} {}  ({})",
+            model.name(),
+            model.summary(),
+            model.source_file()
+        )?;
+        if *model == ModelKind::Uring {
+            // Its techniques, one line each, in the same shape.
+            let default = socklab::model::uring_features::UringFeatures::DEFAULT;
+            let what = format!("{default}: the techniques on without --uring");
+            for (name, what) in [("default", what.as_str()), ("none", "every technique off")]
+                .into_iter()
+                .chain(socklab::model::uring_features::FEATURES)
+            {
+                writeln!(out, "  --uring {name:<15} {what}  (src/model/uring.rs)")?;
             }
-            Ok(())
         }
     }
+    Ok(())
 }
 
 /// Exits with status 2 and `why`, shaped as clap's own usage errors are,

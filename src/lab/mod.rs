@@ -13,7 +13,7 @@
 
 mod cgroup;
 pub mod export;
-mod probe;
+pub(crate) mod probe;
 mod row;
 pub mod scenario;
 
@@ -279,7 +279,7 @@ fn engines(rows: &[Row]) -> String {
 }
 
 /// Ten thousand idle connections need ten thousand descriptors here.
-fn raise_descriptor_limit() {
+pub(crate) fn raise_descriptor_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

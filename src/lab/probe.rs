@@ -160,6 +160,12 @@ pub fn tree(pid: i32) -> Vec<i32> {
     all
 }
 
+/// Open descriptors of one process (`/proc/PID/fd`); 0 when it is gone
+/// or not ours to look at.
+pub fn descriptors(pid: i32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count() as u64)
+}
+
 /// What a server's processes cost at one instant, summed over the tree.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Costs {
