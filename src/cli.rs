@@ -9,7 +9,7 @@ use crate::addr::{Addr, SocatAddr};
 use crate::client::bench::{BenchOptions, Load, Payload};
 use crate::client::send::SendOptions;
 use crate::client::talk::TalkOptions;
-use crate::lab::{scenario, Knobs, LabOptions, Scenario};
+use crate::lab::{scenario, Knobs, LabOptions, Outside, Scenario};
 use crate::model::{ModelKind, ServerConfig};
 use crate::relay::RelayOptions;
 use crate::server::ServeOptions;
@@ -591,9 +591,17 @@ impl RelayArgs {
 
 #[derive(Debug, Args)]
 pub struct LabArgs {
-    /// Models to compare, comma-separated [default: all]
+    /// Models to compare, comma-separated [default: all; none with --server]
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     pub models: Vec<ModelKind>,
+    /// An outside server beside the models: NAME=CMD or NAME:SERVICE=CMD,
+    /// `{port}` in CMD for the port it must listen on (127.0.0.1); it runs
+    /// in every scenario whose service it speaks. Repeatable
+    #[arg(long = "server", value_name = "NAME[:SERVICE]=CMD", value_parser = parse_outside)]
+    pub servers: Vec<OutsideArg>,
+    /// The service of every --server that names none
+    #[arg(long, value_enum, default_value_t = ServiceKind::Echo, value_name = "SERVICE")]
+    pub server_service: ServiceKind,
     /// Scenarios to run, comma-separated (the help lists them all)
     #[arg(long, value_delimiter = ',', value_name = "LIST", value_parser = scenario::parse,
           help = scenario::help())]
@@ -658,14 +666,88 @@ pub struct LabArgs {
     pub cost_duration: Duration,
 }
 
+/// `lab --server NAME[:SERVICE]=CMD`, as given.
+#[derive(Debug, Clone)]
+pub struct OutsideArg {
+    pub name: String,
+    pub service: Option<ServiceKind>,
+    pub command: String,
+}
+
+fn parse_outside(s: &str) -> Result<OutsideArg, String> {
+    let (left, command) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}': expected NAME=CMD or NAME:SERVICE=CMD"))?;
+    let (name, service) = match left.split_once(':') {
+        Some((name, service)) => (
+            name,
+            Some(
+                <ServiceKind as clap::ValueEnum>::from_str(service, true).map_err(|_| {
+                    let names: Vec<String> = <ServiceKind as clap::ValueEnum>::value_variants()
+                        .iter()
+                        .filter_map(|v| Some(clap::ValueEnum::to_possible_value(v)?.get_name().to_string()))
+                        .collect();
+                    format!(
+                        "'{service}' is not a service (expected one of {})",
+                        names.join(", ")
+                    )
+                })?,
+            ),
+        ),
+        None => (left, None),
+    };
+    let name = name.trim();
+    if name.is_empty() || name.chars().any(char::is_control) {
+        return Err(format!("'{s}': the server needs a name before '='"));
+    }
+    if <ModelKind as clap::ValueEnum>::from_str(name, true).is_ok() {
+        return Err(format!(
+            "'{name}' is a model's name: call the outside server something else"
+        ));
+    }
+    if command.trim().is_empty() {
+        return Err(format!("'{s}': no command after '='"));
+    }
+    if !crate::check::server::has_placeholder(command) {
+        return Err(format!(
+            "'{command}' has no {{port}} or {{addr}}: put one where the port goes, so the lab can start it on a free one"
+        ));
+    }
+    Ok(OutsideArg {
+        name: name.to_string(),
+        service,
+        command: command.to_string(),
+    })
+}
+
 impl LabArgs {
+    /// What clap cannot see in one argument: two servers of one name.
+    pub fn check(&self) -> Result<(), String> {
+        for (i, a) in self.servers.iter().enumerate() {
+            if self.servers[..i].iter().any(|b| b.name == a.name) {
+                return Err(format!("two --server are called '{}'", a.name));
+            }
+        }
+        Ok(())
+    }
+
     pub fn into_options(self) -> LabOptions {
+        let outside: Vec<Outside> = self
+            .servers
+            .into_iter()
+            .map(|a| Outside {
+                name: a.name,
+                service: a.service.unwrap_or(self.server_service),
+                command: a.command,
+            })
+            .collect();
         LabOptions {
-            models: if self.models.is_empty() {
-                ModelKind::all().to_vec()
-            } else {
-                self.models
+            // With outside servers and no --models, the outside servers alone.
+            models: match (self.models.is_empty(), outside.is_empty()) {
+                (true, true) => ModelKind::all().to_vec(),
+                _ => self.models,
             },
+            outside,
             scenarios: if self.scenarios.is_empty() {
                 scenario::default_set()
             } else {

@@ -14,6 +14,11 @@ fn main() -> ExitCode {
             usage_error("serve", why);
         }
     }
+    if let Command::Lab(args) = &cli.command {
+        if let Err(why) = args.check() {
+            usage_error("lab", why);
+        }
+    }
     if let Command::Check(args) = &cli.command {
         if let Err(why) = args.check() {
             usage_error("check", why);

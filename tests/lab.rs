@@ -429,3 +429,122 @@ fn cost_reports_cpu_per_request_at_each_rate_and_ranks_only_who_kept_up() {
     );
     assert!(!markdown.contains("cheapest first: iterative"), "{markdown}");
 }
+
+/// A thread-per-connection echo server in Python, as a student writes one.
+const PYTHON_ECHO: &str = "import socket, sys, threading
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+s.listen(128)
+def serve(c):
+    while True:
+        d = c.recv(4096)
+        if not d:
+            break
+        c.sendall(d)
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+";
+
+#[test]
+fn an_outside_server_is_a_row_beside_the_models_marked_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("echo.py");
+    std::fs::write(&script, PYTHON_ECHO).unwrap();
+    let html = dir.path().join("r.html");
+    let server = format!("<py>:echo=python3 {} {{port}}", script.display());
+    let broken = "gone=sh -c 'exit 3' {port}";
+    let (out, report) = lab_report(&[
+        "--models",
+        "epoll",
+        "--server",
+        &server,
+        "--server",
+        broken,
+        "--scenarios",
+        "throughput,work",
+        "--runs",
+        "1",
+        "--duration",
+        "300ms",
+    ]);
+    let py = report
+        .rows
+        .iter()
+        .find(|r| r.model == "<py>")
+        .expect("a row for the outside server");
+    assert!(py.outside && py.error.is_none(), "{py:?}");
+    assert_eq!((py.served, py.clients), (Some(50), Some(50)), "{py:?}");
+    assert!(py.cpu_per_request_us.is_some_and(|c| c > 0.0), "{py:?}");
+    // work needs socklab's own --work: an outside server has no row there.
+    assert!(!report
+        .rows
+        .iter()
+        .any(|r| r.model == "<py>" && r.scenario == "work"));
+    // A command that exits at once is a failed row saying so; the lab goes on.
+    let gone = report
+        .rows
+        .iter()
+        .find(|r| r.model == "gone")
+        .expect("a row for the broken server");
+    assert!(
+        gone.error.as_deref().is_some_and(|e| e.contains("exit")),
+        "{gone:?}"
+    );
+    assert!(stdout(&out).contains("| <py> (outside) |"), "{}", stdout(&out));
+    assert_eq!(report.meta.outside.len(), 2, "{:?}", report.meta);
+    // The page escapes the name it was given and marks the row.
+    let page_args = [
+        "lab",
+        "--models",
+        "epoll",
+        "--server",
+        &server,
+        "--scenarios",
+        "throughput",
+        "--runs",
+        "1",
+        "--duration",
+        "300ms",
+        "--html",
+        html.to_str().unwrap(),
+    ];
+    let out = socklab(&page_args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("&lt;py&gt; (outside)") && !page.contains("<py>"),
+        "names are escaped"
+    );
+}
+
+#[test]
+fn bad_outside_servers_are_usage_errors() {
+    for (server, why) in [
+        ("epoll=python3 x.py {port}", "is a model's name"),
+        ("mine=python3 x.py 8000", "has no {port}"),
+        ("mine:nonsense=python3 x.py {port}", "is not a service"),
+        ("=python3 x.py {port}", "needs a name"),
+    ] {
+        let out = socklab(&["lab", "--server", server, "--html", "none"]);
+        assert_eq!(out.status.code(), Some(2), "{server}: {}", stderr(&out));
+        assert!(stderr(&out).contains(why), "{server}: {}", stderr(&out));
+    }
+    let out = socklab(&[
+        "lab",
+        "--server",
+        "a=x {port}",
+        "--server",
+        "a=y {port}",
+        "--html",
+        "none",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("two --server are called 'a'"),
+        "{}",
+        stderr(&out)
+    );
+}

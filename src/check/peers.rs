@@ -195,7 +195,11 @@ pub fn push_never_reading(ctx: &Ctx) -> Result<Pushed, String> {
         .take(request.len() * (65536 / request.len().max(1)))
         .collect();
     let total = if ctx.quick { 8 << 20 } else { 64 << 20 };
-    let within = if ctx.quick { Duration::from_millis(700) } else { Duration::from_secs(10) };
+    let within = if ctx.quick {
+        Duration::from_millis(700)
+    } else {
+        Duration::from_secs(10)
+    };
     let (sent, stalled) = peer.push(&chunk, total, ctx.stall_wait(), within);
     let after = ctx.footprint();
     let growth_kb = before.zip(after).map(|(b, a)| a.pss_kb as i64 - b.pss_kb as i64);

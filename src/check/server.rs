@@ -155,6 +155,18 @@ impl OutsideServer {
         transport: Transport,
         listen: Option<Addr>,
     ) -> anyhow::Result<OutsideServer> {
+        Self::start_with(template, transport, listen, |_| {})
+    }
+
+    /// As [`start`](OutsideServer::start), with `prepare` given the command
+    /// before it is spawned: the lab pins it to its cores and puts it in a
+    /// cgroup of its own there, as it does its own models.
+    pub fn start_with(
+        template: &str,
+        transport: Transport,
+        listen: Option<Addr>,
+        prepare: impl FnOnce(&mut Command),
+    ) -> anyhow::Result<OutsideServer> {
         let (command, addr, dir) = fill(template, transport, listen)?;
         let mut cmd = Command::new("sh");
         cmd.arg("-c").arg(exec_if_simple(&command));
@@ -167,6 +179,7 @@ impl OutsideServer {
                 Ok(())
             });
         }
+        prepare(&mut cmd);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -16,27 +16,27 @@ pub mod export;
 pub(crate) mod probe;
 mod row;
 pub mod scenario;
+mod server;
 
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 pub use crate::client::bench::Lane;
 use crate::model::ModelKind;
 pub use probe::SyscallMethod;
 pub use row::{aggregate, Row, Spread};
-pub use scenario::{Knobs, Scenario};
+pub use scenario::{Knobs, Outside, Scenario, Subject};
+pub use server::ServerProcess;
 
 /// Everything `socklab lab` was asked for.
 #[derive(Debug, Clone)]
 pub struct LabOptions {
     pub models: Vec<ModelKind>,
+    /// Outside servers (`--server`), each a row beside the models.
+    pub outside: Vec<Outside>,
     pub scenarios: Vec<&'static dyn Scenario>,
     pub knobs: Knobs,
     pub json: Option<PathBuf>,
@@ -63,6 +63,9 @@ pub struct Meta {
     pub context_switches: String,
     pub command: String,
     pub models: Vec<String>,
+    /// Outside servers, `NAME (SERVICE): CMD`.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub outside: Vec<String>,
     /// Every scenario's parameters, `runs` included.
     pub parameters: serde_json::Value,
 }
@@ -109,6 +112,11 @@ impl Meta {
                 .collect::<Vec<_>>()
                 .join(" "),
             models: options.models.iter().map(|m| m.to_string()).collect(),
+            outside: options
+                .outside
+                .iter()
+                .map(|o| format!("{} ({}): {}", o.name, o.service.name(), o.command))
+                .collect(),
             parameters: options.knobs.describe(&options.scenarios),
         }
     }
@@ -119,6 +127,17 @@ impl Meta {
 pub struct Report {
     pub meta: Meta,
     pub rows: Vec<Row>,
+}
+
+impl LabOptions {
+    /// The servers to measure: the models, then the outside servers.
+    fn subjects(&self) -> Vec<Subject<'_>> {
+        self.models
+            .iter()
+            .map(|m| Subject::Model(*m))
+            .chain(self.outside.iter().map(Subject::Outside))
+            .collect()
+    }
 }
 
 pub fn run(options: LabOptions) -> anyhow::Result<()> {
@@ -134,22 +153,23 @@ pub fn run(options: LabOptions) -> anyhow::Result<()> {
     report.meta.syscalls = method.describe().into();
     report.meta.context_switches = method.describe_context_switches().into();
     pin::load_generator();
-    let total = options.models.len() * options.scenarios.len();
+    let servers = options.subjects();
+    let total = servers.len() * options.scenarios.len();
     let progress = Progress::new(total);
-    for &model in &options.models {
+    for server in &servers {
         for &scenario in &options.scenarios {
-            if !scenario.applies_to(model) {
+            if !runs_on(scenario, server) {
                 progress.skip();
                 continue;
             }
-            progress.start(model, scenario);
-            for row in measure_runs(model, scenario, &options.knobs, method) {
+            progress.start(server.name(), scenario);
+            for row in measure_runs(*server, scenario, &options.knobs, method) {
                 progress.finish(&row);
                 report.rows.push(row);
             }
         }
         relate(&options.scenarios, &mut report.rows);
-        // After every model: a late failure loses nothing.
+        // After every server: a late failure loses nothing.
         report.meta.engine = engines(&report.rows);
         export::write_all(&report, &options)?;
     }
@@ -171,17 +191,26 @@ pub fn run(options: LabOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every run of `scenario` on `model`, as one set of rows (medians and
+/// Whether `scenario` has rows for `server`: a model it is about, or an
+/// outside server that speaks its service.
+fn runs_on(scenario: &dyn Scenario, server: &Subject) -> bool {
+    match server {
+        Subject::Model(m) => scenario.applies_to(*m),
+        Subject::Outside(o) => scenario.service() == Some(o.service),
+    }
+}
+
+/// Every run of `scenario` on `server`, as one set of rows (medians and
 /// ranges). Kernel cost is counted in the first run only: it varies
 /// little, and counting it takes a window of its own.
-fn measure_runs(model: ModelKind, scenario: &dyn Scenario, knobs: &Knobs, method: SyscallMethod) -> Vec<Row> {
+fn measure_runs(server: Subject, scenario: &dyn Scenario, knobs: &Knobs, method: SyscallMethod) -> Vec<Row> {
     let each: Vec<Vec<Row>> = (0..knobs.runs_for(scenario))
         .map(|run| {
             let kernel_cost = (run == 0).then_some(method);
-            scenario.measure(model, knobs, kernel_cost).unwrap_or_else(|e| {
+            scenario.measure(server, knobs, kernel_cost).unwrap_or_else(|e| {
                 vec![Row {
                     error: Some(format!("{e:#}")),
-                    ..Row::new(model.name(), scenario.name())
+                    ..server.row(scenario.name())
                 }]
             })
         })
@@ -196,32 +225,29 @@ fn relate(scenarios: &[&'static dyn Scenario], rows: &mut [Row]) {
     }
 }
 
-/// The (model, scenario) pairs with a row far outside its peers' or its
-/// own runs', as each scenario judges.
+/// The (server, scenario) pairs with a row far outside its peers' or its
+/// own runs', as each scenario judges, with why.
 fn odd_ones(
     scenarios: &[&'static dyn Scenario],
     rows: &[Row],
-) -> Vec<(ModelKind, &'static dyn Scenario, String)> {
-    let mut odd = Vec::new();
+) -> Vec<(String, &'static dyn Scenario, String)> {
+    let mut odd: Vec<(String, &'static dyn Scenario, String)> = Vec::new();
     for &s in scenarios {
         let mine: Vec<&Row> = rows.iter().filter(|r| r.scenario == s.name() && r.ok()).collect();
         for r in &mine {
             let Some(why) = s.anomaly(r, &mine) else { continue };
-            let Ok(model) = <ModelKind as clap::ValueEnum>::from_str(&r.model, true) else {
-                continue;
-            };
             if !odd
                 .iter()
-                .any(|(m, sc, _): &(ModelKind, &dyn Scenario, String)| *m == model && sc.name() == s.name())
+                .any(|(m, sc, _)| *m == r.model && sc.name() == s.name())
             {
-                odd.push((model, s, why));
+                odd.push((r.model.clone(), s, why));
             }
         }
     }
     odd
 }
 
-/// Anomalies are caught, not printed: each odd (model, scenario) is run
+/// Anomalies are caught, not printed: each odd (server, scenario) is run
 /// again once; the new rows replace the old, and if they are odd too they
 /// keep a warning saying what was odd. Whether anything was rerun.
 fn rerun_the_odd(
@@ -230,28 +256,31 @@ fn rerun_the_odd(
     rows: &mut Vec<Row>,
     progress: &Progress,
 ) -> bool {
+    let servers = options.subjects();
     let odd = odd_ones(&options.scenarios, rows);
-    for (model, scenario, why) in &odd {
-        progress.note(&format!("{model} {scenario}: {why}; running it again"));
-        let fresh = measure_runs(*model, *scenario, &options.knobs, method);
+    let mine =
+        |r: &Row, name: &str, scenario: &dyn Scenario| r.model == name && r.scenario == scenario.name();
+    for (name, scenario, why) in &odd {
+        let Some(server) = servers.iter().find(|s| s.name() == name) else {
+            continue;
+        };
+        progress.note(&format!("{name} {}: {why}; running it again", scenario.name()));
+        let fresh = measure_runs(*server, *scenario, &options.knobs, method);
         let at = rows
             .iter()
-            .position(|r| r.model == model.name() && r.scenario == scenario.name())
+            .position(|r| mine(r, name, *scenario))
             .unwrap_or(rows.len());
-        rows.retain(|r| !(r.model == model.name() && r.scenario == scenario.name()));
+        rows.retain(|r| !mine(r, name, *scenario));
         let at = at.min(rows.len());
         rows.splice(at..at, fresh);
     }
     // What is still odd after its rerun is shown with its warning.
-    for (model, scenario, why) in odd_ones(&options.scenarios, rows) {
+    for (name, scenario, why) in odd_ones(&options.scenarios, rows) {
         if odd
             .iter()
-            .any(|(m, s, _)| *m == model && s.name() == scenario.name())
+            .any(|(m, s, _)| *m == name && s.name() == scenario.name())
         {
-            for r in rows
-                .iter_mut()
-                .filter(|r| r.model == model.name() && r.scenario == scenario.name())
-            {
+            for r in rows.iter_mut().filter(|r| mine(r, &name, scenario)) {
                 r.anomaly = Some(format!("{why} (and again when run a second time)"));
             }
         }
@@ -315,255 +344,6 @@ fn utc_now() -> String {
         rem % 3600 / 60,
         rem % 60
     )
-}
-
-/// A `socklab serve` child process, stopped (SIGTERM, then SIGKILL) on drop.
-pub struct ServerProcess {
-    child: Child,
-    pub addr: String,
-    /// Keeps sampling /proc until dropped; holds the peaks seen.
-    peaks: Arc<Mutex<probe::Sample>>,
-    sampling: Arc<AtomicBool>,
-    /// The `accepts per worker:` counts the server logged (at shutdown).
-    spread: Arc<Mutex<Option<Vec<u64>>>>,
-    /// Closed when the server's stderr has been read to its end.
-    stderr_done: mpsc::Receiver<()>,
-    /// The server's whole CPU time (user + system, its reaped children
-    /// included), from wait4's rusage once it has exited.
-    exit_cpu: Option<Duration>,
-    /// The cgroup the server runs in, when it was given one: removed after
-    /// the server is gone (fields drop after `Drop::drop` has stopped it).
-    group: Option<cgroup::CpuGroup>,
-}
-
-impl ServerProcess {
-    /// How long a server may take to announce its address.
-    const START_TIMEOUT: Duration = Duration::from_secs(10);
-
-    pub fn start(args: &[String]) -> anyhow::Result<ServerProcess> {
-        Self::start_pinned(args, true)
-    }
-
-    /// As [`start`](ServerProcess::start), on every core when not `pinned`
-    /// (the work scenario: how many cores a model can use is the question).
-    pub fn start_pinned(args: &[String], pinned: bool) -> anyhow::Result<ServerProcess> {
-        Self::launch(args, pinned, None)
-    }
-
-    /// As [`start`](ServerProcess::start), in a cgroup of its own, whose
-    /// `cpu.stat` then counts every CPU microsecond of the server's tree.
-    pub fn start_grouped(args: &[String], group: cgroup::CpuGroup) -> anyhow::Result<ServerProcess> {
-        Self::launch(args, true, Some(group))
-    }
-
-    /// The CPU the server's cgroup has counted, if it has one.
-    pub fn group_cpu(&self) -> Option<Duration> {
-        self.group.as_ref()?.usage()
-    }
-
-    fn launch(
-        args: &[String],
-        pinned: bool,
-        group: Option<cgroup::CpuGroup>,
-    ) -> anyhow::Result<ServerProcess> {
-        let exe = std::env::current_exe().context("cannot find the socklab executable")?;
-        let mut command = Command::new(exe);
-        if pinned {
-            pin::server(&mut command);
-        } else {
-            pin::every_core(&mut command);
-        }
-        // A lab that is killed takes its server with it (and the server its
-        // children): nothing outlives the measurement.
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
-                Ok(())
-            });
-            if let Some(group) = &group {
-                std::os::unix::process::CommandExt::pre_exec(&mut command, group.entering());
-            }
-        }
-        let mut child = command
-            .arg("serve")
-            .args(args)
-            .args(["--listen", "tcp:127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot start socklab serve")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let stderr = child.stderr.take().context("no stderr")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        // The server's last words, if it dies before announcing itself.
-        let last_error = Arc::new(Mutex::new(String::new()));
-        let sink = last_error.clone();
-        let spread = Arc::new(Mutex::new(None));
-        let spread_sink = spread.clone();
-        let (done, stderr_done) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.starts_with("error:") {
-                    *sink.lock().unwrap_or_else(|e| e.into_inner()) = line;
-                } else if let Some(counts) = crate::model::spread::parse_line(&line) {
-                    *spread_sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(counts);
-                }
-            }
-            drop(done);
-        });
-        let line = rx.recv_timeout(Self::START_TIMEOUT).unwrap_or_default();
-        let Some(addr) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            std::thread::sleep(Duration::from_millis(50)); // Let stderr's reader finish.
-            let why = last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            bail!(
-                "the server did not start: {}",
-                if why.is_empty() {
-                    "no address announced"
-                } else {
-                    &why
-                }
-            );
-        };
-        let mut server = ServerProcess {
-            addr: addr.to_string(),
-            child,
-            peaks: Arc::default(),
-            sampling: Arc::new(AtomicBool::new(true)),
-            spread,
-            stderr_done,
-            exit_cpu: None,
-            group,
-        };
-        server.watch();
-        Ok(server)
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    pub fn sample(&self) -> Option<probe::Sample> {
-        probe::sample(self.pid())
-    }
-
-    /// The highest memory, threads and children seen since start.
-    pub fn peaks(&self) -> probe::Sample {
-        *self.peaks.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Forgets the peaks seen so far.
-    pub fn reset_peaks(&self) {
-        let mut p = self.peaks.lock().unwrap_or_else(|e| e.into_inner());
-        p.rss_kb = 0;
-        p.threads = 0;
-        p.children = 0;
-    }
-
-    /// Samples every 50 ms in the background, keeping the peaks (a fork
-    /// server's children come and go between two looks at the end).
-    fn watch(&mut self) {
-        let (pid, peaks, sampling) = (self.pid(), self.peaks.clone(), self.sampling.clone());
-        std::thread::spawn(move || {
-            while sampling.load(Ordering::Relaxed) {
-                let Some(now) = probe::sample(pid) else { break };
-                {
-                    let mut p = peaks.lock().unwrap_or_else(|e| e.into_inner());
-                    p.rss_kb = p.rss_kb.max(now.rss_kb);
-                    p.threads = p.threads.max(now.threads);
-                    p.children = p.children.max(now.children);
-                    p.cpu = now.cpu;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-    }
-
-    /// SIGTERM, then SIGKILL if it does not exit within a few seconds.
-    pub fn stop(&mut self) {
-        self.sampling.store(false, Ordering::Relaxed);
-        if self.exited() {
-            return;
-        }
-        let pid = nix::unistd::Pid::from_raw(self.pid());
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(8);
-        while Instant::now() < deadline {
-            if self.reap(false) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        self.reap(true);
-    }
-
-    fn exited(&self) -> bool {
-        self.exit_cpu.is_some()
-    }
-
-    /// Waits for the server (at once, or `block`ing) with wait4(2), which
-    /// also says what CPU it used in all: its own and that of every child
-    /// it reaped, to the microsecond, as Stevens' servers printed from
-    /// getrusage when stopped. Whether it is gone.
-    fn reap(&mut self, block: bool) -> bool {
-        if self.exited() {
-            return true;
-        }
-        let flags = if block { 0 } else { libc::WNOHANG };
-        let mut status = 0;
-        // SAFETY: a zeroed rusage is a valid value; wait4 only writes it.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        loop {
-            // SAFETY: wait4 writes only `status` and `usage`, both ours.
-            let r = unsafe { libc::wait4(self.pid(), &mut status, flags, &mut usage) };
-            if r == self.pid() {
-                let time = |t: libc::timeval| {
-                    Duration::from_secs(t.tv_sec.max(0) as u64)
-                        + Duration::from_micros(t.tv_usec.max(0) as u64)
-                };
-                self.exit_cpu = Some(time(usage.ru_utime) + time(usage.ru_stime));
-                return true;
-            }
-            if r == 0 {
-                return false; // Still running.
-            }
-            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                // Reaped already (ECHILD): gone, its rusage unknown.
-                self.exit_cpu.get_or_insert(Duration::ZERO);
-                return true;
-            }
-        }
-    }
-
-    /// The server's CPU in all (user + system, reaped children included),
-    /// once [`stop`](ServerProcess::stop) has seen it exit.
-    pub fn exit_cpu(&self) -> Option<Duration> {
-        self.exit_cpu.filter(|c| !c.is_zero())
-    }
-
-    /// How its workers shared the connections, from the `accepts per
-    /// worker:` line it logged at shutdown (after [`stop`](ServerProcess::stop));
-    /// `None` for a model that has no workers to count.
-    pub fn accepts_per_worker(&self) -> Option<Vec<u64>> {
-        // The line comes as the server exits: wait for its stderr to end.
-        let _ = self.stderr_done.recv_timeout(Duration::from_secs(2));
-        self.spread.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// Keeping the load generator and the server on different cores.
@@ -670,9 +450,9 @@ impl Progress {
         Progress { bar }
     }
 
-    fn start(&self, model: ModelKind, scenario: &dyn Scenario) {
+    fn start(&self, server: &str, scenario: &dyn Scenario) {
         if let Some(bar) = &self.bar {
-            bar.set_message(format!("{model}: {}", scenario.name()));
+            bar.set_message(format!("{server}: {}", scenario.name()));
         }
     }
 

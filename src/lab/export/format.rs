@@ -61,6 +61,15 @@ pub fn or_dash<T>(x: Option<T>, f: impl Fn(T) -> String) -> String {
     x.map_or_else(|| "-".into(), f)
 }
 
+/// The server's name as tables show it: an outside server says so.
+pub fn server(row: &Row) -> String {
+    if row.outside {
+        format!("{} (outside)", row.model)
+    } else {
+        row.model.clone()
+    }
+}
+
 /// `served 1 of 50` when a server left clients without a reply.
 pub fn served_label(row: &Row) -> Option<String> {
     match (row.served, row.clients) {

@@ -176,6 +176,9 @@ pub fn meta_lines(meta: &Meta) -> Vec<(String, String)> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    for o in &meta.outside {
+        lines.push(("outside server".into(), o.clone()));
+    }
     if let Some(scenarios) = meta.parameters.as_object() {
         for (name, p) in scenarios {
             let text = p

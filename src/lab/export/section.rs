@@ -159,6 +159,9 @@ impl Bar {
             self.text = format!("{}, {label}", self.text);
         }
         self.outside = row.outside;
+        if row.outside {
+            self.label = format!("{} (outside)", self.label);
+        }
         self.odd = row.anomaly.is_some();
         self
     }

@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use super::measured::{hold, port_of, settle_accepted, start};
-use super::{Knobs, Scenario};
+use super::{Knobs, Scenario, Subject};
 use crate::lab::export::format::{micros, thousands, tick_count, tick_micros};
 use crate::lab::export::section::{Axis, Block, Chart, Lines, Section, Series, Table};
 use crate::lab::probe::SyscallMethod;
 use crate::lab::Row;
 use crate::model::ModelKind;
+use crate::service::ServiceKind;
 
 pub struct C10k;
 
@@ -43,6 +44,10 @@ impl Scenario for C10k {
         1
     }
 
+    fn service(&self) -> Option<ServiceKind> {
+        Some(ServiceKind::Echo)
+    }
+
     fn parameters(&self, knobs: &Knobs) -> serde_json::Value {
         serde_json::json!({
             "service": "echo",
@@ -53,8 +58,8 @@ impl Scenario for C10k {
         })
     }
 
-    fn measure(&self, model: ModelKind, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
-        let mut server = start(model, "echo", &[])?;
+    fn measure(&self, subject: Subject, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
+        let mut server = start(subject, "echo", &[])?;
         let port = port_of(&server.process.addr)?;
         let mut held = Vec::new();
         let mut rows = Vec::new();
@@ -64,11 +69,11 @@ impl Scenario for C10k {
         for level in levels {
             let mut row = Row {
                 idle_connections: Some(level as u64),
-                ..Row::new(model.name(), self.name())
+                ..subject.row(self.name())
             };
             // The listener, the active client's connection and a few of the
             // server's own descriptors sit below the idle ones.
-            if model == ModelKind::Select && level + 16 >= libc::FD_SETSIZE {
+            if subject.model() == Some(ModelKind::Select) && level + 16 >= libc::FD_SETSIZE {
                 row.error = Some(format!(
                     "select(2) watches descriptors below FD_SETSIZE ({}) only",
                     libc::FD_SETSIZE
@@ -154,7 +159,12 @@ impl Scenario for C10k {
             rows: Vec::new(),
         };
         for m in &models {
-            let mut line = vec![m.clone()];
+            let outside = rows.iter().any(|r| &r.model == m && r.outside);
+            let mut line = vec![if outside {
+                format!("{m} (outside)")
+            } else {
+                m.clone()
+            }];
             for l in &levels {
                 let cell = match rows
                     .iter()

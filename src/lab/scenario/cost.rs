@@ -13,14 +13,14 @@ use serde::{Deserialize, Serialize};
 
 use super::compare::Figure;
 use super::measured::{bench_options, start, Measured, STARVED_AFTER};
-use super::{Knobs, Scenario};
+use super::{Knobs, Scenario, Subject};
 use crate::client::bench::{self, BenchOptions, Load, Payload, LOAD_BUSY_WARNING};
 use crate::lab::cgroup::CpuGroup;
-use crate::lab::export::format::{micros, or_dash, served, thousands, tick_count, tick_plain};
+use crate::lab::export::format::{micros, or_dash, served, server, thousands, tick_count, tick_plain};
 use crate::lab::export::section::{Axis, Block, Chart, Lines, Section, Series, Table};
 use crate::lab::probe::{self, SyscallMethod};
 use crate::lab::{pin, Row, ServerProcess};
-use crate::model::ModelKind;
+use crate::service::ServiceKind;
 
 pub struct Cost;
 
@@ -75,30 +75,36 @@ impl Meter {
     }
 }
 
-/// `model` serving echo in a cgroup of its own, or, where the lab cannot
+/// `server` serving echo in a cgroup of its own, or, where the lab cannot
 /// make one, as every other scenario starts it, read through /proc.
-fn start_metered(model: ModelKind) -> anyhow::Result<(Measured, Meter)> {
-    match CpuGroup::create() {
-        Ok(group) => {
+fn start_metered(server: Subject) -> anyhow::Result<(Measured, Meter)> {
+    let group = match CpuGroup::create() {
+        Ok(group) => group,
+        Err(e) => {
+            tracing::debug!("cost: no cgroup of its own for the server ({e:#}); its CPU is read from /proc");
+            return Ok((start(server, "echo", &[])?, Meter::Proc));
+        }
+    };
+    let process = match server {
+        Subject::Model(model) => {
             let args: Vec<String> = ["--model", model.name(), "--service", "echo"]
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-            Ok((
-                Measured::new(ServerProcess::start_grouped(&args, group)?)?,
-                Meter::Group,
-            ))
+            ServerProcess::start_grouped(&args, group)?
         }
-        Err(e) => {
-            tracing::debug!("cost: no cgroup of its own for the server ({e:#}); its CPU is read from /proc");
-            Ok((start(model, "echo", &[])?, Meter::Proc))
-        }
-    }
+        Subject::Outside(o) => ServerProcess::start_outside(&o.command, Some(group))?,
+    };
+    Ok((Measured::new(process)?, Meter::Group))
 }
 
 impl Scenario for Cost {
     fn name(&self) -> &'static str {
         "cost"
+    }
+
+    fn service(&self) -> Option<ServiceKind> {
+        Some(ServiceKind::Echo)
     }
 
     fn parameters(&self, knobs: &Knobs) -> serde_json::Value {
@@ -117,8 +123,8 @@ impl Scenario for Cost {
     /// The ladder, lowest rate first, on one server; it stops at the first
     /// rate the server did not keep up with (the rates above it would only
     /// say so again).
-    fn measure(&self, model: ModelKind, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
-        let (mut server, meter) = start_metered(model)?;
+    fn measure(&self, subject: Subject, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
+        let (mut server, meter) = start_metered(subject)?;
         let given = pin::cores().saturating_sub(1).max(1) as f64;
         // Every connection made and served once before the schedule starts.
         let warm_up = bench_options(
@@ -136,7 +142,7 @@ impl Scenario for Cost {
         for rate in rates {
             let mut row = Row {
                 message_bytes: Some(knobs.size as u64),
-                ..Row::new(model.name(), self.name())
+                ..subject.row(self.name())
             };
             let options = BenchOptions {
                 rate: Some(rate as f64),
@@ -250,12 +256,12 @@ impl Scenario for Cost {
         ]);
         for r in rows {
             if let Some(e) = &r.error {
-                table.push_failed(&r.model, e);
+                table.push_failed(&server(r), e);
                 continue;
             }
             let f: Figures = r.figures();
             table.push(vec![
-                r.model.clone(),
+                server(r),
                 format!("{}/s", thousands(f.offered_rps.unwrap_or(0.0).round() as u64)),
                 or_dash(r.throughput_rps, |t| format!("{}/s", thousands(t.round() as u64))),
                 Figure::of(r, "cpu_per_request_us").map_or("-".into(), |c| c.show(" µs")),

@@ -6,13 +6,13 @@
 use serde::{Deserialize, Serialize};
 
 use super::measured::{bench_options, start, STARVED_AFTER};
-use super::{Knobs, Scenario};
+use super::{Knobs, Scenario, Subject};
 use crate::client::bench::{Lane, Load, Payload};
-use crate::lab::export::format::{count, or_dash, seconds, served};
+use crate::lab::export::format::{count, or_dash, seconds, served, server};
 use crate::lab::export::section::{Axis, Bar, Bars, Block, Chart, Lanes, Section, Table};
 use crate::lab::probe::SyscallMethod;
 use crate::lab::Row;
-use crate::model::ModelKind;
+use crate::service::ServiceKind;
 
 pub struct Delay;
 
@@ -51,14 +51,22 @@ impl Scenario for Delay {
         })
     }
 
-    fn measure(&self, model: ModelKind, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
-        let mut row = Row::new(model.name(), self.name());
-        let workers = model.default_workers();
-        let theory = model.theory_makespan(knobs.delay_clients, knobs.delay, workers);
+    fn service(&self) -> Option<ServiceKind> {
+        Some(ServiceKind::Hello)
+    }
+
+    /// An outside server holds its replies as its own code does: it has no
+    /// theory here, only its measured makespan.
+    fn measure(&self, server: Subject, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
+        let mut row = server.row(self.name());
+        let theory = server
+            .model()
+            .map(|m| m.theory_makespan(knobs.delay_clients, knobs.delay, m.default_workers()));
         let delay = format!("{}ms", knobs.delay.as_millis());
+        let model = server;
         let mut server = start(model, "hello", &["--delay", &delay])?;
         // Generous: a model far from its theory still finishes, and shows it.
-        let timeout = theory * 2 + STARVED_AFTER;
+        let timeout = theory.unwrap_or(knobs.delay * knobs.delay_clients as u32) * 2 + STARVED_AFTER;
         let options = bench_options(
             &server.process.addr,
             knobs.delay_clients,
@@ -71,7 +79,7 @@ impl Scenario for Delay {
         server.process.stop();
         row.set_figures(&Figures {
             makespan_s: Some(report.elapsed_s),
-            theory_s: Some(theory.as_secs_f64()),
+            theory_s: theory.map(|t| t.as_secs_f64()),
             lanes: Some(report.per_client.iter().map(|c| c.lane).collect()),
         });
         Ok(vec![row])
@@ -142,11 +150,11 @@ impl Scenario for Delay {
         ]);
         for r in rows {
             match &r.error {
-                Some(e) => table.push_failed(&r.model, e),
+                Some(e) => table.push_failed(&server(r), e),
                 None => {
                     let f: Figures = r.figures();
                     table.push(vec![
-                        r.model.clone(),
+                        server(r),
                         or_dash(f.makespan_s, seconds),
                         or_dash(f.theory_s, seconds),
                         served(r),

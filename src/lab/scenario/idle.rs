@@ -7,12 +7,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::measured::{hold, port_of, settle_accepted, start};
-use super::{Knobs, Scenario};
-use crate::lab::export::format::{bytes, count, micros, or_dash, thousands, tick_bytes};
+use super::{Knobs, Scenario, Subject};
+use crate::lab::export::format::{bytes, count, micros, or_dash, server, thousands, tick_bytes};
 use crate::lab::export::section::{Axis, Bar, Bars, Block, Chart, Section, Table};
 use crate::lab::probe::{self, SyscallMethod};
 use crate::lab::Row;
-use crate::model::ModelKind;
+use crate::service::ServiceKind;
 
 pub struct Idle;
 
@@ -51,6 +51,10 @@ impl Scenario for Idle {
         1
     }
 
+    fn service(&self) -> Option<ServiceKind> {
+        Some(ServiceKind::Echo)
+    }
+
     fn parameters(&self, knobs: &Knobs) -> serde_json::Value {
         serde_json::json!({
             "service": "echo",
@@ -60,9 +64,9 @@ impl Scenario for Idle {
         })
     }
 
-    fn measure(&self, model: ModelKind, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
-        let mut row = Row::new(model.name(), self.name());
-        let mut server = start(model, "echo", &[])?;
+    fn measure(&self, subject: Subject, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
+        let mut row = subject.row(self.name());
+        let mut server = start(subject, "echo", &[])?;
         let mut held = Vec::new();
         hold(&server.process.addr, knobs.idle_connections, &mut held)?;
         let port = port_of(&server.process.addr)?;
@@ -139,9 +143,9 @@ impl Scenario for Idle {
         ]);
         for r in rows {
             match &r.error {
-                Some(e) => table.push_failed(&r.model, e),
+                Some(e) => table.push_failed(&server(r), e),
                 None => table.push(vec![
-                    r.model.clone(),
+                    server(r),
                     count(r.idle_connections),
                     count(r.accepted),
                     match (r.figures::<Figures>().pss_per_conn_bytes, r.backlog) {

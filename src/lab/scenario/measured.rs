@@ -10,9 +10,8 @@ use anyhow::Context;
 use crate::client::bench::{self, BenchOptions, BenchReport, Load, Payload};
 use crate::lab::probe::{self, Costs, PerfCounter, Sample, SyscallMethod};
 use crate::lab::{Row, ServerProcess};
-use crate::model::ModelKind;
 
-use super::Knobs;
+use super::{Knobs, Subject};
 
 /// How long a starved client waits before it counts as an error: long
 /// enough for any model that serves at all, short enough to keep the lab
@@ -211,14 +210,21 @@ impl Measured {
     }
 }
 
-/// `model` serving `service` (with `extra` flags), and its first sample.
-pub fn start(model: ModelKind, service: &str, extra: &[&str]) -> anyhow::Result<Measured> {
-    let args: Vec<String> = ["--model", model.name(), "--service", service]
-        .iter()
-        .chain(extra)
-        .map(|s| s.to_string())
-        .collect();
-    Measured::new(ServerProcess::start(&args)?)
+/// `server` serving `service` (a model with `extra` flags; an outside server
+/// as its command says), and its first sample.
+pub fn start(server: Subject, service: &str, extra: &[&str]) -> anyhow::Result<Measured> {
+    let process = match server {
+        Subject::Model(model) => {
+            let args: Vec<String> = ["--model", model.name(), "--service", service]
+                .iter()
+                .chain(extra)
+                .map(|s| s.to_string())
+                .collect();
+            ServerProcess::start(&args)?
+        }
+        Subject::Outside(o) => ServerProcess::start_outside(&o.command, None)?,
+    };
+    Measured::new(process)
 }
 
 impl Measured {

@@ -22,6 +22,47 @@ use super::export::section::Section;
 use super::probe::SyscallMethod;
 use super::Row;
 use crate::model::ModelKind;
+use crate::service::ServiceKind;
+
+/// What a scenario measures: one of socklab's models, or an outside server.
+#[derive(Debug, Clone, Copy)]
+pub enum Subject<'a> {
+    Model(ModelKind),
+    Outside(&'a Outside),
+}
+
+/// An outside server: `lab --server NAME[:SERVICE]=CMD`, its command with
+/// `{port}` (or `{addr}`) for the lab to fill in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outside {
+    pub name: String,
+    pub service: ServiceKind,
+    pub command: String,
+}
+
+impl Subject<'_> {
+    pub fn name(&self) -> &str {
+        match self {
+            Subject::Model(m) => m.name(),
+            Subject::Outside(o) => &o.name,
+        }
+    }
+
+    pub fn model(&self) -> Option<ModelKind> {
+        match self {
+            Subject::Model(m) => Some(*m),
+            Subject::Outside(_) => None,
+        }
+    }
+
+    /// A row of this server under `scenario`, nothing measured yet.
+    pub fn row(&self, scenario: &str) -> Row {
+        Row {
+            outside: matches!(self, Subject::Outside(_)),
+            ..Row::new(self.name(), scenario)
+        }
+    }
+}
 
 pub use cost::Figures as CostFigures;
 pub use delay::Figures as DelayFigures;
@@ -57,6 +98,10 @@ pub trait Scenario: Sync {
         true
     }
 
+    /// The service an outside server (`lab --server`) must speak to have
+    /// rows here; `None` where the scenario needs socklab's own switches.
+    fn service(&self) -> Option<ServiceKind>;
+
     /// Runs when `--runs` is not given: at least three for a scenario
     /// whose section compares servers, so that every comparison has a
     /// spread to be judged against.
@@ -67,12 +112,12 @@ pub trait Scenario: Sync {
     /// Its parameters, for the report's `meta`.
     fn parameters(&self, knobs: &Knobs) -> serde_json::Value;
 
-    /// One run on `model`: its rows. With `kernel_cost`, also counts
+    /// One run on `server`: its rows. With `kernel_cost`, also counts
     /// context switches and system calls per request where the scenario
     /// shows them.
     fn measure(
         &self,
-        model: ModelKind,
+        server: Subject,
         knobs: &Knobs,
         kernel_cost: Option<SyscallMethod>,
     ) -> anyhow::Result<Vec<Row>>;

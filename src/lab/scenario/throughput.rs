@@ -8,16 +8,16 @@ use std::time::Duration;
 
 use super::compare::{ranked, Figure};
 use super::measured::start;
-use super::{Knobs, Scenario};
+use super::{Knobs, Scenario, Subject};
 use crate::client::bench::{Load, LOAD_BUSY_WARNING};
 use crate::lab::export::format::{
-    bytes, micros, or_dash, per_request, rps_with_range, served, served_label, thousands, tick_count,
+    bytes, micros, or_dash, per_request, rps_with_range, served, served_label, server, thousands, tick_count,
     tick_micros, tick_plain,
 };
 use crate::lab::export::section::{Axis, Bar, Bars, Block, Chart, Section, Table};
 use crate::lab::probe::SyscallMethod;
 use crate::lab::Row;
-use crate::model::ModelKind;
+use crate::service::ServiceKind;
 
 pub struct Throughput;
 
@@ -37,6 +37,10 @@ impl Scenario for Throughput {
         "throughput"
     }
 
+    fn service(&self) -> Option<ServiceKind> {
+        Some(ServiceKind::Echo)
+    }
+
     fn parameters(&self, knobs: &Knobs) -> serde_json::Value {
         serde_json::json!({
             "service": "echo",
@@ -54,12 +58,12 @@ impl Scenario for Throughput {
     /// the models are made.
     fn measure(
         &self,
-        model: ModelKind,
+        subject: Subject,
         knobs: &Knobs,
         kernel_cost: Option<SyscallMethod>,
     ) -> anyhow::Result<Vec<Row>> {
-        let mut row = Row::new(model.name(), self.name());
-        let mut server = start(model, "echo", &[])?;
+        let mut row = subject.row(self.name());
+        let mut server = start(subject, "echo", &[])?;
         server.echo_for(knobs, knobs.size, &mut row)?;
         if let Some(method) = kernel_cost {
             let window = server.echo_load(knobs, knobs.size, Load::Duration(KERNEL_COST_FOR))?;
@@ -163,9 +167,9 @@ impl Scenario for Throughput {
         ]);
         for r in rows {
             match &r.error {
-                Some(e) => table.push_failed(&r.model, e),
+                Some(e) => table.push_failed(&server(r), e),
                 None => table.push(vec![
-                    r.model.clone(),
+                    server(r),
                     if load_bound(r) {
                         format!("{}, load-bound", rps_with_range(r))
                     } else {

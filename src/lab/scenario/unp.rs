@@ -9,13 +9,14 @@ use serde::{Deserialize, Serialize};
 
 use super::compare::Figure;
 use super::measured::{bench_options, start, STARVED_AFTER};
-use super::{Knobs, Scenario};
+use super::{Knobs, Scenario, Subject};
 use crate::client::bench::{BenchOptions, Expect, Load, Payload};
 use crate::lab::export::format::{count, spread_text, thousands, tick_plain};
 use crate::lab::export::section::{Axis, Bar, Bars, Block, Chart, Section, Table};
 use crate::lab::probe::{self, SyscallMethod};
 use crate::lab::Row;
 use crate::model::ModelKind;
+use crate::service::ServiceKind;
 
 pub struct Unp;
 
@@ -65,6 +66,10 @@ impl Scenario for Unp {
         model.unp_row().is_some()
     }
 
+    fn service(&self) -> Option<ServiceKind> {
+        Some(ServiceKind::Bytes)
+    }
+
     fn parameters(&self, knobs: &Knobs) -> serde_json::Value {
         serde_json::json!({
             "service": "bytes",
@@ -76,9 +81,9 @@ impl Scenario for Unp {
         })
     }
 
-    fn measure(&self, model: ModelKind, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
-        let mut row = Row::new(model.name(), self.name());
-        let mut server = start(model, "bytes", &[])?;
+    fn measure(&self, subject: Subject, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
+        let mut row = subject.row(self.name());
+        let mut server = start(subject, "bytes", &[])?;
         let options = BenchOptions {
             new_connection: true,
             expect: Expect::Bytes(UNP_REPLY),
@@ -98,7 +103,7 @@ impl Scenario for Unp {
         server.process.stop();
         let connections = report.replies;
         let mut figures = Figures {
-            unp_row: model.unp_row().map(u64::from),
+            unp_row: subject.model().and_then(|m| m.unp_row()).map(u64::from),
             connections: Some(connections),
             connections_per_s: (report.elapsed_s > 0.0).then(|| connections as f64 / report.elapsed_s),
             ..Figures::default()
@@ -224,6 +229,28 @@ impl Scenario for Unp {
                     }
                 },
             });
+            table.push(cells);
+        }
+        for r in rows.iter().filter(|r| r.outside) {
+            let f: Figures = r.figures();
+            let mut cells = vec!["-".into(), "outside server".into(), r.model.clone()];
+            match &r.error {
+                Some(e) => cells.extend([
+                    format!("failed: {e}"),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ]),
+                None => cells.extend([
+                    count(f.connections),
+                    f.connections_per_s
+                        .map_or("-".into(), |c| format!("{}/s", thousands(c.round() as u64))),
+                    us(f.cpu_per_conn_us),
+                    us(f.cpu_per_conn_over_iterative_us),
+                    "-".into(),
+                ]),
+            }
             table.push(cells);
         }
         let mut blocks = vec![

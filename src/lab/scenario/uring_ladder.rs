@@ -6,13 +6,14 @@
 use serde::{Deserialize, Serialize};
 
 use super::measured::start;
-use super::{Knobs, Scenario};
+use super::{Knobs, Scenario, Subject};
 use crate::lab::export::format::{bytes, per_request, thousands, tick_count};
 use crate::lab::export::section::{Axis, Bar, Bars, Block, Chart, Section, Table};
 use crate::lab::probe::SyscallMethod;
 use crate::lab::Row;
 use crate::model::uring_features::UringFeatures;
 use crate::model::ModelKind;
+use crate::service::ServiceKind;
 
 pub struct UringLadder;
 
@@ -64,6 +65,11 @@ impl Scenario for UringLadder {
         1
     }
 
+    /// uring's own switches, step by step.
+    fn service(&self) -> Option<ServiceKind> {
+        None
+    }
+
     fn parameters(&self, knobs: &Knobs) -> serde_json::Value {
         serde_json::json!({
             "service": "echo",
@@ -78,7 +84,7 @@ impl Scenario for UringLadder {
     /// At each size, epoll as the yardstick, then uring with one more
     /// technique per step. A step the kernel refuses is a row with its
     /// error; the climb goes on.
-    fn measure(&self, _: ModelKind, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
+    fn measure(&self, _: Subject, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
         let mut rows = Vec::new();
         for size in SIZES {
             rows.push(self.step(ModelKind::Epoll, None, size, knobs));
@@ -210,7 +216,7 @@ impl UringLadder {
             None => Vec::new(),
         };
         let run = |row: &mut Row| -> anyhow::Result<()> {
-            let mut server = start(model, "echo", &extra)?;
+            let mut server = start(Subject::Model(model), "echo", &extra)?;
             server.echo_for(knobs, size, row)?;
             server.process.stop();
             Ok(())

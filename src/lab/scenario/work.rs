@@ -10,13 +10,14 @@ use serde::{Deserialize, Serialize};
 
 use super::compare::Figure;
 use super::measured::{bench_options, Measured, STARVED_AFTER};
-use super::{c10k, Knobs, Scenario};
+use super::{c10k, Knobs, Scenario, Subject};
 use crate::client::bench::{self, Load, Payload};
 use crate::lab::export::format::{micros, or_dash, rps_with_range, served, thousands, tick_count};
 use crate::lab::export::section::{Axis, Bar, Bars, Block, Chart, Section, Table};
 use crate::lab::probe::SyscallMethod;
 use crate::lab::{Row, ServerProcess};
 use crate::model::ModelKind;
+use crate::service::ServiceKind;
 
 pub struct Work;
 
@@ -70,6 +71,11 @@ impl Scenario for Work {
         models().any(|m| *m == model)
     }
 
+    /// Needs `--work`, a switch of socklab's own.
+    fn service(&self) -> Option<ServiceKind> {
+        None
+    }
+
     fn parameters(&self, knobs: &Knobs) -> serde_json::Value {
         serde_json::json!({
             "service": "echo",
@@ -85,7 +91,10 @@ impl Scenario for Work {
     /// One row per configuration of the model (epoll twice: one loop, the
     /// baseline, and two on `SO_REUSEPORT`, whose spread is shown next to
     /// reactors' round robin).
-    fn measure(&self, model: ModelKind, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
+    fn measure(&self, subject: Subject, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
+        let Some(model) = subject.model() else {
+            return Ok(Vec::new());
+        };
         // The models that default to the cores count the machine's, not the
         // lab's own (pinned to one).
         let cores = crate::lab::pin::cores();
