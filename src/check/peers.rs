@@ -182,11 +182,18 @@ impl Pushed {
     }
 }
 
-/// Pushes requests without reading: up to 64 MiB (8 quick), until the
-/// server stops taking them for [`Ctx::stall_wait`], or 10 s (1 quick).
+/// Pushes requests without reading: up to 64 MiB (32 quick, more than
+/// the socket buffers hold between us), until the server stops taking
+/// them for [`Ctx::stall_wait`], or 10 s (1 s quick). The growth is the
+/// server's largest footprint just after, against the lower of the
+/// footprint before and the run's baseline: an allocator that keeps freed
+/// memory must not hide a second flood behind the first.
 pub fn push_never_reading(ctx: &Ctx) -> Result<Pushed, String> {
     let mut peer = ctx.connect()?;
-    let before = ctx.footprint();
+    let before = match (ctx.footprint(), ctx.baseline()) {
+        (Some(now), Some(base)) => Some(now.pss_kb.min(base.pss_kb)),
+        (now, _) => now.map(|f| f.pss_kb),
+    };
     let request = ctx.dialect.request();
     let chunk: Vec<u8> = request
         .iter()
@@ -194,11 +201,15 @@ pub fn push_never_reading(ctx: &Ctx) -> Result<Pushed, String> {
         .cycle()
         .take(request.len() * (65536 / request.len().max(1)))
         .collect();
-    let total = if ctx.quick { 8 << 20 } else { 64 << 20 };
-    let within = if ctx.quick { Duration::from_millis(700) } else { Duration::from_secs(10) };
+    let total = if ctx.quick { 32 << 20 } else { 64 << 20 };
+    let within = Duration::from_secs(if ctx.quick { 1 } else { 10 });
     let (sent, stalled) = peer.push(&chunk, total, ctx.stall_wait(), within);
-    let after = ctx.footprint();
-    let growth_kb = before.zip(after).map(|(b, a)| a.pss_kb as i64 - b.pss_kb as i64);
+    // What was still in the socket buffers when the pushing stopped
+    // reaches a server that keeps reading a moment later.
+    let mut peak = ctx.footprint().map(|f| f.pss_kb);
+    std::thread::sleep(Duration::from_millis(200));
+    peak = peak.max(ctx.footprint().map(|f| f.pss_kb));
+    let growth_kb = before.zip(peak).map(|(b, a)| a as i64 - b as i64);
     Ok(Pushed {
         peer,
         sent,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::peers::push_never_reading;
 use super::server::Footprint;
-use super::{size, Case, Ctx, Finding};
+use super::{Case, Ctx, Finding};
 use crate::addr::Addr;
 
 /// The stop, which ends the server (the runner knows it by this id).
