@@ -527,10 +527,13 @@ fn selected(id: &str, only: &[String], skip: &[String]) -> bool {
 /// that of a server that has served (lazy pools and runtimes started), and
 /// one request's round trip is known before anything is timed.
 fn warm_up(ctx: &Ctx) {
-    if ctx.is_stream() {
-        if let Ok(t) = ctx.served(ctx.reply_wait()) {
-            ctx.set_latency(t);
-        }
+    let latency = if ctx.is_stream() {
+        ctx.served(ctx.reply_wait()).ok()
+    } else {
+        udp::round_trip(ctx)
+    };
+    if let Some(t) = latency {
+        ctx.set_latency(t);
     }
     *ctx.baseline.lock().unwrap_or_else(|e| e.into_inner()) = settled(ctx);
 }

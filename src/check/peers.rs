@@ -276,9 +276,17 @@ fn many(ctx: &Ctx) -> Finding {
     let deadline = start + Duration::from_secs(if ctx.quick { 5 } else { 20 });
     let mut peers = Vec::with_capacity(n);
     let mut refused = None;
+    let mut slowest = Duration::ZERO;
     while peers.len() < n && Instant::now() < deadline {
-        match Peer::connect(&ctx.addr, Duration::from_secs(1)) {
-            Ok(p) => peers.push(p),
+        let attempt = Instant::now();
+        // Long enough for the kernel's first SYN retransmission (1 s): a
+        // full accept queue drops a SYN, and a server that accepts a
+        // moment later still gets the connection, as any client would.
+        match Peer::connect(&ctx.addr, Duration::from_millis(2500)) {
+            Ok(p) => {
+                slowest = slowest.max(attempt.elapsed());
+                peers.push(p);
+            }
             Err(e) => {
                 refused = Some(e);
                 break;
@@ -294,11 +302,13 @@ fn many(ctx: &Ctx) -> Finding {
     }
     // In order of connection: a server that takes them one at a time
     // takes them in that order, and each is closed once answered so that
-    // it can move on.
+    // it can move on. Patience: a reply's, plus a round trip for each.
+    let answer_by =
+        Instant::now() + (ctx.reply_wait() + ctx.latency() * opened as u32).min(Duration::from_secs(30));
     let mut served = 0;
     let mut first_error = None;
     for mut p in peers {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = answer_by.saturating_duration_since(Instant::now());
         match reply_after_sending(ctx, &mut p, left) {
             Ok(()) => served += 1,
             Err(e) => {
@@ -313,6 +323,12 @@ fn many(ctx: &Ctx) -> Finding {
     );
     if let Some(e) = &refused {
         line.push_str(&format!("; connect {} failed: {e}", opened + 1));
+    }
+    if slowest > Duration::from_millis(900) {
+        line.push_str(&format!(
+            "; a connect took {}: the accept queue overflowed and the SYN was sent again (a small listen backlog?)",
+            ms(slowest)
+        ));
     }
     if let Some(e) = &first_error {
         line.push_str(&format!("; first unanswered: {e}"));
