@@ -789,6 +789,7 @@ pub enum TransportArg {
   socklab check --server './srv {path}' --service welcome --quick
 
 Exit status: 0 when no case failed, 1 when one did, 2 on a usage error.")]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["addr", "server"])))]
 pub struct CheckArgs {
     /// The server to check, if it is already running: tcp:HOST:PORT,
     /// HOST:PORT, :PORT, unix:PATH, udp:HOST:PORT

@@ -6,6 +6,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
+use common::seeds::{SEED_001_UDP_SERVER, SEED_003_UDP_SERVER};
 use common::{digit_shape, python, socklab, stdout, Server};
 
 /// Seed 001's Python TCP client, verbatim but for the port.
@@ -93,50 +94,6 @@ fn seed_001_numbered_clients_get_their_echo() {
         );
     }
 }
-
-/// Seed 001's Python UDP time server, verbatim but for the port: it binds
-/// loopback port 0 and prints the port it got before it serves.
-const SEED_001_UDP_SERVER: &str = r#"import socket
-import datetime
-
-PORT = 50000
-BUFSIZE = 4096
-
-# create a socket
-server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-
-# bind the socket to an socket address
-server.bind(("", PORT))
-
-while True:
-	# wait for receiving a message from a client
-	data, client = server.recvfrom(BUFSIZE)
-
-	msg = str(datetime.datetime.now())
-	print(msg)
-	print("Got a message:", client)
-	print(data)
-
-	# send a message back to the client
-	server.sendto(msg.encode("utf-8"), client)
-"#;
-
-/// Seed 003's Python UDP greet server (`serverudp.py`), verbatim but for
-/// the port: one second's sleep, then `Hello, <data>!`.
-const SEED_003_UDP_SERVER: &str = r#"import socket
-import time
-
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-# 绑定端口:
-s.bind(('127.0.0.1', 9999))
-print('Bind UDP on 9999')
-while True:
-    # 接收数据:
-    data, addr = s.recvfrom(1024)
-    time.sleep(1)
-    print('Received from %s:%s.' % addr)
-    s.sendto(b'Hello, %s!' % data, addr)
-"#;
 
 /// A seed's Python server, killed when dropped; `port` is where it listens.
 struct PythonServer {

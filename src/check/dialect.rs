@@ -26,7 +26,9 @@ impl Expect {
     /// Whether `got` holds a whole reply of this shape (right or wrong).
     pub fn complete(&self, got: &[u8]) -> bool {
         match self {
-            Expect::Bytes(want) => got.len() >= want.len(),
+            // Whole once long enough, or once it went wrong: waiting for
+            // the rest of a reply that already differs tells nothing more.
+            Expect::Bytes(want) => got.len() >= want.len() || !want.starts_with(got),
             Expect::Line(_) | Expect::LineStarting(_) => got.contains(&b'\n'),
             Expect::Time => got.len() >= 26,
             Expect::StartsThenClose(_) => false,

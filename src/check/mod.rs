@@ -481,7 +481,7 @@ pub fn check(options: &CheckOptions) -> anyhow::Result<Report> {
         };
         let mut finding = finding;
         if gone.is_none() && case.id != process::STOP {
-            if let Some(death) = died(&ctx) {
+            if let Some(death) = died(&ctx, finding.verdict == Verdict::Fail) {
                 finding = Finding::fail(format!("the server died during this case: {death}"));
                 gone = Some(format!("the server died during {}: {death}", case.id));
             }
@@ -527,10 +527,13 @@ fn selected(id: &str, only: &[String], skip: &[String]) -> bool {
 /// that of a server that has served (lazy pools and runtimes started), and
 /// one request's round trip is known before anything is timed.
 fn warm_up(ctx: &Ctx) {
-    if ctx.is_stream() {
-        if let Ok(t) = ctx.served(ctx.reply_wait()) {
-            ctx.set_latency(t);
-        }
+    let latency = if ctx.is_stream() {
+        ctx.served(ctx.reply_wait()).ok()
+    } else {
+        udp::round_trip(ctx)
+    };
+    if let Some(t) = latency {
+        ctx.set_latency(t);
     }
     *ctx.baseline.lock().unwrap_or_else(|e| e.into_inner()) = settled(ctx);
 }
@@ -583,8 +586,16 @@ fn run_case(ctx: &Arc<Ctx>, case: &'static Case) -> Finding {
 }
 
 /// Whether the server has died: its exit status (check started it), or
-/// that it no longer accepts (an address; UDP cannot tell).
-fn died(ctx: &Ctx) -> Option<String> {
+/// that it no longer accepts (an address; UDP cannot tell). After a failed
+/// case a dying server gets a moment to finish dying, so that the case
+/// that killed it is the one blamed.
+fn died(ctx: &Ctx, failed: bool) -> Option<String> {
+    if failed && ctx.server.is_some() {
+        let until = Instant::now() + Duration::from_millis(500);
+        while ctx.with_server(|s| s.exited().is_none()) == Some(true) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     match &ctx.server {
         Some(_) => ctx
             .with_server(|s| {

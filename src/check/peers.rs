@@ -182,11 +182,18 @@ impl Pushed {
     }
 }
 
-/// Pushes requests without reading: up to 64 MiB (8 quick), until the
-/// server stops taking them for [`Ctx::stall_wait`], or 10 s (1 quick).
+/// Pushes requests without reading: up to 64 MiB (32 quick, more than
+/// the socket buffers hold between us), until the server stops taking
+/// them for [`Ctx::stall_wait`], or 10 s (1 s quick). The growth is the
+/// server's largest footprint just after, against the lower of the
+/// footprint before and the run's baseline: an allocator that keeps freed
+/// memory must not hide a second flood behind the first.
 pub fn push_never_reading(ctx: &Ctx) -> Result<Pushed, String> {
     let mut peer = ctx.connect()?;
-    let before = ctx.footprint();
+    let before = match (ctx.footprint(), ctx.baseline()) {
+        (Some(now), Some(base)) => Some(now.pss_kb.min(base.pss_kb)),
+        (now, _) => now.map(|f| f.pss_kb),
+    };
     let request = ctx.dialect.request();
     let chunk: Vec<u8> = request
         .iter()
@@ -194,15 +201,15 @@ pub fn push_never_reading(ctx: &Ctx) -> Result<Pushed, String> {
         .cycle()
         .take(request.len() * (65536 / request.len().max(1)))
         .collect();
-    let total = if ctx.quick { 8 << 20 } else { 64 << 20 };
-    let within = if ctx.quick {
-        Duration::from_millis(700)
-    } else {
-        Duration::from_secs(10)
-    };
+    let total = if ctx.quick { 32 << 20 } else { 64 << 20 };
+    let within = Duration::from_secs(if ctx.quick { 1 } else { 10 });
     let (sent, stalled) = peer.push(&chunk, total, ctx.stall_wait(), within);
-    let after = ctx.footprint();
-    let growth_kb = before.zip(after).map(|(b, a)| a.pss_kb as i64 - b.pss_kb as i64);
+    // What was still in the socket buffers when the pushing stopped
+    // reaches a server that keeps reading a moment later.
+    let mut peak = ctx.footprint().map(|f| f.pss_kb);
+    std::thread::sleep(Duration::from_millis(200));
+    peak = peak.max(ctx.footprint().map(|f| f.pss_kb));
+    let growth_kb = before.zip(peak).map(|(b, a)| a as i64 - b as i64);
     Ok(Pushed {
         peer,
         sent,
@@ -269,9 +276,17 @@ fn many(ctx: &Ctx) -> Finding {
     let deadline = start + Duration::from_secs(if ctx.quick { 5 } else { 20 });
     let mut peers = Vec::with_capacity(n);
     let mut refused = None;
+    let mut slowest = Duration::ZERO;
     while peers.len() < n && Instant::now() < deadline {
-        match Peer::connect(&ctx.addr, Duration::from_secs(1)) {
-            Ok(p) => peers.push(p),
+        let attempt = Instant::now();
+        // Long enough for the kernel's first SYN retransmission (1 s): a
+        // full accept queue drops a SYN, and a server that accepts a
+        // moment later still gets the connection, as any client would.
+        match Peer::connect(&ctx.addr, Duration::from_millis(2500)) {
+            Ok(p) => {
+                slowest = slowest.max(attempt.elapsed());
+                peers.push(p);
+            }
             Err(e) => {
                 refused = Some(e);
                 break;
@@ -287,11 +302,13 @@ fn many(ctx: &Ctx) -> Finding {
     }
     // In order of connection: a server that takes them one at a time
     // takes them in that order, and each is closed once answered so that
-    // it can move on.
+    // it can move on. Patience: a reply's, plus a round trip for each.
+    let answer_by =
+        Instant::now() + (ctx.reply_wait() + ctx.latency() * opened as u32).min(Duration::from_secs(30));
     let mut served = 0;
     let mut first_error = None;
     for mut p in peers {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = answer_by.saturating_duration_since(Instant::now());
         match reply_after_sending(ctx, &mut p, left) {
             Ok(()) => served += 1,
             Err(e) => {
@@ -306,6 +323,12 @@ fn many(ctx: &Ctx) -> Finding {
     );
     if let Some(e) = &refused {
         line.push_str(&format!("; connect {} failed: {e}", opened + 1));
+    }
+    if slowest > Duration::from_millis(900) {
+        line.push_str(&format!(
+            "; a connect took {}: the accept queue overflowed and the SYN was sent again (a small listen backlog?)",
+            ms(slowest)
+        ));
     }
     if let Some(e) = &first_error {
         line.push_str(&format!("; first unanswered: {e}"));

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::peers::push_never_reading;
 use super::server::Footprint;
-use super::{size, Case, Ctx, Finding};
+use super::{Case, Ctx, Finding};
 use crate::addr::Addr;
 
 /// The stop, which ends the server (the runner knows it by this id).
@@ -142,7 +142,14 @@ fn stop(ctx: &Ctx) -> Finding {
 /// Whether the server's address is free: bindable (TCP, UDP) or no
 /// longer answered (Unix).
 fn free_again(addr: &Addr) -> Result<(), String> {
-    let busy = |e: std::io::Error| format!("{addr} is still in use ({e})");
+    let busy = |e: std::io::Error| {
+        let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+            ": its connections linger (TIME_WAIT) on a socket without SO_REUSEADDR, so it cannot restart at once"
+        } else {
+            ""
+        };
+        format!("{addr} cannot be bound again ({e}){why}")
+    };
     match addr {
         Addr::Tcp(hp) => std::net::TcpListener::bind((hp.host.as_str(), hp.port))
             .map(drop)

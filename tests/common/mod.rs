@@ -9,6 +9,8 @@
 
 #![allow(dead_code)] // Each test file uses its own subset.
 
+pub mod seeds;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
