@@ -170,7 +170,7 @@ pub fn one_thread(plan: Arc<Plan>, t: usize, threads: usize) -> anyhow::Result<T
             .collect(),
         busy: StartOrder::new(n),
         retries: VecDeque::new(),
-        recorder: Recorder::new(plan.per_second),
+        recorder: Recorder::new(plan.per_second, plan.rate.is_some()),
         done: 0,
     };
     if let Err(e) = engine.run() {

@@ -164,18 +164,8 @@ pub fn bytes(b: u64) -> String {
     }
 }
 
-/// An integer with thousands separators: `70,586`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+/// Counts as bench prints them too: one helper for both.
+pub use crate::figures::thousands;
 
 /// `served 1 of 50` when a model left clients without a reply.
 pub fn served_label(row: &Row) -> Option<String> {
@@ -593,13 +583,5 @@ mod tests {
             said.contains("not dearer beyond the spread of the runs: today's Linux disagrees"),
             "{said}"
         );
-    }
-
-    #[test]
-    fn separators() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(70_586), "70,586");
-        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 }
