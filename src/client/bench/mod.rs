@@ -4,11 +4,12 @@
 //! waits for the whole reply, records the latency, and goes again. `--rate`
 //! makes it an open loop instead: requests start on a schedule, and each
 //! latency counts from the request's intended start, so a stalled server
-//! shows as latency rather than as fewer requests (no coordinated omission).
-//! The clients run on `--threads` threads, none of them a thread per
-//! connection: the closed loop over TCP and Unix sockets on io_uring rings
-//! ([`uring`]) when the kernel allows, everything else as tasks on tokio
-//! event loops ([`engine`]). Latencies go into one HDR histogram per thread,
+//! shows as latency rather than as fewer requests (no coordinated omission);
+//! its senders wake on a microsecond timer, and bench reports how late its
+//! own sends still left ([`pace`]). The clients run on `--threads` threads,
+//! none of them a thread per connection: over TCP and Unix sockets on
+//! io_uring rings ([`uring`]) when the kernel allows, everything else as
+//! tasks on tokio event loops ([`engine`]). Latencies go into one HDR histogram per thread,
 //! merged at the end.
 //!
 //! A whole reply (DESIGN section 6, `--expect` to choose): for `auto`, what
@@ -165,12 +166,11 @@ impl FromStr for Expect {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
-    /// io_uring for a closed loop over a stream when the kernel allows it,
-    /// tokio otherwise.
+    /// io_uring over a stream when the kernel allows it, tokio otherwise.
     Auto,
     /// Tasks on tokio current-thread runtimes: every mode, every transport.
     Tokio,
-    /// io_uring rings: the closed loop over TCP and Unix sockets.
+    /// io_uring rings: closed and open loops over TCP and Unix sockets.
     Uring,
     /// `merge` of runs driven by different engines.
     Mixed,
@@ -205,7 +205,7 @@ impl Engine {
             Engine::Auto if uring::suits(plan) && uring::available() => Ok(Engine::Uring),
             Engine::Auto => Ok(Engine::Tokio),
             Engine::Uring if !uring::suits(plan) => {
-                bail!("the uring engine drives the closed loop over TCP and Unix sockets; --rate and UDP need --engine tokio")
+                bail!("the uring engine drives TCP and Unix sockets; UDP needs --engine tokio")
             }
             Engine::Uring if !uring::available() => {
                 bail!("io_uring is not available here (use --engine tokio)")
