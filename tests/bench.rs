@@ -481,7 +481,7 @@ fn assert_send_lag(r: &serde_json::Value, what: &str) -> u64 {
         .expect("it decodes");
     let requests = r["requests"].as_u64().unwrap();
     assert!(
-        h.len() > 0 && h.len() <= requests,
+        !h.is_empty() && h.len() <= requests,
         "{what}: {} lags, {requests} requests",
         h.len()
     );
