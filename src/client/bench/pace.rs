@@ -8,28 +8,34 @@
 //! time itself: whatever it oversleeps is counted as the server's latency.
 //! tokio's timer wheel ticks in milliseconds (and its `epoll_wait` timeout
 //! is rounded up to one), so a sender sleeping with `tokio::time::sleep`
-//! left up to a millisecond late: measured here, p50 748 µs at 1000/s
-//! against a server that answers in 62 µs.
+//! left up to a millisecond late (issue 25: p50 748 µs at 1000/s against
+//! a server that answers in 62 µs).
 //!
 //! A timerfd is a kernel hrtimer behind a descriptor: armed at the intended
 //! instant (absolute, on CLOCK_MONOTONIC, the clock `Instant` reads) and
 //! registered in the thread's epoll set, it wakes the thread when it
 //! expires, with no millisecond rounding and no timer slack (that applies
 //! to sleeps and poll timeouts, not to timerfds). The io_uring engine needs
-//! none: its wait for completions takes a timeout that is an hrtimer too.
+//! none: its wait for completions (`io_uring_enter`) takes a timeout that
+//! is an hrtimer too (a timer slack of 1 ns on its thread changed nothing
+//! measurable).
 //!
 //! No spinning: the thread sleeps until the deadline and the kernel wakes
-//! it. Measured (DESIGN section 6, figures in the closing note), the wake is
-//! late by a few microseconds at p50, and what remains is the scheduler's;
-//! spinning the last stretch would buy little and burn the core the server
-//! shares.
+//! it. What is left is the machine's own wake-up time, which bench then
+//! reports as its lag rather than hides. On the 2-vCPU VM this was built
+//! on, a C loop sleeping on a timerfd to 1 ms deadlines woke 20-50 µs late
+//! at p50, and bench's lag was the same; spinning the last 50 µs (only
+//! while no request was out) took the lag p50 to 0-8 µs, but the latency
+//! p50 moved less than the runs' noise, for up to 50 µs of CPU per
+//! request. Not worth a core's time on a machine the server shares.
 //!
 //! Send lag is measured, not assumed: for each request, how long after it
 //! could have left it did. "Could have" is the later of its intended start
 //! and the moment its connection was free: a client carries one request at
 //! a time, so a request due while the previous one is still out waits for
 //! it. That wait is the server's doing (the request's latency includes it,
-//! from the intended start, as it must); it is counted apart (`queued`),
+//! from the intended start, as it must); it is counted apart
+//! (`sends_queued`),
 //! and left out of the lag, which is then the load generator's own.
 
 use std::io;
