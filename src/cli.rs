@@ -426,8 +426,8 @@ pub struct BenchArgs {
     /// When a reply is whole: auto, echo (and check the bytes), line, close, bytes:N
     #[arg(long, value_name = "RULE", default_value = "auto")]
     pub expect: crate::client::bench::Expect,
-    /// What drives the clients: auto (io_uring for a closed loop over TCP or
-    /// Unix sockets when the kernel allows, else tokio), tokio, uring
+    /// What drives the clients: auto (io_uring over TCP or Unix sockets when
+    /// the kernel allows, else tokio), tokio, uring
     #[arg(long, default_value = "auto")]
     pub engine: crate::client::bench::Engine,
     /// No progress output

@@ -11,6 +11,7 @@
 //! - [`server`]: `socklab serve`: bind, announce, run a model.
 //! - [`client`]: `send`, `connect`/`listen`, and `bench`.
 //! - [`relay`]: the socat-like relay.
+//! - [`figures`]: numbers as people read them (`70,586`), for bench and lab.
 //! - [`ring`]: io_uring plumbing shared by the `uring` model and `bench`.
 //! - [`lab`]: every model side by side, measured, and the report.
 //! - [`check`]: any server's wire behaviour and robustness, case by case.
@@ -22,6 +23,7 @@ pub mod addr;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod figures;
 pub mod lab;
 pub mod model;
 pub mod net;

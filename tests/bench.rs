@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{bench, bench_json, fails_with, socklab, stdout, tcp_listener, without_io_uring, Server};
 
-/// Both engines that drive the closed loop over streams.
+/// Both engines that drive streams, in a closed loop and an open one.
 const ENGINES: [&str; 2] = ["tokio", "uring"];
 
 /// `ARGS --engine ENGINE`, ARGS written as on a command line.
@@ -52,21 +52,20 @@ fn counts_are_exact_and_the_json_has_its_keys() {
 }
 
 #[test]
-fn auto_picks_io_uring_for_a_closed_loop_over_a_stream_and_tokio_otherwise() {
+fn auto_picks_io_uring_for_a_stream_and_tokio_otherwise() {
     let server = Server::tcp(&["--model", "epoll", "--service", "echo"]);
     assert_eq!(bench_json(&server.addr, &["--requests", "3"])["engine"], "uring");
     let r = bench_json(&server.addr, &["--rate", "100", "--duration", "100ms"]);
     assert_eq!(
         (r["engine"].as_str(), r["errors"].as_u64()),
-        (Some("tokio"), Some(0)),
+        (Some("uring"), Some(0)),
         "{r}"
     );
-    let err = fails_with(
-        1,
-        socklab(&["bench", &server.addr, "--rate", "100", "--engine", "uring"]),
-    );
+    let udp = Server::udp(&["--service", "echo", "--model", "epoll"]);
+    assert_eq!(bench_json(&udp.addr, &["--requests", "3"])["engine"], "tokio");
+    let err = fails_with(1, socklab(&["bench", &udp.addr, "--engine", "uring"]));
     assert!(
-        err.contains("error: the uring engine drives the closed loop"),
+        err.contains("error: the uring engine drives TCP and Unix sockets"),
         "{err}"
     );
     // Where io_uring is refused, auto falls back, and asking for it is a
@@ -235,29 +234,28 @@ fn the_open_loop_counts_latency_from_the_intended_start() {
     // grows, and so must the latency, request after request; what could
     // not even be sent by the end counts as timed out, not as nothing.
     let server = Server::tcp(&["--model", "iterative", "--service", "greet", "--delay", "100ms"]);
-    let r = bench_json(
-        &server.addr,
-        &[
-            "--clients",
-            "1",
-            "--rate",
-            "20",
-            "--duration",
-            "1s",
-            "--timeout",
-            "5s",
-        ],
-    );
-    assert_eq!(r["requests"], 20, "every scheduled request is counted: {r}");
-    assert_eq!(r["errors"], r["errors_by_kind"]["timeout"], "{r}");
-    let replies = r["replies"].as_u64().unwrap();
-    assert!((5..=11).contains(&replies), "{r}");
-    // The n-th reply was due at n/20 s and came at n/10 s: late by n/20 s.
-    let max = r["latency_us"]["max"].as_u64().unwrap();
-    assert!(
-        max >= 50_000 * (replies - 1),
-        "max latency {max} µs does not show the queue: {r}"
-    );
+    for engine in ENGINES {
+        let r = bench_json(
+            &server.addr,
+            &with_engine("--clients 1 --rate 20 --duration 1s --timeout 5s", engine),
+        );
+        assert_eq!(
+            r["requests"], 20,
+            "{engine}: every scheduled request is counted: {r}"
+        );
+        assert_eq!(r["errors"], r["errors_by_kind"]["timeout"], "{engine}: {r}");
+        let replies = r["replies"].as_u64().unwrap();
+        assert!((5..=11).contains(&replies), "{engine}: {r}");
+        // The n-th reply was due at n/20 s and came at n/10 s: late by n/20 s.
+        let max = r["latency_us"]["max"].as_u64().unwrap();
+        assert!(
+            max >= 50_000 * (replies - 1),
+            "{engine}: max latency {max} µs does not show the queue: {r}"
+        );
+        // That wait was the server's: the sends waited for their
+        // connection, and it is not counted as bench's own lag.
+        assert!(r["sends_queued"].as_u64() >= Some(replies - 1), "{engine}: {r}");
+    }
 }
 
 #[test]
@@ -467,4 +465,130 @@ fn hdr_log_holds_a_histogram_a_second_and_every_latency() {
     assert_eq!(starts, [0.0, 1.0]);
     assert_eq!(Some(count), r["replies"].as_u64());
     assert_eq!(r["requests"], 150);
+}
+
+/// The send lag's summary line, and whether the JSON has its keys and
+/// they hold together: p50 <= p99 <= max, one lag per request sent at
+/// most. (No figure is asserted: a loaded machine makes any.)
+fn assert_send_lag(r: &serde_json::Value, what: &str) -> u64 {
+    let lag = &r["send_lag_us"];
+    let (p50, p99, max) = (lag["p50"].as_u64(), lag["p99"].as_u64(), lag["max"].as_u64());
+    let (Some(p50), Some(p99), Some(max)) = (p50, p99, max) else {
+        panic!("{what}: no send_lag_us p50/p99/max in {r}");
+    };
+    assert!(p50 <= p99 && p99 <= max, "{what}: {lag}");
+    let h = socklab::client::hdr::decode(r["send_lag_histogram"].as_str().expect("a send lag histogram"))
+        .expect("it decodes");
+    let requests = r["requests"].as_u64().unwrap();
+    assert!(
+        !h.is_empty() && h.len() <= requests,
+        "{what}: {} lags, {requests} requests",
+        h.len()
+    );
+    assert_eq!(h.max(), max, "{what}");
+    assert!(r["sends_queued"].as_u64().is_some(), "{what}: {r}");
+    h.len()
+}
+
+#[test]
+fn the_open_loop_reports_its_send_lag_and_the_closed_loop_none() {
+    let server = Server::tcp(&["--model", "epoll", "--service", "echo"]);
+    for engine in ENGINES {
+        let open = with_engine("--clients 2 --rate 200 --duration 500ms --size 64", engine);
+        let r = bench_json(&server.addr, &open);
+        assert_eq!(r["engine"], engine);
+        assert_eq!(replies_and_errors(&r), (Some(100), Some(0)), "{engine}: {r}");
+        assert_eq!(assert_send_lag(&r, engine), 100);
+        let text = stdout(&socklab(&[&["bench", &server.addr][..], &open].concat()));
+        assert!(text.contains("\n  send lag   p50 "), "{engine}: {text}");
+        assert!(
+            text.contains(" (how late bench's own sends left)\n"),
+            "{engine}: {text}"
+        );
+
+        let r = bench_json(&server.addr, &with_engine("--clients 2 --requests 10", engine));
+        for key in ["send_lag_us", "send_lag_histogram", "sends_queued"] {
+            assert_eq!(
+                r[key],
+                serde_json::Value::Null,
+                "{engine}: {key} in a closed loop: {r}"
+            );
+        }
+        let text = stdout(&socklab(&[
+            "bench",
+            &server.addr,
+            "--requests",
+            "3",
+            "--engine",
+            engine,
+        ]));
+        assert!(!text.contains("send lag"), "{engine}: {text}");
+    }
+}
+
+#[test]
+fn drivers_send_lags_merge_exactly() {
+    let server = Server::tcp(&["--model", "epoll", "--service", "echo"]);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, args: &[&str]| {
+        let mut all = vec!["bench", &server.addr, "--json", "--quiet"];
+        all.extend_from_slice(args);
+        let out = socklab(&all);
+        assert!(out.status.success(), "{args:?}: {}", common::stderr(&out));
+        let path = dir.path().join(name);
+        std::fs::write(&path, &out.stdout).unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (path, report)
+    };
+    let open = ["--clients", "2", "--rate", "400", "--duration", "500ms"];
+    let (a, ra) = run("a.json", &[&open[..], &["--driver", "1/2"]].concat());
+    let (b, rb) = run(
+        "b.json",
+        &[&open[..], &["--driver", "2/2", "--engine", "tokio"]].concat(),
+    );
+    let sent = assert_send_lag(&ra, "driver 1") + assert_send_lag(&rb, "driver 2");
+    let out = socklab(&["merge", "--json", a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Summed count by count: every send of both, the max the larger max.
+    assert_eq!(assert_send_lag(&m, "merge"), sent);
+    let max = ra["send_lag_us"]["max"]
+        .as_u64()
+        .max(rb["send_lag_us"]["max"].as_u64());
+    assert_eq!(m["send_lag_us"]["max"].as_u64(), max, "{m}");
+    assert_eq!(
+        m["sends_queued"].as_u64(),
+        Some(ra["sends_queued"].as_u64().unwrap() + rb["sends_queued"].as_u64().unwrap())
+    );
+    let text = stdout(&socklab(&["merge", a.to_str().unwrap(), b.to_str().unwrap()]));
+    assert!(text.contains("\n  send lag   p50 "), "{text}");
+
+    // With a closed-loop run, part of the sends have no lag: none, and a note.
+    let (closed, _) = run("closed.json", &["--requests", "5", "--driver", "3/3"]);
+    let out = socklab(&["merge", "--json", a.to_str().unwrap(), closed.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["send_lag_us"], serde_json::Value::Null, "{m}");
+    assert!(
+        common::stderr(&out).contains("note: no send lag for the merge"),
+        "{}",
+        common::stderr(&out)
+    );
+}
+
+#[test]
+fn the_summary_writes_counts_as_the_lab_does() {
+    let server = Server::tcp(&["--model", "epoll", "--service", "echo"]);
+    let text = stdout(&socklab(&[
+        "bench",
+        &server.addr,
+        "--clients",
+        "4",
+        "--requests",
+        "300",
+    ]));
+    assert!(
+        text.contains("  requests   1,200 (1,200 replies, 0 errors) in "),
+        "{text}"
+    );
 }

@@ -140,7 +140,7 @@ fn two_benches_against_one_server_merge_exactly() {
     let text = stdout(&out);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        text.contains("requests   1800 (1800 replies, 0 errors)"),
+        text.contains("requests   1,800 (1,800 replies, 0 errors)"),
         "{text}"
     );
     assert!(text.contains("merged     2 runs, started within"), "{text}");

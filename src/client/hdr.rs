@@ -161,10 +161,17 @@ fn base64_decode(text: &str) -> Result<Vec<u8>, DecodeError> {
 }
 
 /// Where one engine thread records its latencies: the run's histogram and,
-/// for `--hdr-log`, one histogram per second of the run.
+/// for `--hdr-log`, one histogram per second of the run; in an open loop,
+/// its sends' lag too.
 pub struct Recorder {
     pub total: Histogram<u64>,
     intervals: Option<Intervals>,
+    /// Open loop: how late each send left, in microseconds, after it could
+    /// have (`bench::pace`); `None` for a closed loop, which has no schedule.
+    pub send_lag: Option<Histogram<u64>>,
+    /// Open loop: sends that were due while their connection still carried
+    /// the previous request, and waited for it.
+    pub queued: u64,
 }
 
 /// The seconds of a run, as histograms: the second being filled, and the
@@ -181,8 +188,9 @@ struct Intervals {
 pub type EncodedSeconds = Vec<(u64, Vec<u8>)>;
 
 impl Recorder {
-    /// A recorder; `per_second` keeps the interval histograms too.
-    pub fn new(per_second: bool) -> Recorder {
+    /// A recorder; `per_second` keeps the interval histograms too, and
+    /// `open_loop` the send lag.
+    pub fn new(per_second: bool, open_loop: bool) -> Recorder {
         Recorder {
             total: run_histogram(),
             intervals: per_second.then(|| Intervals {
@@ -190,7 +198,20 @@ impl Recorder {
                 current: interval_histogram(),
                 done: Vec::new(),
             }),
+            send_lag: open_loop.then(run_histogram),
+            queued: 0,
         }
+    }
+
+    /// One open-loop send: its lag in microseconds, and whether it waited
+    /// for its connection.
+    pub fn record_send(&mut self, (lag_micros, queued): (u64, bool)) {
+        if let Some(h) = &mut self.send_lag {
+            // 0 is a lag like any other (on time to the microsecond); the
+            // histogram holds it below its lowest discernible value.
+            let _ = h.record(lag_micros.min(h.high()));
+        }
+        self.queued += u64::from(queued);
     }
 
     /// One latency, of a reply that came in `at` after the run began.
@@ -375,7 +396,7 @@ mod tests {
 
     #[test]
     fn seconds_are_kept_apart() {
-        let mut r = Recorder::new(true);
+        let mut r = Recorder::new(true, false);
         r.record(10, Duration::from_millis(100));
         r.record(20, Duration::from_millis(900));
         r.record(30, Duration::from_millis(2500));

@@ -59,6 +59,12 @@ struct Run {
     histogram: String,
     #[serde(default)]
     load_busy: Option<f64>,
+    /// Open loop: the send lags (absent from a closed loop, and from runs
+    /// of a bench that did not measure them).
+    #[serde(default)]
+    send_lag_histogram: Option<String>,
+    #[serde(default)]
+    sends_queued: Option<u64>,
 }
 
 /// One input, read and checked.
@@ -68,6 +74,7 @@ struct Input {
     started: SystemTime,
     ended: SystemTime,
     histogram: Histogram<u64>,
+    send_lag: Option<Histogram<u64>>,
 }
 
 /// `socklab merge`: read, check, merge, print.
@@ -108,6 +115,22 @@ fn read(path: &Path) -> anyhow::Result<Input> {
             run.replies
         )));
     }
+    let send_lag = match &run.send_lag_histogram {
+        Some(text) => {
+            let h =
+                hdr::decode(text).map_err(|e| bad(format!("the send lag histogram cannot be read: {e}")))?;
+            // One lag per request sent; requests never sent have none.
+            if h.len() > run.requests {
+                return Err(bad(format!(
+                    "the send lag histogram holds {} sends but the report counts {} requests",
+                    h.len(),
+                    run.requests
+                )));
+            }
+            Some(h)
+        }
+        None => None,
+    };
     if run.requests != run.replies + run.errors {
         return Err(bad(format!(
             "{} requests is not {} replies + {} errors",
@@ -137,6 +160,7 @@ fn read(path: &Path) -> anyhow::Result<Input> {
         started,
         ended,
         histogram,
+        send_lag,
     })
 }
 
@@ -205,6 +229,11 @@ fn merge(inputs: Vec<Input>) -> anyhow::Result<BenchReport> {
             .add(&input.histogram)
             .with_context(|| format!("{}: its histogram does not fit socklab's range", input.file))?;
     }
+    let send_lag = merge_send_lag(&inputs)?;
+    let sends_queued = match send_lag {
+        Some(_) => inputs.iter().map(|i| i.run.sends_queued).sum::<Option<u64>>(),
+        None => None,
+    };
     let started = inputs.iter().map(|i| i.started).min();
     let ended = inputs.iter().map(|i| i.ended).max();
     let (Some(started), Some(ended)) = (started, ended) else {
@@ -299,7 +328,45 @@ fn merge(inputs: Vec<Input>) -> anyhow::Result<BenchReport> {
         start_spread_ms: Some(spread),
         histogram: hdr::encode(&histogram)?,
         load_busy,
+        send_lag_us: send_lag.as_ref().map(bench::latency),
+        send_lag_histogram: send_lag.as_ref().map(hdr::encode).transpose()?,
+        sends_queued,
     })
+}
+
+/// The runs' send lags added up, count by count as the latencies are, when
+/// every run has one; none when no run has (closed loops). When only some
+/// have, a lag of part of the sends would pass for all of them: none, and
+/// a note on stderr.
+fn merge_send_lag(inputs: &[Input]) -> anyhow::Result<Option<Histogram<u64>>> {
+    let with: Vec<&Input> = inputs.iter().filter(|i| i.send_lag.is_some()).collect();
+    if with.is_empty() {
+        return Ok(None);
+    }
+    if with.len() < inputs.len() {
+        let without: Vec<&str> = inputs
+            .iter()
+            .filter(|i| i.send_lag.is_none())
+            .map(|i| i.file.as_str())
+            .collect();
+        eprintln!(
+            "note: no send lag for the merge: {} did not measure one (a closed loop, or an older bench)",
+            without.join(", ")
+        );
+        return Ok(None);
+    }
+    let mut sum = bench::new_histogram();
+    for input in with {
+        if let Some(h) = &input.send_lag {
+            sum.add(h).with_context(|| {
+                format!(
+                    "{}: its send lag histogram does not fit socklab's range",
+                    input.file
+                )
+            })?;
+        }
+    }
+    Ok(Some(sum))
 }
 
 /// Drivers `K/N` that all say N but not every K is there: the merge is of

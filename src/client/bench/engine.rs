@@ -19,7 +19,7 @@ use std::io::{Read, Write};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::{ClientReport, ErrorKind, Expect, Load};
+use super::{pace, ClientReport, ErrorKind, Expect, Load};
 use crate::addr::Addr;
 use crate::client::hdr::Recorder;
 use crate::net::{self, Stream};
@@ -151,7 +151,10 @@ pub fn one_thread(plan: Arc<Plan>, t: usize, threads: usize) -> anyhow::Result<T
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let histogram: SharedHistogram = Arc::new(std::sync::Mutex::new(Recorder::new(plan.per_second)));
+    let histogram: SharedHistogram = Arc::new(std::sync::Mutex::new(Recorder::new(
+        plan.per_second,
+        plan.rate.is_some(),
+    )));
     let clients = runtime.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for id in (t..plan.clients).step_by(threads) {
@@ -319,6 +322,10 @@ async fn client(plan: Arc<Plan>, id: usize, histogram: SharedHistogram) -> Clien
     ];
     let mut reply = Vec::with_capacity(plan.request.len());
     let mut k: u64 = 0;
+    // Open loop: the sender's timer (microseconds, not tokio's milliseconds:
+    // see `pace`), and when the connection was last free, for the lag.
+    let mut timer = plan.rate.map(|_| pace::HiResTimer::new());
+    let mut free = plan.start;
     loop {
         if let Load::Requests(n) = plan.load {
             if k >= n as u64 {
@@ -328,19 +335,12 @@ async fn client(plan: Arc<Plan>, id: usize, histogram: SharedHistogram) -> Clien
         // Open loop: each request has an intended start, spread evenly over
         // the clients; latency counts from it, so a stalled server shows as
         // latency, not as requests never sent (no coordinated omission).
+        let mut lag = None;
         let began = match plan.rate {
             Some(rate) => {
-                let slot = k as f64 * plan.clients as f64 + id as f64;
-                // Past what a Duration holds: later than any run can last.
-                let Some(intended) = Duration::try_from_secs_f64(slot / rate)
-                    .ok()
-                    .and_then(|offset| plan.start.checked_add(plan.phase + offset))
-                else {
+                let Some(intended) = pace::intended(&plan, rate, id, k) else {
                     break;
                 };
-                if deadline.is_some_and(|d| intended >= d) {
-                    break;
-                }
                 let late = Instant::now().saturating_duration_since(intended);
                 if late >= plan.timeout || deadline.is_some_and(|d| Instant::now() >= d) {
                     // Held up by earlier requests past its timeout, or past
@@ -354,7 +354,20 @@ async fn client(plan: Arc<Plan>, id: usize, histogram: SharedHistogram) -> Clien
                     plan.done.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                tokio::time::sleep_until(intended.into()).await;
+                match &mut timer {
+                    Some(Ok(timer)) => {
+                        if timer.sleep_until(intended).await.is_err() {
+                            // The timer broke (it cannot, short of a kernel
+                            // bug): on time to tokio's millisecond, and the
+                            // lag says so.
+                            tokio::time::sleep_until(intended.into()).await;
+                        }
+                    }
+                    // No descriptor for a timer (--clients near the limit):
+                    // the same, measured the same way.
+                    _ => tokio::time::sleep_until(intended.into()).await,
+                }
+                lag = Some(pace::send_lag(intended, free, Instant::now()));
                 intended
             }
             None => {
@@ -376,6 +389,13 @@ async fn client(plan: Arc<Plan>, id: usize, histogram: SharedHistogram) -> Clien
                 format!("no whole reply within {:?}", plan.timeout),
             )),
         };
+        if let Some(lag) = lag {
+            free = Instant::now();
+            histogram
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record_send(lag);
+        }
         match outcome {
             Ok(()) => {
                 let mut h = histogram.lock().unwrap_or_else(|e| e.into_inner());

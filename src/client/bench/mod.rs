@@ -4,11 +4,12 @@
 //! waits for the whole reply, records the latency, and goes again. `--rate`
 //! makes it an open loop instead: requests start on a schedule, and each
 //! latency counts from the request's intended start, so a stalled server
-//! shows as latency rather than as fewer requests (no coordinated omission).
-//! The clients run on `--threads` threads, none of them a thread per
-//! connection: the closed loop over TCP and Unix sockets on io_uring rings
-//! ([`uring`]) when the kernel allows, everything else as tasks on tokio
-//! event loops ([`engine`]). Latencies go into one HDR histogram per thread,
+//! shows as latency rather than as fewer requests (no coordinated omission);
+//! its senders wake on a microsecond timer, and bench reports how late its
+//! own sends still left ([`pace`]). The clients run on `--threads` threads,
+//! none of them a thread per connection: over TCP and Unix sockets on
+//! io_uring rings ([`uring`]) when the kernel allows, everything else as
+//! tasks on tokio event loops ([`engine`]). Latencies go into one HDR histogram per thread,
 //! merged at the end.
 //!
 //! A whole reply (DESIGN section 6, `--expect` to choose): for `auto`, what
@@ -22,6 +23,7 @@
 //! client ids, and the JSON carries the whole histogram for `socklab merge`.
 
 mod engine;
+mod pace;
 mod uring;
 
 use std::fmt;
@@ -164,12 +166,11 @@ impl FromStr for Expect {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
-    /// io_uring for a closed loop over a stream when the kernel allows it,
-    /// tokio otherwise.
+    /// io_uring over a stream when the kernel allows it, tokio otherwise.
     Auto,
     /// Tasks on tokio current-thread runtimes: every mode, every transport.
     Tokio,
-    /// io_uring rings: the closed loop over TCP and Unix sockets.
+    /// io_uring rings: closed and open loops over TCP and Unix sockets.
     Uring,
     /// `merge` of runs driven by different engines.
     Mixed,
@@ -204,7 +205,7 @@ impl Engine {
             Engine::Auto if uring::suits(plan) && uring::available() => Ok(Engine::Uring),
             Engine::Auto => Ok(Engine::Tokio),
             Engine::Uring if !uring::suits(plan) => {
-                bail!("the uring engine drives the closed loop over TCP and Unix sockets; --rate and UDP need --engine tokio")
+                bail!("the uring engine drives TCP and Unix sockets; UDP needs --engine tokio")
             }
             Engine::Uring if !uring::available() => {
                 bail!("io_uring is not available here (use --engine tokio)")
@@ -379,7 +380,27 @@ pub struct BenchReport {
     /// faster, and the figures may be its limit rather than the server's.
     /// A merge has the busiest of its runs'; `null` where unknown.
     pub load_busy: Option<f64>,
+    /// Open loop: how late bench's own sends left, in microseconds: each
+    /// from when it could have left (its intended start, or when its
+    /// connection came free if later) to when it did. The load generator's
+    /// share of `latency_us`; `null` for a closed loop, which has no
+    /// schedule to be late for.
+    pub send_lag_us: Option<Latency>,
+    /// The send lags as `histogram` holds the latencies (`HISTF...`), so
+    /// that `merge` adds them up exactly; `null` for a closed loop.
+    pub send_lag_histogram: Option<String>,
+    /// Open loop: requests due while their client's connection still
+    /// carried the previous one; they left when it was free (their latency
+    /// counts from the intended start all the same). Many mean too few
+    /// `--clients` for the rate and the server's latency. `null` for a
+    /// closed loop.
+    pub sends_queued: Option<u64>,
 }
+
+/// Above this share of the latency p99, the send lag's p99 is a noticeable
+/// part of the figures, and bench says so on stderr: the load generator, not
+/// only the server, made the latency.
+pub const SEND_LAG_WARNING: f64 = 0.1;
 
 /// Above this share of its cores busy, the load generator may be what
 /// limits a closed loop, and the human summary says so.
@@ -631,11 +652,17 @@ fn run_once(options: &BenchOptions, target: engine::Target) -> anyhow::Result<Be
     });
 
     let mut merged = new_histogram();
+    let mut send_lag = rate.map(|_| new_histogram());
+    let mut sends_queued = rate.map(|_| 0);
     let mut per_client = Vec::new();
     let mut by_kind = [0u64; ErrorKind::COUNT];
     let mut seconds = Vec::new();
     for thread in results {
         merged.add(&thread.recorder.total)?;
+        if let (Some(all), Some(lag)) = (&mut send_lag, &thread.recorder.send_lag) {
+            all.add(lag)?;
+        }
+        sends_queued = sends_queued.map(|q| q + thread.recorder.queued);
         seconds.push(thread.recorder.into_seconds());
         for client in thread.clients {
             per_client.push(client.report);
@@ -679,6 +706,9 @@ fn run_once(options: &BenchOptions, target: engine::Target) -> anyhow::Result<Be
         start_spread_ms: None,
         histogram: hdr::encode(&merged)?,
         load_busy,
+        send_lag_us: send_lag.as_ref().map(latency),
+        send_lag_histogram: send_lag.as_ref().map(hdr::encode).transpose()?,
+        sends_queued,
     })
 }
 
@@ -741,6 +771,9 @@ pub fn print(
         write!(out, "{}", summary(report))?;
     }
     out.flush()?;
+    if let Some(warning) = send_lag_warning(report) {
+        eprintln!("{warning}");
+    }
     if let Some(path) = csv {
         append_csv(path, report)?;
     }
@@ -766,15 +799,17 @@ pub(crate) fn latency(h: &Histogram<u64>) -> Latency {
 }
 
 /// The human summary. Where nothing was measured (no reply), a figure is
-/// `-`, not a zero that reads like a very fast server.
+/// `-`, not a zero that reads like a very fast server. Counts are written
+/// as the lab writes them (`1,234`).
 pub fn summary(r: &BenchReport) -> String {
+    use crate::figures::{decimal, thousands};
     let addr = &r.target;
     let l = &r.latency_us;
     let kinds: Vec<String> = r
         .errors_by_kind
         .iter()
         .filter(|(_, n)| **n > 0)
-        .map(|(k, n)| format!("{n} {k}"))
+        .map(|(k, n)| format!("{} {k}", thousands(*n)))
         .collect();
     let errors = if kinds.is_empty() {
         String::new()
@@ -784,18 +819,18 @@ pub fn summary(r: &BenchReport) -> String {
     let measured = r.replies > 0;
     let figure = |us: u64| if measured { micros(us) } else { "-".to_string() };
     let throughput = if measured {
-        format!("{:.1} requests/s", r.throughput_rps)
+        format!("{} requests/s", decimal(r.throughput_rps, 1))
     } else {
         "-".to_string()
     };
     let text = format!(
         "{addr}: {} client{}, engine {}\n  requests   {} ({} replies, {} errors) in {:.3} s\n  throughput {throughput}\n  latency    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {}\n",
-        r.clients,
+        thousands(r.clients as u64),
         if r.clients == 1 { "" } else { "s" },
         r.engine.name(),
-        r.requests,
-        r.replies,
-        r.errors,
+        thousands(r.requests),
+        thousands(r.replies),
+        thousands(r.errors),
         r.elapsed_s,
         figure(l.p50),
         figure(l.p90),
@@ -804,6 +839,24 @@ pub fn summary(r: &BenchReport) -> String {
         figure(l.max),
         figure(l.mean.round() as u64),
     );
+    // Open loop only: the load generator's own lateness, beside the
+    // latency it is part of, and the sends that waited for a connection.
+    let lag = match (&r.send_lag_us, r.send_lag_histogram.is_some()) {
+        (Some(lag), true) => format!(
+            "  send lag   p50 {}  p99 {}  max {}  (how late bench's own sends left)\n",
+            micros(lag.p50),
+            micros(lag.p99),
+            micros(lag.max)
+        ),
+        _ => String::new(),
+    };
+    let queued = match r.sends_queued {
+        Some(n) if n > 0 => format!(
+            "  queued     {} sends were due while their connection still waited for a reply (more --clients would send them on time)\n",
+            thousands(n)
+        ),
+        _ => String::new(),
+    };
     let load = match r.load_busy {
         Some(busy) if busy >= LOAD_BUSY_WARNING => format!(
             "  load       the load generator was busy {:.0}% of the time its threads could run: these figures may be its limit, not the server's\n",
@@ -818,7 +871,22 @@ pub fn summary(r: &BenchReport) -> String {
         ),
         _ => String::new(),
     };
-    text + &errors + &load + &runs
+    text + &lag + &queued + &errors + &load + &runs
+}
+
+/// When the send lag is a noticeable part of the latency (its p99 above
+/// [`SEND_LAG_WARNING`] of the latency p99), what to say on stderr.
+pub fn send_lag_warning(r: &BenchReport) -> Option<String> {
+    let lag = r.send_lag_us.as_ref()?;
+    let latency = &r.latency_us;
+    if r.replies == 0 || (lag.p99 as f64) <= SEND_LAG_WARNING * latency.p99 as f64 {
+        return None;
+    }
+    Some(format!(
+        "warning: bench's own send lag is a noticeable part of the latency (send lag p99 {}, latency p99 {}): these figures are partly the load generator's; a lower --rate, more --threads or a quieter machine",
+        micros(lag.p99),
+        micros(latency.p99)
+    ))
 }
 
 /// The CSV columns of `--csv`, one row per run.

@@ -17,9 +17,17 @@
 //! list of the busy clients in that order is the whole timer wheel, and the
 //! same holds for the pause before a refused connection is tried again.
 //!
-//! The open loop (`--rate`) and UDP stay with the tokio engine ([`super::engine`]).
+//! The open loop (`--rate`): a client whose next request is not yet due
+//! waits in a heap ordered by due time, and the thread's wait for
+//! completions ends at the earliest (`io_uring_enter`'s timeout is an
+//! hrtimer: no millisecond rounding, see [`super::pace`]). Its requests
+//! still time out from their intended start, so one that had to wait for
+//! its connection goes into the start order at its place, not at the end.
+//!
+//! UDP stays with the tokio engine ([`super::engine`]).
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -30,7 +38,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::engine::{check, check_at_close, ClientResult, Failure, Plan, Target, ThreadResult};
-use super::{ErrorKind, Load};
+use super::{pace, ErrorKind, Load};
 use crate::client::hdr::Recorder;
 use crate::ring;
 
@@ -49,9 +57,9 @@ pub fn available() -> bool {
     new_ring(8).is_ok()
 }
 
-/// Whether this engine can run `plan`: a closed loop over a stream.
+/// Whether this engine can run `plan`: a closed or open loop over a stream.
 pub fn suits(plan: &Plan) -> bool {
-    plan.rate.is_none() && !matches!(plan.target, Target::Udp(_))
+    !matches!(plan.target, Target::Udp(_))
 }
 
 /// A ring for one thread: completions run when the thread asks for them
@@ -111,9 +119,13 @@ struct Client {
     socket: Option<Socket>,
     /// Operations submitted and not yet completed.
     in_flight: u32,
-    /// Requests started; the current one's number, for its timeout entry.
+    /// Requests started (or, in the open loop, given up before they could
+    /// be): the next one's number.
     started: u64,
+    /// When the current request began: in the open loop, its intended start.
     began: Instant,
+    /// Open loop: when the client was last free to send, for the lag.
+    free: Instant,
     sent: usize,
     /// Set when the server closed: the socket goes once the client settles.
     closed: bool,
@@ -135,6 +147,11 @@ struct Engine<'p> {
     busy: StartOrder,
     /// Clients pausing after a refusal: (when to go on, client).
     retries: VecDeque<(Instant, usize)>,
+    /// Open loop: clients whose next request is not yet due, earliest first.
+    waiting: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Open loop: sends queued since the last submission, as (intended
+    /// start, free since): their lag is read when the kernel gets them.
+    unsent: Vec<(Instant, Instant)>,
     recorder: Recorder,
     done: usize,
 }
@@ -160,6 +177,7 @@ pub fn one_thread(plan: Arc<Plan>, t: usize, threads: usize) -> anyhow::Result<T
                 in_flight: 0,
                 started: 0,
                 began: plan.start,
+                free: plan.start,
                 sent: 0,
                 closed: false,
                 pause: false,
@@ -170,7 +188,9 @@ pub fn one_thread(plan: Arc<Plan>, t: usize, threads: usize) -> anyhow::Result<T
             .collect(),
         busy: StartOrder::new(n),
         retries: VecDeque::new(),
-        recorder: Recorder::new(plan.per_second),
+        waiting: BinaryHeap::new(),
+        unsent: Vec::new(),
+        recorder: Recorder::new(plan.per_second, plan.rate.is_some()),
         done: 0,
     };
     if let Err(e) = engine.run() {
@@ -214,10 +234,18 @@ impl Engine<'_> {
                 .front()
                 .map(|c| self.clients[c].began + self.plan.timeout),
             self.retries.front().map(|r| r.0),
+            self.waiting.peek().map(|w| w.0 .0),
         ]
         .into_iter()
         .flatten()
         .min();
+        // The sends queued since the last call leave now, with this submit.
+        if !self.unsent.is_empty() {
+            let now = Instant::now();
+            for (intended, free) in self.unsent.drain(..) {
+                self.recorder.record_send(pace::send_lag(intended, free, now));
+            }
+        }
         ring::submit_and_wait_until(&mut self.ring, next_timer)
     }
 
@@ -228,29 +256,98 @@ impl Engine<'_> {
         unsafe { ring::push(&mut self.ring, &entry) }
     }
 
-    /// Starts the client's next request, or finishes the client.
+    /// Starts the client's next request, or finishes the client; in the
+    /// open loop, waits for the request's time first.
     fn next(&mut self, c: usize) -> io::Result<()> {
         let now = Instant::now();
         let plan = self.plan;
+        let due = match plan.rate {
+            Some(rate) => match self.due(c, rate, now) {
+                Some(at) => Some(at),
+                None => return self.finish(c),
+            },
+            None => None,
+        };
         let client = &mut self.clients[c];
         let finished = match plan.load {
             Load::Requests(n) => client.started >= n as u64,
             Load::Duration(d) => now >= plan.start + d,
         };
         if finished {
-            client.state = State::Idle;
-            client.socket = None;
-            client.result.report.elapsed = plan.start.elapsed();
-            self.done += 1;
-            return Ok(());
+            return self.finish(c);
         }
+        match due {
+            Some(at) if at > now => {
+                client.free = now;
+                self.waiting.push(Reverse((at, c)));
+                Ok(())
+            }
+            Some(at) => {
+                // Due already: it waited for its connection.
+                client.free = now;
+                self.start(c, at, true)
+            }
+            None => self.start(c, now, false),
+        }
+    }
+
+    /// Open loop: when the client's next request is due, or `None` when it
+    /// has none left. Requests that can no longer be sent in time (past
+    /// their timeout already, or past the end of the run) are counted as
+    /// timeouts and skipped, as the tokio engine does.
+    fn due(&mut self, c: usize, rate: f64, now: Instant) -> Option<Instant> {
+        let plan = self.plan;
+        let end = match plan.load {
+            Load::Duration(d) => Some(plan.start + d),
+            Load::Requests(_) => None,
+        };
+        let client = &mut self.clients[c];
+        loop {
+            if let Load::Requests(n) = plan.load {
+                if client.started >= n as u64 {
+                    return None;
+                }
+            }
+            let at = pace::intended(plan, rate, client.result.report.id, client.started)?;
+            let late = now.saturating_duration_since(at);
+            if late < plan.timeout && end.is_none_or(|end| now < end) {
+                return Some(at);
+            }
+            client.started += 1;
+            client.result.failed(Failure::new(
+                ErrorKind::Timeout,
+                "scheduled, but the server was still busy",
+            ));
+            plan.done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The client has no request left.
+    fn finish(&mut self, c: usize) -> io::Result<()> {
+        let client = &mut self.clients[c];
+        client.state = State::Idle;
+        client.socket = None;
+        client.result.report.elapsed = self.plan.start.elapsed();
+        self.done += 1;
+        Ok(())
+    }
+
+    /// Starts a request that began at `began`; `scheduled`: in the open
+    /// loop, where `began` is its intended start and its lag is measured.
+    fn start(&mut self, c: usize, began: Instant, scheduled: bool) -> io::Result<()> {
+        let client = &mut self.clients[c];
         client.started += 1;
-        client.began = now;
+        client.began = began;
         client.state = State::Busy;
         client.sent = 0;
         client.reply.clear();
-        self.busy.push_back(c);
-        if client.socket.is_some() {
+        if scheduled {
+            self.unsent.push((began, client.free));
+        }
+        let connected = client.socket.is_some();
+        let clients = &self.clients;
+        self.busy.insert(c, |x| clients[x].began);
+        if connected {
             return self.send_and_receive(c);
         }
         let socket = match self.peer.as_socket() {
@@ -384,7 +481,8 @@ impl Engine<'_> {
     /// flight on it is cancelled, and the client settles once it is back.
     fn failed(&mut self, c: usize, failure: Failure) -> io::Result<()> {
         let client = &mut self.clients[c];
-        client.pause = failure.kind == ErrorKind::Connect;
+        // The open loop's schedule paces its retries itself.
+        client.pause = failure.kind == ErrorKind::Connect && self.plan.rate.is_none();
         client.result.failed(failure);
         client.state = State::Settling;
         client.closed = true;
@@ -432,6 +530,13 @@ impl Engine<'_> {
             self.retries.pop_front();
             self.next(c)?;
         }
+        while let Some(&Reverse((at, c))) = self.waiting.peek() {
+            if at > now {
+                break;
+            }
+            self.waiting.pop();
+            self.start(c, at, true)?;
+        }
         Ok(())
     }
 }
@@ -460,13 +565,29 @@ impl StartOrder {
         (self.head != Self::NONE).then_some(self.head)
     }
 
-    fn push_back(&mut self, c: usize) {
-        self.links[c] = (self.tail, Self::NONE);
-        match self.tail {
-            Self::NONE => self.head = c,
-            t => self.links[t].1 = c,
+    /// Puts `c` after the last entry that began no later than it. In the
+    /// closed loop that is the end, at once; in the open loop, a request
+    /// that waited for its connection began (was due) before requests
+    /// already out, and goes in among them, searched from the end.
+    fn insert(&mut self, c: usize, began: impl Fn(usize) -> Instant) {
+        let mine = began(c);
+        let mut prev = self.tail;
+        while prev != Self::NONE && began(prev) > mine {
+            prev = self.links[prev].0;
         }
-        self.tail = c;
+        let next = match prev {
+            Self::NONE => self.head,
+            p => self.links[p].1,
+        };
+        self.links[c] = (prev, next);
+        match prev {
+            Self::NONE => self.head = c,
+            p => self.links[p].1 = c,
+        }
+        match next {
+            Self::NONE => self.tail = c,
+            n => self.links[n].0 = c,
+        }
     }
 
     /// Takes `c` out; it must be in the list.

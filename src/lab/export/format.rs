@@ -29,18 +29,7 @@ pub fn bytes(b: u64) -> String {
     }
 }
 
-/// An integer with thousands separators: `70,586`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use crate::figures::thousands;
 
 /// A count, or `-`.
 pub fn count(n: Option<u64>) -> String {
@@ -167,13 +156,5 @@ mod tests {
         assert_eq!(tick_seconds(0.25), "0.25 s");
         assert_eq!(tick_seconds(0.5), "0.5 s");
         assert_eq!(tick_seconds(2.0), "2 s");
-    }
-
-    #[test]
-    fn separators() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(70_586), "70,586");
-        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 }
