@@ -19,6 +19,9 @@ pub fn thousands(n: u64) -> String {
 /// A non-negative number to `places` decimals, its integer part with
 /// thousands separators: `70,586.3`.
 pub fn decimal(x: f64, places: usize) -> String {
+    if x.is_nan() {
+        return "NaN".into();
+    }
     let text = format!("{:.*}", places, x.max(0.0));
     match text.split_once('.') {
         Some((whole, fraction)) => match whole.parse::<u64>() {

@@ -51,6 +51,10 @@ pub struct Figures {
     /// given.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub server_busy: Option<f64>,
+    /// How late the load generator's sends left, p99 (bench's send lag):
+    /// the part of the latency that is the sender's, not the server's.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub send_lag_p99_us: Option<u64>,
 }
 
 /// Where the server's CPU is read from.
@@ -165,12 +169,15 @@ impl Scenario for Cost {
             let busy = cpu / report.elapsed_s.max(f64::MIN_POSITIVE) / given;
             let offered = rate as f64 * report.elapsed_s;
             let short = (report.replies as f64) < KEPT_UP * offered || report.errors > 0;
-            let generator = report.load_busy.filter(|b| *b >= LOAD_BUSY_WARNING);
+            // The schedule missed on the sending side is not the server's: a
+            // load generator at its limit, or sends that left late.
+            let generator = report.load_busy.is_some_and(|b| b >= LOAD_BUSY_WARNING)
+                || bench::send_lag_warning(&report).is_some();
             let missed = match generator {
-                // The schedule was missed on the sending side: not the server's.
-                Some(b) if short && busy < SATURATED => Some(format!(
-                    "the load generator could not keep the schedule ({:.0}% busy): a limit of this machine, not of the server",
-                    b * 100.0
+                true if short && busy < SATURATED => Some(format!(
+                    "the load generator could not keep the schedule ({}% busy, send lag p99 {}): a limit of this machine, not of the server",
+                    report.load_busy.map_or("?".into(), |b| format!("{:.0}", b * 100.0)),
+                    report.send_lag_us.as_ref().map_or("-".into(), |l| micros(l.p99))
                 )),
                 _ if row.served < row.clients => Some(format!("served {}", served(&row))),
                 _ if busy >= SATURATED => Some(format!("the server used {:.0}% of the CPU it was given", busy * 100.0)),
@@ -184,6 +191,7 @@ impl Scenario for Cost {
                 missed: missed.clone(),
                 cpu_source: Some(meter.name().into()),
                 server_busy: Some(busy),
+                send_lag_p99_us: report.send_lag_us.as_ref().map(|l| l.p99),
             });
             rows.push(row);
             if missed.is_some() {
@@ -251,6 +259,7 @@ impl Scenario for Cost {
             "CPU/request (min-max)",
             "p50",
             "p99",
+            "send lag p99",
             "server busy",
             "kept up",
         ]);
@@ -267,6 +276,7 @@ impl Scenario for Cost {
                 Figure::of(r, "cpu_per_request_us").map_or("-".into(), |c| c.show(" µs")),
                 or_dash(r.p50_us, micros),
                 or_dash(r.p99_us, micros),
+                or_dash(f.send_lag_p99_us, micros),
                 or_dash(f.server_busy, |b| format!("{:.0}%", b * 100.0)),
                 match f.missed {
                     None => "yes".into(),
@@ -426,6 +436,7 @@ mod tests {
             missed: (!kept).then(|| "served 3 of 50".into()),
             cpu_source: Some("cgroup".into()),
             server_busy: Some(0.5),
+            send_lag_p99_us: Some(20),
         });
         r
     }

@@ -353,3 +353,49 @@ fn notes(rows: &[&Row]) -> Vec<String> {
     }
     notes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::Spread;
+
+    fn row(model: &str, cpu: f64, min: f64, max: f64) -> Row {
+        let mut r = Row {
+            cpu_per_request_us: Some(cpu),
+            runs: Some(3),
+            served: Some(50),
+            clients: Some(50),
+            ..Row::new(model, "throughput")
+        };
+        r.range.insert("cpu_per_request_us".into(), Spread { min, max });
+        r
+    }
+
+    #[test]
+    fn no_ranking_sentence_where_the_spreads_overlap() {
+        let rows = [row("epoll", 3.1, 2.9, 3.4), row("uring", 3.0, 2.8, 3.2)];
+        let refs: Vec<&Row> = rows.iter().collect();
+        let said = Throughput.findings(&refs).join("\n");
+        assert!(said.contains("this run cannot rank them by it"), "{said}");
+        assert!(!said.contains("times as much"), "{said}");
+        let apart = [row("epoll", 3.1, 3.0, 3.2), row("thread", 9.8, 9.5, 10.1)];
+        let refs: Vec<&Row> = apart.iter().collect();
+        let said = Throughput.findings(&refs).join("\n");
+        assert!(said.contains("epoll spent 3.1 µs (3.0-3.2) of server CPU per request and thread 9.8 µs (9.5-10.1): 3.2 times as much"), "{said}");
+    }
+
+    #[test]
+    fn runs_that_disagree_are_odd() {
+        let mut r = row("poll", 3.0, 3.0, 3.0);
+        r.throughput_rps = Some(150_000.0);
+        r.range.insert(
+            "throughput_rps".into(),
+            Spread {
+                min: 98_258.0,
+                max: 286_475.0,
+            },
+        );
+        let why = Throughput.anomaly(&r, &[]).expect("odd");
+        assert!(why.contains("from 98,258 to 286,475"), "{why}");
+    }
+}

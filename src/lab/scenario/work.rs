@@ -325,3 +325,61 @@ fn findings(rows: &[&Row]) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(model: &str, workers: u64, rps: f64, cores: f64) -> Row {
+        let mut r = Row {
+            workers: Some(workers),
+            throughput_rps: Some(rps),
+            ..Row::new(model, "work")
+        };
+        r.set_figures(&Figures {
+            cores_used: Some(cores),
+        });
+        r
+    }
+
+    #[test]
+    fn a_single_loop_that_did_not_get_its_core_is_caught() {
+        let rows = [
+            row("epoll", 1, 4500.0, 1.0),
+            row("poll", 1, 4400.0, 0.99),
+            row("select", 1, 4450.0, 1.0),
+            row("uring", 1, 1651.0, 0.34),
+            row("half-async", 2, 8000.0, 1.8),
+        ];
+        let peers: Vec<&Row> = rows.iter().collect();
+        let why = Work
+            .anomaly(&rows[3], &peers)
+            .expect("uring at 0.34 cores is odd");
+        assert!(
+            why.contains("kept 0.34 cores busy where the other single loops kept a median of 1.00"),
+            "{why}"
+        );
+        for r in [&rows[0], &rows[1], &rows[4]] {
+            assert_eq!(Work.anomaly(r, &peers), None, "{}", r.model);
+        }
+    }
+
+    #[test]
+    fn overlapping_runs_give_no_verdict() {
+        let mut single = row("epoll", 1, 4000.0, 1.0);
+        let mut pool = row("half-async", 2, 4100.0, 1.8);
+        for r in [&mut single, &mut pool] {
+            r.runs = Some(3);
+            r.range.insert(
+                "throughput_rps".into(),
+                crate::lab::Spread {
+                    min: 3900.0,
+                    max: 4200.0,
+                },
+            );
+        }
+        let said = findings(&[&single, &pool]).join("\n");
+        assert!(said.contains("this run cannot tell them apart"), "{said}");
+        assert!(!said.contains("beyond the spread"), "{said}");
+    }
+}
