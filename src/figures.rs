@@ -17,12 +17,11 @@ pub fn thousands(n: u64) -> String {
 }
 
 /// A non-negative number to `places` decimals, its integer part with
-/// thousands separators: `70,586.3`.
+/// thousands separators: `70,586.3`. (Not a number stays `NaN`, rather
+/// than pass for a zero.)
 pub fn decimal(x: f64, places: usize) -> String {
-    if x.is_nan() {
-        return "NaN".into();
-    }
-    let text = format!("{:.*}", places, x.max(0.0));
+    let x = if x < 0.0 { 0.0 } else { x };
+    let text = format!("{x:.places$}");
     match text.split_once('.') {
         Some((whole, fraction)) => match whole.parse::<u64>() {
             Ok(n) => format!("{}.{fraction}", thousands(n)),

@@ -879,7 +879,7 @@ pub fn summary(r: &BenchReport) -> String {
 pub fn send_lag_warning(r: &BenchReport) -> Option<String> {
     let lag = r.send_lag_us.as_ref()?;
     let latency = &r.latency_us;
-    if r.replies == 0 || (lag.p99 as f64) <= SEND_LAG_WARNING * latency.p99 as f64 {
+    if r.replies == 0 || !lag_is_noticeable(lag.p99, latency.p99) {
         return None;
     }
     Some(format!(
@@ -887,6 +887,11 @@ pub fn send_lag_warning(r: &BenchReport) -> Option<String> {
         micros(lag.p99),
         micros(latency.p99)
     ))
+}
+
+/// Whether a send lag p99 is a noticeable part of a latency p99.
+fn lag_is_noticeable(lag_p99: u64, latency_p99: u64) -> bool {
+    lag_p99 as f64 > SEND_LAG_WARNING * latency_p99 as f64
 }
 
 /// The CSV columns of `--csv`, one row per run.
@@ -1011,6 +1016,14 @@ mod tests {
         assert_eq!(jain_fairness(&[5, 5, 5, 5]), 1.0);
         assert_eq!(jain_fairness(&[8, 0, 0, 0]), 0.25);
         assert_eq!(jain_fairness(&[0, 0]), 0.0);
+    }
+
+    #[test]
+    fn a_lag_past_a_tenth_of_the_latency_is_noticeable() {
+        assert!(!lag_is_noticeable(10, 100));
+        assert!(lag_is_noticeable(11, 100));
+        assert!(!lag_is_noticeable(0, 0));
+        assert!(lag_is_noticeable(1, 0));
     }
 
     #[test]
