@@ -79,6 +79,27 @@ pub const MAX_RATE: f64 = 10_000_000.0;
 /// `send --retries`.
 pub const MAX_RETRIES: u32 = 1000;
 
+/// Every scenario `lab --scenarios` takes, by the name it parses from: the
+/// list `lab --help` shows. A unit test below holds it to the scenarios'
+/// own parser, so a scenario added there and not here fails `cargo test`.
+pub const SCENARIO_NAMES: [&str; 7] = [
+    "delay",
+    "throughput",
+    "idle",
+    "c10k",
+    "unp",
+    "work",
+    "uring-ladder",
+];
+
+/// `lab --scenarios`' help, from [`SCENARIO_NAMES`].
+fn scenarios_help() -> String {
+    format!(
+        "Scenarios to run, comma-separated: {} [default: all but uring-ladder, which runs only when named]",
+        SCENARIO_NAMES.join(", ")
+    )
+}
+
 /// A duration as `250ms`, `5s` or `1m`, at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s)
@@ -592,8 +613,7 @@ pub struct LabArgs {
     /// Models to compare, comma-separated [default: all]
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     pub models: Vec<ModelKind>,
-    /// Scenarios to run, comma-separated: delay, throughput, idle, c10k, unp, work [default: all]
-    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    #[arg(long, value_delimiter = ',', value_name = "LIST", help = scenarios_help())]
     pub scenarios: Vec<Scenario>,
     /// Write the rows as JSON
     #[arg(long, value_name = "FILE")]
@@ -688,6 +708,36 @@ mod tests {
         assert!(parse_duration("300000000000years").is_err());
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         assert!(parse_positive_duration("0s").is_err());
+    }
+
+    #[test]
+    fn lab_help_names_every_scenario() {
+        // Names to scenarios: each listed name is one the parser takes.
+        for name in SCENARIO_NAMES {
+            let scenario: Scenario = name.parse().unwrap();
+            assert_eq!(scenario.to_string(), name);
+        }
+        // Scenarios to names: the match is exhaustive, so a new scenario
+        // does not compile here until it is placed, and then must be listed.
+        for scenario in Scenario::ALL.into_iter().chain([Scenario::UringLadder]) {
+            match scenario {
+                Scenario::Delay
+                | Scenario::Throughput
+                | Scenario::Idle
+                | Scenario::C10k
+                | Scenario::Unp
+                | Scenario::Work
+                | Scenario::UringLadder => {
+                    assert!(SCENARIO_NAMES.contains(&scenario.to_string().as_str()))
+                }
+            }
+        }
+        // The parser's error and the help name the same set.
+        let err = "nope".parse::<Scenario>().unwrap_err();
+        for name in SCENARIO_NAMES {
+            assert!(err.contains(name), "{err} lacks {name}");
+            assert!(scenarios_help().contains(name));
+        }
     }
 
     #[test]
