@@ -185,7 +185,8 @@ pub struct ServeArgs {
     /// Protocol to serve
     #[arg(long, value_enum, default_value_t = ServiceKind::Echo)]
     pub service: ServiceKind,
-    /// Address to listen on (repeatable): tcp:HOST:PORT, HOST:PORT, :PORT, unix:PATH
+    /// Address to listen on (repeatable): tcp:HOST:PORT, HOST:PORT, :PORT, unix:PATH,
+    /// udp:HOST:PORT (a datagram a request, a datagram back)
     #[arg(long, value_name = "ADDR", default_value = "tcp:127.0.0.1:50000")]
     pub listen: Vec<Addr>,
     /// Threads or processes for pool and prefork (default 3), loops for epoll
