@@ -51,6 +51,7 @@ BOOK = os.path.join(ROOT, "docs", "src")
 START_TIMEOUT = 15  # seconds for a server to announce itself
 CLIENT_TIMEOUT = 120  # seconds for any one client command
 SETUP = ("cargo run --release -- lab", "cargo test")
+SETUP_DONE = set()  # README and the book's Set-up show the same block: run it once
 
 # Seed 003's UDP client (Liao Xuefeng's tutorial), which the UDP page runs as
 # `python3 clientudp.py`: written into the working directory for the run.
@@ -301,9 +302,15 @@ def run_block(page, body, shown_block, env, with_setup):
     todo = steps(body)
     for step in todo:
         step.page = page
-    if not with_setup and todo and all(s.command in SETUP for s in todo):
-        print(f"  skipped (set-up: --with-setup runs it): {', '.join(s.command for s in todo)}")
-        return
+    if todo and all(s.command in SETUP for s in todo):
+        commands = tuple(s.command for s in todo)
+        if not with_setup:
+            print(f"  skipped (set-up: --with-setup runs it): {', '.join(commands)}")
+            return
+        if commands in SETUP_DONE:
+            print(f"  skipped (set-up, run already on another page): {', '.join(commands)}")
+            return
+        SETUP_DONE.add(commands)
     jobs, foreground = [], None
     has_client = any(not s.is_server() for s in todo)
     try:
