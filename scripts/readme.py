@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
-"""Runs every command of README.md's `sh` blocks, as written and in order,
-and checks that each does what README shows. (Recipes for other machines,
-such as the ssh/pdsh one, are `bash` blocks: shown, not run.)
+"""Runs every command of the `sh` blocks of README.md and of the book
+(docs/src/**/*.md, in SUMMARY.md's order), as written and in order, and
+checks that each does what the page shows. (Recipes for other machines,
+such as the ssh/pdsh one, and commands still being built are `bash`
+blocks: shown, not run.)
 
-    python3 scripts/readme.py               # everything but the set-up block
-    python3 scripts/readme.py --with-setup  # also `cargo run --release -- lab`
-                                            # and `cargo test` (minutes)
-    python3 scripts/readme.py --at 840      # only the block holding line 840
+    python3 scripts/readme.py                 # everything but the set-up blocks
+    python3 scripts/readme.py --with-setup    # also `cargo run --release -- lab`
+                                              # and `cargo test` (minutes)
+    python3 scripts/readme.py PAGE...         # only these pages, e.g. README.md
+                                              # docs/src/commands/bench.md
+    python3 scripts/readme.py --at 840 PAGE   # only the block holding line 840
+    python3 scripts/readme.py --help          # this text
 
 `socklab` is target/release/socklab (built first). Commands run from the
 repository's root, as a reader would run them, with HOME in a temp dir (so
-the completion files land there). What counts as "what README shows":
+the completion files land there). What counts as "what the page shows":
 
 - `$ command` followed by lines: the command's output is those lines.
 - `command   # words → a / b`: the output holds `a`, then `b`.
@@ -42,11 +47,13 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
+BOOK = os.path.join(ROOT, "docs", "src")
 START_TIMEOUT = 15  # seconds for a server to announce itself
 CLIENT_TIMEOUT = 120  # seconds for any one client command
 SETUP = ("cargo run --release -- lab", "cargo test")
+SETUP_DONE = set()  # README and the book's Set-up show the same block: run it once
 
-# Seed 003's UDP client (Liao Xuefeng's tutorial), which README runs as
+# Seed 003's UDP client (Liao Xuefeng's tutorial), which the UDP page runs as
 # `python3 clientudp.py`: written into the working directory for the run.
 SEED_003_UDP_CLIENT = """import socket
 
@@ -106,7 +113,7 @@ def split_comment(line):
 
 
 class Step:
-    """One command of a block, with what README says it prints."""
+    """One command of a block, with what its page says it prints."""
 
     def __init__(self, lineno, command, comment):
         self.lineno, self.comment = lineno, comment
@@ -251,7 +258,7 @@ class Server:
 
 class Failure(Exception):
     def __init__(self, step, why, output):
-        super().__init__(f"README line {step.lineno}: `{step.command}`: {why}")
+        super().__init__(f"{step.page} line {step.lineno}: `{step.command}`: {why}")
         self.output = output
 
 
@@ -261,12 +268,12 @@ def check_output(step, out, shown_block):
     for want in step.expected():
         at = got.find(shape(want))
         if at < 0:
-            raise Failure(step, f"README says it prints `{want}`", lines)
+            raise Failure(step, f"the page says it prints `{want}`", lines)
         got = got[at + len(shape(want)) :]
     for shown in (step.shown, shown_block or []):
         shown = [l for l in shown if l.strip()]
         if shown and [shape(l) for l in lines] != [shape(l) for l in shown]:
-            raise Failure(step, "printed what README does not show:\n  " + "\n  ".join(shown), lines)
+            raise Failure(step, "printed what the page does not show:\n  " + "\n  ".join(shown), lines)
 
 
 def run_client(step, env):
@@ -291,11 +298,19 @@ def run_client(step, env):
     return done.stdout if step.words()[:1] == ["socklab"] else out
 
 
-def run_block(body, shown_block, env, with_setup):
+def run_block(page, body, shown_block, env, with_setup):
     todo = steps(body)
-    if not with_setup and todo and all(s.command in SETUP for s in todo):
-        print(f"  skipped (set-up: --with-setup runs it): {', '.join(s.command for s in todo)}")
-        return
+    for step in todo:
+        step.page = page
+    if todo and all(s.command in SETUP for s in todo):
+        commands = tuple(s.command for s in todo)
+        if not with_setup:
+            print(f"  skipped (set-up: --with-setup runs it): {', '.join(commands)}")
+            return
+        if commands in SETUP_DONE:
+            print(f"  skipped (set-up, run already on another page): {', '.join(commands)}")
+            return
+        SETUP_DONE.add(commands)
     jobs, foreground = [], None
     has_client = any(not s.is_server() for s in todo)
     try:
@@ -329,7 +344,7 @@ def run_block(body, shown_block, env, with_setup):
 
 
 def stop_foreground(server):
-    """Ctrl-C: `serve` promises to exit 0 (README, `socklab serve`); the
+    """Ctrl-C: `serve` promises to exit 0 (the book's `socklab serve`); the
     others may also die of the signal, as nc and socat do."""
     code = server.stop(signal.SIGINT)
     allowed = {0} if server.step.words()[1] == "serve" else {0, 130, -signal.SIGINT}
@@ -337,10 +352,60 @@ def stop_foreground(server):
         raise Failure(server.step, f"exited {code} on Ctrl-C", [])
 
 
+def book_pages():
+    """The book's pages: SUMMARY.md's links in order, then any page it does
+    not link (so none is left unchecked)."""
+    pages = []
+    summary = os.path.join(BOOK, "SUMMARY.md")
+    if os.path.exists(summary):
+        with open(summary) as f:
+            for link in re.findall(r"\]\(([^)]+\.md)\)", f.read()):
+                path = os.path.normpath(os.path.join(BOOK, link))
+                if os.path.exists(path) and path not in pages:
+                    pages.append(path)
+    for dirpath, _, files in sorted(os.walk(BOOK)):
+        for name in sorted(files):
+            path = os.path.join(dirpath, name)
+            if name.endswith(".md") and name != "SUMMARY.md" and path not in pages:
+                pages.append(path)
+    return pages
+
+
+def usage(code):
+    try:
+        print(__doc__.strip())
+    except BrokenPipeError:  # `--help | head`: the reader has what they wanted
+        pass
+    sys.exit(code)
+
+
 def main():
     args = sys.argv[1:]
+    if "--help" in args or "-h" in args:
+        usage(0)
     with_setup = "--with-setup" in args
-    at = int(args[args.index("--at") + 1]) if "--at" in args else None
+    at = None
+    if "--at" in args:
+        k = args.index("--at")
+        try:
+            at = int(args[k + 1])
+        except (IndexError, ValueError):
+            print("error: --at takes a line number", file=sys.stderr)
+            usage(2)
+        del args[k : k + 2]
+    args = [a for a in args if a != "--with-setup"]
+    unknown = [a for a in args if a.startswith("-")]
+    if unknown:
+        print(f"error: unknown option {unknown[0]}", file=sys.stderr)
+        usage(2)
+    if args:
+        pages = [os.path.abspath(a) for a in args]
+        missing = [p for p in pages if not os.path.exists(p)]
+        if missing:
+            print(f"error: no such page: {missing[0]}", file=sys.stderr)
+            sys.exit(2)
+    else:
+        pages = [README] + book_pages()
     subprocess.run(["cargo", "build", "--release", "--bins"], cwd=ROOT, check=True)
     home = tempfile.mkdtemp(prefix="socklab-readme-")
     env = dict(os.environ)
@@ -352,26 +417,32 @@ def main():
     seed = os.path.join(ROOT, "clientudp.py")
     with open(seed, "w") as f:
         f.write(SEED_003_UDP_CLIENT)
-    failures = 0
+    failures = total = 0
     try:
-        with open(README) as f:
-            found = blocks(f.read())
-        if at is not None:
-            found = [(b, t) for b, t in found if b and b[0][0] <= at <= b[-1][0]]
-        for body, shown in found:
-            try:
-                run_block(body, shown, env, with_setup)
-            except Failure as e:
-                failures += 1
-                print(f"FAIL {e}")
-                for line in e.output[-20:]:
-                    print(f"      | {line}")
+        for page in pages:
+            name = os.path.relpath(page, ROOT)
+            with open(page) as f:
+                found = blocks(f.read())
+            if at is not None:
+                found = [(b, t) for b, t in found if b and b[0][0] <= at <= b[-1][0]]
+            if not found:
+                continue
+            print(f"{name}: {len(found)} blocks", flush=True)
+            total += len(found)
+            for body, shown in found:
+                try:
+                    run_block(name, body, shown, env, with_setup)
+                except Failure as e:
+                    failures += 1
+                    print(f"FAIL {e}")
+                    for line in e.output[-20:]:
+                        print(f"      | {line}")
     finally:
         for name in set(os.listdir(ROOT)) - before:
             path = os.path.join(ROOT, name)
             if os.path.isfile(path):
                 os.remove(path)
-    print(f"{len(found)} blocks, {failures} failed")
+    print(f"{len(pages)} pages, {total} blocks, {failures} failed")
     sys.exit(1 if failures else 0)
 
 

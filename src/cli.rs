@@ -166,7 +166,8 @@ pub struct ServeArgs {
     /// Protocol to serve
     #[arg(long, value_enum, default_value_t = ServiceKind::Echo)]
     pub service: ServiceKind,
-    /// Address to listen on (repeatable): tcp:HOST:PORT, HOST:PORT, :PORT, unix:PATH
+    /// Address to listen on (repeatable): tcp:HOST:PORT, HOST:PORT, :PORT, unix:PATH,
+    /// udp:HOST:PORT (a datagram a request, a datagram back)
     #[arg(long, value_name = "ADDR", default_value = "tcp:127.0.0.1:50000")]
     pub listen: Vec<Addr>,
     /// Threads or processes for pool and prefork (default 3), loops for epoll
@@ -910,6 +911,18 @@ mod tests {
         assert!(parse_duration("300000000000years").is_err());
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         assert!(parse_positive_duration("0s").is_err());
+    }
+
+    #[test]
+    fn lab_help_names_every_scenario_as_the_parser_does() {
+        let help = scenario::help();
+        let err = scenario::parse("nope").unwrap_err();
+        for s in scenario::ALL {
+            assert!(help.contains(s.name()), "{help} lacks {}", s.name());
+            assert!(err.contains(s.name()), "{err} lacks {}", s.name());
+            assert_eq!(scenario::parse(s.name()).map(|p| p.name()), Ok(s.name()));
+        }
+        assert!(help.contains("[default: all but uring-ladder]"), "{help}");
     }
 
     #[test]

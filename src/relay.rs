@@ -16,6 +16,11 @@
 //! than exiting and dropping every pair it carries. TCP to TCP moves data
 //! with splice(2) through a pipe, never through user space, unless
 //! `--verbose` or `--hexdump` need to see the bytes.
+//!
+//! SIGINT or SIGTERM stops a `--fork` relay as it stops `serve`: no new
+//! peers, the listener closed (a Unix socket file removed), the pairs being
+//! relayed given [`GRACE`] to end, then exit 0; a second signal exits at
+//! once (status 1). A relay of one pair keeps the default action, as socat's.
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -30,6 +35,7 @@ use nix::fcntl::{splice, OFlag, SpliceFFlags};
 
 use crate::addr::{Addr, Endpoint, HostPort};
 use crate::net::{self, BindOptions, Bound, Listener, Stream};
+use crate::shutdown::Shutdown as Stop;
 
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
@@ -62,23 +68,44 @@ enum Side {
 /// socat users' usual bound on `fork` children; `--max-children` changes it.
 pub const DEFAULT_MAX_CHILDREN: usize = 256;
 
+/// `--fork`, after SIGINT or SIGTERM: how long the pairs being relayed may
+/// go on before the relay exits anyway; serve's default `--grace`.
+pub const GRACE: Duration = Duration::from_secs(5);
+
 pub fn run(options: RelayOptions) -> anyhow::Result<()> {
     if options.fork {
         let Endpoint::Listen(addr) = &options.a else {
             bail!("--fork needs a listening first address, such as tcp-listen:PORT");
         };
+        // Signals first: once `listening on` is out, a SIGTERM is ours.
+        let stop = Stop::new()?;
+        stop.on_signals(GRACE)?;
         let listener = listen_stream(addr)?;
-        return relay_every_peer(&listener, Arc::new(options));
+        let pairs = Pairs::new(options.max_children);
+        pairs.wake_on(&stop)?;
+        relay_every_peer(&listener, Arc::new(options), &pairs, &stop)?;
+        // Stopped by a signal: no new peers (the listener closes, and with
+        // it a Unix socket file goes); the pairs relayed may finish.
+        drop(listener);
+        let left = pairs.wait_all_closed(GRACE);
+        if left > 0 {
+            tracing::info!("{left} pairs still open after {GRACE:?}: closing them");
+        }
+        return Ok(());
     }
     let a = open(&options.a)?;
     let b = open(&options.b)?;
     relay_pair(a, b, &options, None, None)
 }
 
-/// `--fork`: accept forever, each peer relayed on its own thread, at most
-/// `--max-children` at once.
-fn relay_every_peer(listener: &Listener, options: Arc<RelayOptions>) -> anyhow::Result<()> {
-    let pairs = Pairs::new(options.max_children);
+/// `--fork`: accept until `stop`, each peer relayed on its own thread, at
+/// most `--max-children` at once.
+fn relay_every_peer(
+    listener: &Listener,
+    options: Arc<RelayOptions>,
+    pairs: &Pairs,
+    stop: &Stop,
+) -> anyhow::Result<()> {
     // Failed accepts in the current out-of-descriptors episode, if one is on.
     let mut starved: Option<u64> = None;
     // Wait for a peer in poll(2), then accept: a blocking accept(2) takes
@@ -86,8 +113,10 @@ fn relay_every_peer(listener: &Listener, options: Arc<RelayOptions>) -> anyhow::
     // find none left for its other side.
     listener.set_nonblocking(true)?;
     loop {
-        pairs.wait_below_max();
-        wait_for_a_peer(listener)?;
+        pairs.wait_below_max(stop);
+        if !wait_for_a_peer(listener, stop)? {
+            return Ok(());
+        }
         let peer = match listener
             .accept()
             .and_then(|p| p.set_nonblocking(false).map(|()| p))
@@ -179,13 +208,20 @@ enum Setup {
     },
 }
 
-/// Blocks until the listener has a peer waiting.
-fn wait_for_a_peer(listener: &Listener) -> io::Result<()> {
+/// Blocks until the listener has a peer waiting (true) or `stop` is
+/// triggered (false).
+fn wait_for_a_peer(listener: &Listener, stop: &Stop) -> io::Result<bool> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     loop {
-        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        if stop.is_triggered() {
+            return Ok(false);
+        }
+        let mut fds = [
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
         match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(!stop.is_triggered()),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
@@ -229,8 +265,9 @@ impl Pairs {
         *self.live.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Blocks while `max` pairs are relayed; logs once each time it does.
-    fn wait_below_max(&self) {
+    /// Blocks while `max` pairs are relayed, unless `stop` is triggered;
+    /// logs once each time it does.
+    fn wait_below_max(&self, stop: &Stop) {
         let (count, changed) = &*self.live;
         let live = count.lock().unwrap_or_else(|e| e.into_inner());
         if *live >= self.max {
@@ -241,9 +278,42 @@ impl Pairs {
         }
         drop(
             changed
-                .wait_while(live, |live| *live >= self.max)
+                .wait_while(live, |live| *live >= self.max && !stop.is_triggered())
                 .unwrap_or_else(|e| e.into_inner()),
         );
+    }
+
+    /// Wakes [`wait_below_max`](Pairs::wait_below_max) when `stop` is
+    /// triggered. The trigger comes from a signal handler, which may not
+    /// touch a condition variable, so a thread waits on the stop's eventfd
+    /// and notifies for it; notifying under the lock, after the trigger,
+    /// means a waiter either sees the trigger or gets the notice.
+    fn wake_on(&self, stop: &Stop) -> io::Result<()> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let (stop, live) = (stop.clone(), self.live.clone());
+        std::thread::Builder::new()
+            .name("relay-stop".into())
+            .spawn(move || {
+                while !stop.is_triggered() {
+                    let mut fds = [PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
+                    let _ = poll(&mut fds, PollTimeout::NONE);
+                }
+                let (count, changed) = &*live;
+                let _live = count.lock().unwrap_or_else(|e| e.into_inner());
+                changed.notify_all();
+            })?;
+        Ok(())
+    }
+
+    /// After a stop: waits until every pair has closed, or `at_most`;
+    /// returns how many are still open.
+    fn wait_all_closed(&self, at_most: Duration) -> usize {
+        let (count, changed) = &*self.live;
+        let live = count.lock().unwrap_or_else(|e| e.into_inner());
+        let (live, _) = changed
+            .wait_timeout_while(live, at_most, |live| *live > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *live
     }
 
     /// Waits until a pair closes, or `at_most` (descriptors may free up

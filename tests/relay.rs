@@ -260,3 +260,43 @@ fn fork_out_of_descriptors_pauses_accepting_and_keeps_every_pair() {
     let paused = log.matches("not accepting until a pair closes").count();
     assert_eq!(paused, 1, "one line for the episode, however many tries:\n{log}");
 }
+
+fn sigterm(child: &Child) {
+    // SAFETY: a plain system call on integers; the pid is our child's, not
+    // yet waited for, so not reused.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+}
+
+#[test]
+fn fork_stops_on_sigterm_as_serve_does_and_exits_0() {
+    // At --max-children, so the signal finds the accept loop waiting for a
+    // pair to close, not in poll(2): it must wake there too.
+    let echo = Server::tcp(&["--service", "echo"]);
+    let (child, addr) = relay(&["tcp-listen:0", &echo.addr, "--fork", "--max-children", "1"]);
+    let mut pair = Conn::to(&addr);
+    echoes(&mut pair, "before");
+    sigterm(&child);
+    // No new peers: the listener is closed...
+    let hp = addr.strip_prefix("tcp:").unwrap().to_string();
+    common::eventually(Duration::from_secs(5), "the relay still accepts", || {
+        std::net::TcpStream::connect(&hp).is_err()
+    });
+    // ...while the pair it relays goes on within the grace period...
+    echoes(&mut pair, "after the signal");
+    // ...and once it closes, the relay exits 0, as serve does.
+    drop(pair);
+    assert_eq!(wait_exit(child).code(), Some(0));
+}
+
+#[test]
+fn fork_on_a_unix_socket_removes_it_on_sigterm() {
+    let echo = Server::tcp(&["--service", "echo"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.sock");
+    let listen = format!("unix-listen:{}", path.display());
+    let (child, _) = relay(&[&listen, &echo.addr, "--fork"]);
+    assert!(path.exists());
+    sigterm(&child);
+    assert_eq!(wait_exit(child).code(), Some(0), "exit 0, not 143");
+    assert!(!path.exists(), "the socket file is left behind");
+}

@@ -317,7 +317,8 @@ fn notes(rows: &[&Row]) -> Vec<String> {
     if !bound.is_empty() {
         notes.push(format!(
             "The load generator was at least {:.0}% busy driving {}: there requests/s may be its limit \
-             rather than the model's (load-bound); CPU per request still compares them.",
+             rather than the model's (load-bound); CPU per request still compares them, and the cost \
+             scenario compares them at fixed rates.",
             LOAD_BUSY_WARNING * 100.0,
             bound.join(", ")
         ));
