@@ -48,6 +48,26 @@ impl Table {
         self.rows.push(cells);
     }
 
+    /// A line per row: its name (by `name`), then its `cells`; for a row
+    /// that failed, its name, why, and dashes.
+    pub fn push_rows(
+        &mut self,
+        rows: &[&crate::lab::Row],
+        name: impl Fn(&crate::lab::Row) -> String,
+        cells: impl Fn(&crate::lab::Row) -> Vec<String>,
+    ) {
+        for r in rows {
+            match &r.error {
+                Some(e) => self.push_failed(&name(r), e),
+                None => {
+                    let mut line = vec![name(r)];
+                    line.extend(cells(r));
+                    self.push(line);
+                }
+            }
+        }
+    }
+
     /// A row for a server that failed: its name, why, and dashes.
     pub fn push_failed(&mut self, name: &str, why: &str) {
         let mut cells = vec![name.to_string(), format!("failed: {why}")];

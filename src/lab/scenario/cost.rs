@@ -263,14 +263,9 @@ impl Scenario for Cost {
             "server busy",
             "kept up",
         ]);
-        for r in rows {
-            if let Some(e) = &r.error {
-                table.push_failed(&server(r), e);
-                continue;
-            }
+        table.push_rows(rows, server, |r| {
             let f: Figures = r.figures();
-            table.push(vec![
-                server(r),
+            vec![
                 format!("{}/s", thousands(f.offered_rps.unwrap_or(0.0).round() as u64)),
                 or_dash(r.throughput_rps, |t| format!("{}/s", thousands(t.round() as u64))),
                 Figure::of(r, "cpu_per_request_us").map_or("-".into(), |c| c.show(" µs")),
@@ -282,8 +277,8 @@ impl Scenario for Cost {
                     None => "yes".into(),
                     Some(why) => format!("no: {why}"),
                 },
-            ]);
-        }
+            ]
+        });
         let mut blocks = vec![Block::Chart(Chart::Lines(chart))];
         blocks.push(Block::Text(
             "Why: at a fixed rate the load generator does the same work for every server, so what differs is \

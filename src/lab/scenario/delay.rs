@@ -148,23 +148,17 @@ impl Scenario for Delay {
             "peak threads",
             "peak children",
         ]);
-        for r in rows {
-            match &r.error {
-                Some(e) => table.push_failed(&server(r), e),
-                None => {
-                    let f: Figures = r.figures();
-                    table.push(vec![
-                        server(r),
-                        or_dash(f.makespan_s, seconds),
-                        or_dash(f.theory_s, seconds),
-                        served(r),
-                        count(r.errors),
-                        count(r.peak_threads),
-                        count(r.peak_children),
-                    ]);
-                }
-            }
-        }
+        table.push_rows(rows, server, |r| {
+            let f: Figures = r.figures();
+            vec![
+                or_dash(f.makespan_s, seconds),
+                or_dash(f.theory_s, seconds),
+                served(r),
+                count(r.errors),
+                count(r.peak_threads),
+                count(r.peak_children),
+            ]
+        });
         Section {
             name: self.name(),
             title: "The seeds' experiment: clients at once, each reply delayed",

@@ -141,26 +141,22 @@ impl Scenario for Idle {
             "active p99",
             "PSS",
         ]);
-        for r in rows {
-            match &r.error {
-                Some(e) => table.push_failed(&server(r), e),
-                None => table.push(vec![
-                    server(r),
-                    count(r.idle_connections),
-                    count(r.accepted),
-                    match (r.figures::<Figures>().pss_per_conn_bytes, r.backlog) {
-                        (Some(b), _) => bytes(b),
-                        (None, Some(w)) if w > 0 => {
-                            format!("not accepted: {} waiting in the backlog", thousands(w))
-                        }
-                        _ => "-".into(),
-                    },
-                    r.p50_us.map_or("starved".into(), micros),
-                    r.p99_us.map_or("starved".into(), micros),
-                    or_dash(r.pss_kb, |k| bytes(k * 1024)),
-                ]),
-            }
-        }
+        table.push_rows(rows, server, |r| {
+            vec![
+                count(r.idle_connections),
+                count(r.accepted),
+                match (r.figures::<Figures>().pss_per_conn_bytes, r.backlog) {
+                    (Some(b), _) => bytes(b),
+                    (None, Some(w)) if w > 0 => {
+                        format!("not accepted: {} waiting in the backlog", thousands(w))
+                    }
+                    _ => "-".into(),
+                },
+                r.p50_us.map_or("starved".into(), micros),
+                r.p99_us.map_or("starved".into(), micros),
+                or_dash(r.pss_kb, |k| bytes(k * 1024)),
+            ]
+        });
         Section {
             name: self.name(),
             title: "Idle connections: what holding them costs",

@@ -165,27 +165,23 @@ impl Scenario for Throughput {
             "syscalls/request",
             "PSS",
         ]);
-        for r in rows {
-            match &r.error {
-                Some(e) => table.push_failed(&server(r), e),
-                None => table.push(vec![
-                    server(r),
-                    if load_bound(r) {
-                        format!("{}, load-bound", rps_with_range(r))
-                    } else {
-                        rps_with_range(r)
-                    },
-                    served(r),
-                    or_dash(r.fairness, |f| format!("{f:.2}")),
-                    or_dash(r.p50_us, micros),
-                    or_dash(r.p99_us, micros),
-                    or_dash(r.cpu_per_request_us, |c| format!("{c:.1} µs")),
-                    or_dash(r.context_switches_per_request, per_request),
-                    or_dash(r.syscalls_per_request, per_request),
-                    or_dash(r.pss_kb, |k| bytes(k * 1024)),
-                ]),
-            }
-        }
+        table.push_rows(rows, server, |r| {
+            vec![
+                if load_bound(r) {
+                    format!("{}, load-bound", rps_with_range(r))
+                } else {
+                    rps_with_range(r)
+                },
+                served(r),
+                or_dash(r.fairness, |f| format!("{f:.2}")),
+                or_dash(r.p50_us, micros),
+                or_dash(r.p99_us, micros),
+                or_dash(r.cpu_per_request_us, |c| format!("{c:.1} µs")),
+                or_dash(r.context_switches_per_request, per_request),
+                or_dash(r.syscalls_per_request, per_request),
+                or_dash(r.pss_kb, |k| bytes(k * 1024)),
+            ]
+        });
         blocks.push(Block::Table(table));
         let notes = notes(rows);
         if !notes.is_empty() {

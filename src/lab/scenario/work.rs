@@ -186,21 +186,17 @@ impl Scenario for Work {
             "served",
             "connections per loop",
         ]);
-        for r in rows {
-            match &r.error {
-                Some(e) => table.push_failed(&label(r), e),
-                None => table.push(vec![
-                    label(r),
-                    rps_with_range(r),
-                    or_dash(r.p99_us, micros),
-                    cores(r),
-                    served(r),
-                    r.accepts_per_worker.as_ref().map_or("-".into(), |s| {
-                        s.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" / ")
-                    }),
-                ]),
-            }
-        }
+        table.push_rows(rows, label, |r| {
+            vec![
+                rps_with_range(r),
+                or_dash(r.p99_us, micros),
+                cores(r),
+                served(r),
+                r.accepts_per_worker.as_ref().map_or("-".into(), |s| {
+                    s.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" / ")
+                }),
+            ]
+        });
         let mut blocks = vec![
             Block::Chart(Chart::Bars(chart)),
             Block::Text(
