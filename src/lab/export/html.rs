@@ -458,13 +458,10 @@ fn lines(chart: &Lines, id: usize) -> Markup {
         .fold(40.0, f64::max)
         + 16.0;
     let width = label_w + PLOT_W + names_w;
-    let style = |i: usize, outside: bool| -> (&'static str, bool, usize) {
-        let colour = if outside {
-            OUTSIDE
-        } else {
-            PALETTE[i % PALETTE.len()]
-        };
-        (colour, i % 2 == 1, i)
+    // Colour, dash and marker by the series' place: two outside servers
+    // stay apart as any two models do (the legend names them outside).
+    let style = |i: usize, _outside: bool| -> (&'static str, bool, usize) {
+        (PALETTE[i % PALETTE.len()], i % 2 == 1, i)
     };
     let entries: Vec<(String, Swatch)> = chart
         .series
