@@ -85,7 +85,12 @@ fn start_metered(server: Subject) -> anyhow::Result<(Measured, Meter)> {
     let group = match CpuGroup::create() {
         Ok(group) => group,
         Err(e) => {
-            tracing::debug!("cost: no cgroup of its own for the server ({e:#}); its CPU is read from /proc");
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    "cost: cannot give the servers a cgroup of their own ({e:#}); their CPU is read from /proc of their process trees instead, and each row's cpu_source says so"
+                )
+            });
             return Ok((start(server, "echo", &[])?, Meter::Proc));
         }
     };
