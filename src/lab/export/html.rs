@@ -149,6 +149,8 @@ enum Swatch {
     Lane(&'static str),
     /// A line as drawn: colour, dashed, marker shape.
     Line(&'static str, bool, usize),
+    /// The ⚠ written after an odd figure's text, in its colour.
+    Warning,
 }
 
 /// The legend: entries left to right, wrapping at `width`. Its height.
@@ -172,6 +174,7 @@ fn legend(id: usize, entries: &[(String, Swatch)], x0: f64, width: f64) -> (Mark
                 Swatch::Thin(colour) => rect x=(n(x)) y=(n(y - 4.0)) width="16" height="5" fill=(colour) {},
                 Swatch::Mark => line x1=(n(x + 6.0)) x2=(n(x + 6.0)) y1=(n(y - 11.0)) y2=(n(y + 3.0)) stroke="#000" stroke-width="3" {},
                 Swatch::Lane(colour) => rect x=(n(x)) y=(n(y - 7.0)) width="16" height="5" fill=(colour) {},
+                Swatch::Warning => text x=(n(x)) y=(n(y)) fill=(ODD) { "⚠" },
                 Swatch::Line(colour, dashed, shape) => {
                     line x1=(n(x)) x2=(n(x + 20.0)) y1=(n(y - 4.0)) y2=(n(y - 4.0)) stroke=(colour) stroke-width="2"
                         stroke-dasharray=[dashed.then_some("5 3")] {}
@@ -300,7 +303,10 @@ fn bar_legend(chart: &Bars) -> Vec<(String, Swatch)> {
         entries.push(("not every client served".into(), Swatch::Hatch));
     }
     if any(|b| b.odd) {
-        entries.push(("⚠ odd figure (see the warnings)".into(), Swatch::Bar(ODD)));
+        entries.push((
+            "odd figure, kept after a rerun (see the warnings)".into(),
+            Swatch::Warning,
+        ));
     }
     entries
 }
@@ -503,11 +509,18 @@ fn lines(chart: &Lines, id: usize) -> Markup {
             ))
         })
         .collect();
+    // 13 px apart, top to bottom; then, if the last ran past the axis, the
+    // whole column moved up by the overrun (no higher than the plot's top).
     ends.sort_by(|a, b| a.1.total_cmp(&b.1));
     let mut last_y = f64::MIN;
     for end in &mut ends {
         end.1 = (end.1 + 4.0).max(last_y + 13.0);
         last_y = end.1;
+    }
+    let overrun = (last_y - (bottom + 4.0)).max(0.0);
+    let room = ends.first().map_or(0.0, |e| (e.1 - top).max(0.0));
+    for end in &mut ends {
+        end.1 -= overrun.min(room);
     }
     let body = html! {
         (legend_markup)
@@ -657,7 +670,7 @@ mod tests {
         // the lanes: a client with no reply.
         assert!(page.contains(">no reply</text>"));
         // work: the odd figure is marked and in the legend.
-        assert!(page.contains("⚠ odd figure (see the warnings)"));
+        assert!(page.contains(">odd figure, kept after a rerun (see the warnings)</text>"));
         assert!(page.contains("Odd figure, kept after a rerun: epoll in work"));
         // No legend entry for a mark no bar uses: work has no second series.
         let work = &page[page.find("id=\"work\"").unwrap()..];

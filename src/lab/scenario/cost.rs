@@ -31,6 +31,9 @@ const KEPT_UP: f64 = 0.97;
 /// A server using this share of the CPU it was given is at its limit.
 const SATURATED: f64 = 0.95;
 
+/// How a row says the schedule was missed on the sending side.
+const LOAD_GENERATOR: &str = "load generator behind";
+
 /// cost's own figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
@@ -180,14 +183,19 @@ impl Scenario for Cost {
                 || bench::send_lag_warning(&report).is_some();
             let missed = match generator {
                 true if short && busy < SATURATED => Some(format!(
-                    "the load generator could not keep the schedule ({}% busy, send lag p99 {}): a limit of this machine, not of the server",
-                    report.load_busy.map_or("?".into(), |b| format!("{:.0}", b * 100.0)),
+                    "{LOAD_GENERATOR} ({}% busy, send lag p99 {})",
+                    report
+                        .load_busy
+                        .map_or("?".into(), |b| format!("{:.0}", b * 100.0)),
                     report.send_lag_us.as_ref().map_or("-".into(), |l| micros(l.p99))
                 )),
                 _ if row.served < row.clients => Some(format!("served {}", served(&row))),
-                _ if busy >= SATURATED => Some(format!("the server used {:.0}% of the CPU it was given", busy * 100.0)),
+                _ if busy >= SATURATED => Some(format!("server at {:.0}% of its CPU", busy * 100.0)),
                 _ if report.errors > 0 => Some(format!("{} requests failed", thousands(report.errors))),
-                _ if short => Some(format!("answered {}/s", thousands(report.throughput_rps.round() as u64))),
+                _ if short => Some(format!(
+                    "answered {}/s",
+                    thousands(report.throughput_rps.round() as u64)
+                )),
                 _ => None,
             };
             row.set_figures(&Figures {
@@ -292,7 +300,17 @@ impl Scenario for Cost {
              an event loop at a higher rate finds more sockets ready per wait and pays less per request."
                 .into(),
         ));
-        blocks.push(Block::Notes(ranking(rows)));
+        let mut notes = ranking(rows);
+        if rows.iter().any(|r| {
+            r.figures::<Figures>()
+                .missed
+                .is_some_and(|m| m.starts_with(LOAD_GENERATOR))
+        }) {
+            notes.push(format!(
+                "\"{LOAD_GENERATOR}\": the load generator was at its limit (90% busy) or its sends left late (send lag p99 over a tenth of the latency p99) when the schedule was missed: a limit of this machine, not of the server."
+            ));
+        }
+        blocks.push(Block::Notes(notes));
         blocks.push(Block::Table(table));
         Section {
             name: self.name(),
