@@ -186,7 +186,18 @@ impl Scenario for Idle {
         let (Some(low), Some(high)) = (per.iter().min_by_key(|p| p.1), per.iter().max_by_key(|p| p.1)) else {
             return Vec::new();
         };
-        let times = high.1 as f64 / low.1.max(1) as f64;
+        // PSS grows by whole pages: a server whose state fits in the pages
+        // it already had shows no growth, which is no ratio.
+        if low.1 == 0 {
+            return vec![format!(
+                "An idle connection cost {} {} of memory (PSS); {}'s memory did not grow measurably with {} of them held.",
+                high.0.model,
+                bytes(high.1),
+                low.0.model,
+                thousands(low.0.idle_connections.unwrap_or(0))
+            )];
+        }
+        let times = high.1 as f64 / low.1 as f64;
         if times < 2.0 {
             return vec![format!(
                 "Idle connections cost every model that accepted them within 2x of the others ({} to {}): one run cannot rank them.",
