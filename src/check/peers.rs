@@ -60,8 +60,13 @@ fn half_close(ctx: &Ctx) -> Finding {
         Err(e) => return Finding::fail(e),
     };
     let request = ctx.dialect.request().to_vec();
+    let sent = if request.is_empty() {
+        "FIN at once".to_string()
+    } else {
+        format!("sent {} then FIN", show(&request))
+    };
     if let Err(e) = peer.send(&request).and_then(|()| peer.half_close()) {
-        return Finding::fail(format!("sent {} and FIN: {e}", show(&request)));
+        return Finding::fail(format!("{sent}: {e}"));
     }
     let mut seen = Vec::new();
     let wait = ctx.reply_wait();
@@ -76,18 +81,13 @@ fn half_close(ctx: &Ctx) -> Finding {
         seen.push(got.show());
         if !expect.matches(&got.bytes) {
             return Finding::fail(format!(
-                "sent {} then FIN, got {} (expected {})",
-                show(&request),
+                "{sent}, got {} (expected {})",
                 seen.join(" then "),
                 expect.describe()
             ));
         }
     }
-    Finding::pass(format!(
-        "sent {} then FIN, got {}",
-        show(&request),
-        seen.join(" then ")
-    ))
+    Finding::pass(format!("{sent}, got {}", seen.join(" then ")))
 }
 
 /// A peer that connects and leaves without a word.
@@ -132,7 +132,8 @@ fn never_reader(ctx: &Ctx) -> Finding {
             ctx.dialect.service
         ));
     }
-    let pushed = match push_never_reading(ctx) {
+    let within = Duration::from_secs(if ctx.quick { 1 } else { 10 });
+    let pushed = match push_never_reading(ctx, within) {
         Ok(p) => p,
         Err(e) => return Finding::fail(e),
     };
@@ -184,11 +185,11 @@ impl Pushed {
 
 /// Pushes requests without reading: up to 64 MiB (32 quick, more than
 /// the socket buffers hold between us), until the server stops taking
-/// them for [`Ctx::stall_wait`], or 10 s (1 s quick). The growth is the
+/// them for [`Ctx::stall_wait`], or `within` passes. The growth is the
 /// server's largest footprint just after, against the lower of the
 /// footprint before and the run's baseline: an allocator that keeps freed
 /// memory must not hide a second flood behind the first.
-pub fn push_never_reading(ctx: &Ctx) -> Result<Pushed, String> {
+pub fn push_never_reading(ctx: &Ctx, within: Duration) -> Result<Pushed, String> {
     let mut peer = ctx.connect()?;
     let before = match (ctx.footprint(), ctx.baseline()) {
         (Some(now), Some(base)) => Some(now.pss_kb.min(base.pss_kb)),
@@ -202,7 +203,6 @@ pub fn push_never_reading(ctx: &Ctx) -> Result<Pushed, String> {
         .take(request.len() * (65536 / request.len().max(1)))
         .collect();
     let total = if ctx.quick { 32 << 20 } else { 64 << 20 };
-    let within = Duration::from_secs(if ctx.quick { 1 } else { 10 });
     let (sent, stalled) = peer.push(&chunk, total, ctx.stall_wait(), within);
     // What was still in the socket buffers when the pushing stopped
     // reaches a server that keeps reading a moment later.
