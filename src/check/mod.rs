@@ -368,6 +368,21 @@ impl Ctx {
         Ok(start.elapsed())
     }
 
+    /// Waits until a new client is served again, as after a flood the
+    /// server is still working through: so that the next case meets an
+    /// idle server, whatever this one left it doing. How long it took, or
+    /// `None` if it did not within 10 s (5 quick).
+    pub fn recovered(&self) -> Option<Duration> {
+        let start = Instant::now();
+        let limit = Duration::from_secs(if self.quick { 5 } else { 10 });
+        while start.elapsed() < limit {
+            if self.served(self.reply_wait()).is_ok() {
+                return Some(start.elapsed());
+            }
+        }
+        None
+    }
+
     /// "another client was served in 3 ms", or why not: the phrase cases
     /// end with after doing something hostile.
     pub fn then_served(&self) -> Result<String, String> {
@@ -600,7 +615,7 @@ fn died(ctx: &Ctx, failed: bool) -> Option<String> {
         Some(_) => ctx
             .with_server(|s| {
                 s.exited().map(|status| {
-                    let tail = s.stderr_tail();
+                    let tail = s.last_words();
                     let status = server::describe_status(status);
                     if tail.is_empty() {
                         status

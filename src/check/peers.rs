@@ -147,13 +147,23 @@ fn never_reader(ctx: &Ctx) -> Finding {
     };
     let result = ctx.served(wait);
     drop(pushed.peer);
+    let after = match ctx.recovered() {
+        Some(t) if t > Duration::from_millis(100) => {
+            format!("; once it left, the server served again after {}", ms(t))
+        }
+        Some(_) => String::new(),
+        None => "; once it left, the server did not serve again".into(),
+    };
     match result {
-        Ok(t) => Finding::pass(format!("{what}; meanwhile a client was served in {}", ms(t))),
+        Ok(t) => Finding::pass(format!(
+            "{what}; meanwhile a client was served in {}{after}",
+            ms(t)
+        )),
         Err(e) => match ctx.capacity() {
             Some(c) if c.one_at_a_time() => Finding::note(format!(
-                "{what}; meanwhile a client was not served (one at a time): {e}"
+                "{what}; meanwhile a client was not served (one at a time): {e}{after}"
             )),
-            _ => Finding::fail(format!("{what}; meanwhile a client was not served: {e}")),
+            _ => Finding::fail(format!("{what}; meanwhile a client was not served: {e}{after}")),
         },
     }
 }

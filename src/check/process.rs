@@ -113,6 +113,8 @@ fn memory(ctx: &Ctx) -> Finding {
     let took_kb = pushed.sent as i64 >> 10;
     let stalled = pushed.stalled;
     drop(pushed.peer);
+    // The stop that follows meets an idle server.
+    let _ = ctx.recovered();
     if !stalled && growth > GROWTH_FLOOR_KB && growth > took_kb / 2 {
         Finding::fail(format!(
             "{line}: it keeps what it cannot send, without bound (expected it to stop reading)"

@@ -221,6 +221,13 @@ impl OutsideServer {
         &self.command
     }
 
+    /// Its last lines on stderr, joined, once it has exited: waits (a
+    /// little) for the pipe to be read to its end first.
+    pub fn last_words(&self) -> String {
+        let _ = self.stderr_done.recv_timeout(Duration::from_millis(500));
+        self.stderr_tail()
+    }
+
     /// Its last lines on stderr, joined.
     pub fn stderr_tail(&self) -> String {
         self.stderr.lock().unwrap_or_else(|e| e.into_inner()).join(" | ")
