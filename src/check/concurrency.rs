@@ -88,6 +88,9 @@ fn held(ctx: &Ctx) -> Finding {
     if let Some(skip) = needs_stream(ctx) {
         return skip;
     }
+    if let Some(skip) = unheld(ctx) {
+        return skip;
+    }
     let limit = if ctx.quick { 6 } else { 12 };
     let wait = ctx.stall_wait();
     let mut holders: Vec<Peer> = Vec::new();
@@ -138,9 +141,24 @@ fn held(ctx: &Ctx) -> Finding {
     }
 }
 
+/// A service that answers without a request (hello) has no silent or
+/// held connection: every connection is one being served, and
+/// concurrency.together counts how many at once.
+fn unheld(ctx: &Ctx) -> Option<Finding> {
+    ctx.dialect.probe.is_none().then(|| {
+        Finding::skip(format!(
+            "{} answers without a request: no connection waits silent (see concurrency.together)",
+            ctx.dialect.service
+        ))
+    })
+}
+
 /// One connection that says nothing: is a second client served meanwhile?
 fn silent_first(ctx: &Ctx) -> Finding {
     if let Some(skip) = needs_stream(ctx) {
+        return skip;
+    }
+    if let Some(skip) = unheld(ctx) {
         return skip;
     }
     let silent = match ctx.connect() {
