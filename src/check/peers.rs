@@ -299,7 +299,7 @@ fn many(ctx: &Ctx) -> Finding {
     }
     let n = ctx.connections;
     let start = Instant::now();
-    let deadline = start + Duration::from_secs(if ctx.quick { 5 } else { 10 });
+    let deadline = start + Duration::from_secs(if ctx.quick { 2 } else { 10 });
     let mut peers = Vec::with_capacity(n);
     let mut refused = None;
     let mut slowest = Duration::ZERO;
