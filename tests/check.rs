@@ -128,7 +128,7 @@ fn every_model_passes_check_with_every_service() {
             }
         }
     }
-    let runs = in_parallel(pairs, 3, |(model, service, transport)| {
+    let runs = in_parallel(pairs, 4, |(model, service, transport)| {
         let name = format!("{model}-{service}-{transport}");
         let db = dir.path().join(format!("{name}.db"));
         let server = format!(

@@ -132,7 +132,11 @@ fn never_reader(ctx: &Ctx) -> Finding {
             ctx.dialect.service
         ));
     }
-    let within = Duration::from_secs(if ctx.quick { 1 } else { 10 });
+    let within = if ctx.quick {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(10)
+    };
     let pushed = match push_never_reading(ctx, within) {
         Ok(p) => p,
         Err(e) => return Finding::fail(e),

@@ -103,7 +103,7 @@ fn memory(ctx: &Ctx) -> Finding {
     }
     // Longer than the neighbour case pushes: a server that reads ahead
     // into buffers of its own (io_uring's buffer rings) stops late.
-    let within = Duration::from_secs(if ctx.quick { 3 } else { 10 });
+    let within = Duration::from_secs(if ctx.quick { 2 } else { 10 });
     let pushed = match push_never_reading(ctx, within) {
         Ok(p) => p,
         Err(e) => return Finding::fail(e),
