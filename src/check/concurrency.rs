@@ -83,9 +83,13 @@ fn together(ctx: &Ctx) -> Finding {
 /// How many connections, each served and then held open, the server
 /// serves at once: it is asked again with one more held each time, until
 /// a new client waits or `limit` are held. Services that close after one
-/// reply cannot be held served: their held connections are silent ones.
+/// reply cannot be held served: their held connections are silent ones,
+/// as are those of a server that closed after answering.
 fn held(ctx: &Ctx) -> Finding {
     if let Some(skip) = needs_stream(ctx) {
+        return skip;
+    }
+    if let Some(skip) = unheld(ctx) {
         return skip;
     }
     let limit = if ctx.quick { 6 } else { 12 };
@@ -105,7 +109,10 @@ fn held(ctx: &Ctx) -> Finding {
             }
             break Capacity::Exactly(holders.len());
         }
-        if ctx.dialect.closes_after_reply {
+        // A connection the server closed after its reply (by design, or
+        // an echo that answers once) holds nothing: a silent one stands
+        // in for it. The close follows the reply at once, if it comes.
+        if ctx.dialect.closes_after_reply || peer.closed_within(Duration::from_millis(20)) {
             match ctx.connect() {
                 Ok(silent) => holders.push(silent),
                 Err(e) => return Finding::fail(format!("holding {}: {e}", holders.len() + 1)),
@@ -138,9 +145,24 @@ fn held(ctx: &Ctx) -> Finding {
     }
 }
 
+/// A service that answers without a request (hello) has no silent or
+/// held connection: every connection is one being served, and
+/// concurrency.together counts how many at once.
+fn unheld(ctx: &Ctx) -> Option<Finding> {
+    ctx.dialect.probe.is_none().then(|| {
+        Finding::skip(format!(
+            "{} answers without a request: no connection waits silent (see concurrency.together)",
+            ctx.dialect.service
+        ))
+    })
+}
+
 /// One connection that says nothing: is a second client served meanwhile?
 fn silent_first(ctx: &Ctx) -> Finding {
     if let Some(skip) = needs_stream(ctx) {
+        return skip;
+    }
+    if let Some(skip) = unheld(ctx) {
         return skip;
     }
     let silent = match ctx.connect() {

@@ -141,6 +141,9 @@ pub struct OutsideServer {
     stderr: Arc<Mutex<Vec<String>>>,
     /// Disconnected once stderr has been read to its end.
     stderr_done: mpsc::Receiver<()>,
+    /// A UDP server was seen bound and given its moment (see
+    /// `wait_until_accepting`).
+    settled_udp: bool,
     /// Holds `{path}`'s socket; removed, whatever is in it, on drop.
     _dir: Option<tempfile::TempDir>,
 }
@@ -210,6 +213,7 @@ impl OutsideServer {
             status: None,
             stderr,
             stderr_done,
+            settled_udp: false,
             _dir: dir,
         };
         server.wait_until_accepting()?;
@@ -228,6 +232,13 @@ impl OutsideServer {
     /// The command as run, placeholders filled.
     pub fn command(&self) -> &str {
         &self.command
+    }
+
+    /// Its last lines on stderr, joined, once it has exited: waits (a
+    /// little) for the pipe to be read to its end first.
+    pub fn last_words(&self) -> String {
+        let _ = self.stderr_done.recv_timeout(Duration::from_millis(500));
+        self.stderr_tail()
     }
 
     /// Its last lines on stderr, joined.
@@ -352,6 +363,14 @@ impl OutsideServer {
                 );
             }
             if self.accepting() {
+                // A bound UDP socket proves less than an accepted
+                // connection: a server may bind, then find it has no use
+                // for it and exit. A moment's grace catches that at start.
+                if matches!(self.addr, Addr::Udp(_)) && !self.settled_udp {
+                    self.settled_udp = true;
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
                 return Ok(());
             }
             if start.elapsed() >= START_TIMEOUT {
@@ -379,7 +398,7 @@ impl OutsideServer {
                     Err(_) => false,
                 }
             }
-            Addr::Udp(hp) => udp_bound(hp.port),
+            Addr::Udp(hp) => udp_bound(hp.port, self.pid()),
         }
     }
 }
@@ -405,8 +424,26 @@ fn exec_if_simple(command: &str) -> String {
     }
 }
 
-/// Whether some socket is bound to UDP `port` (/proc/net/udp, udp6).
-fn udp_bound(port: u16) -> bool {
+/// Whether a process of `pid`'s tree has a UDP socket bound to `port`: its
+/// socket inodes (/proc/PID/fd) against those bound to the port
+/// (/proc/net/udp, udp6). Any socket on the port is not enough: the
+/// port was free a moment ago, and another program's client may have
+/// been given it since.
+fn udp_bound(port: u16, pid: i32) -> bool {
+    let mut ours = std::collections::HashSet::new();
+    for p in probe::tree(pid) {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{p}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(link) = std::fs::read_link(fd.path()) {
+                let link = link.to_string_lossy();
+                if let Some(inode) = link.strip_prefix("socket:[").and_then(|l| l.strip_suffix(']')) {
+                    ours.insert(inode.to_string());
+                }
+            }
+        }
+    }
     let suffix = format!(":{port:04X}");
     ["/proc/net/udp", "/proc/net/udp6"].iter().any(|table| {
         std::fs::read_to_string(table)
@@ -414,9 +451,9 @@ fn udp_bound(port: u16) -> bool {
             .lines()
             .skip(1)
             .any(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .is_some_and(|local| local.ends_with(&suffix))
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1).is_some_and(|local| local.ends_with(&suffix))
+                    && f.get(9).is_some_and(|inode| ours.contains(*inode))
             })
     })
 }
