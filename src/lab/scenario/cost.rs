@@ -25,7 +25,9 @@ use crate::service::ServiceKind;
 pub struct Cost;
 
 /// A rate is kept up when at least this share of the requests it offered
-/// was answered, every client served, nothing failed.
+/// was answered, every client served, and no more than the rest failed
+/// (the requests still in flight when the run ends time out: at 100,000/s
+/// a few hundred of them are the run's edge, not the server's failure).
 const KEPT_UP: f64 = 0.97;
 
 /// A server using this share of the CPU it was given is at its limit.
@@ -127,7 +129,7 @@ impl Scenario for Cost {
             "offered_rps": knobs.cost_rates,
             "duration_ms": knobs.cost_duration.as_millis() as u64,
             "load": "open loop, latency from each request's intended start",
-            "kept_up": format!("{:.0}% of the offered requests answered, every client served, no error, server under {:.0}% of its CPU", KEPT_UP * 100.0, SATURATED * 100.0),
+            "kept_up": format!("{:.0}% of the offered requests answered, every client served, at most {:.0}% failed, server under {:.0}% of its CPU", KEPT_UP * 100.0, (1.0 - KEPT_UP) * 100.0, SATURATED * 100.0),
             "cpu": "cgroup v2 cpu.stat of the server's own group; /proc schedstat of its process tree where no group can be made (each row's cpu_source)",
         })
     }
@@ -176,7 +178,8 @@ impl Scenario for Cost {
             row.cpu_per_request_us = (report.replies > 0).then(|| cpu * 1e6 / report.replies as f64);
             let busy = cpu / report.elapsed_s.max(f64::MIN_POSITIVE) / given;
             let offered = rate as f64 * report.elapsed_s;
-            let short = (report.replies as f64) < KEPT_UP * offered || report.errors > 0;
+            let failed = report.errors as f64 > (1.0 - KEPT_UP) * offered;
+            let short = (report.replies as f64) < KEPT_UP * offered || failed;
             // The schedule missed on the sending side is not the server's: a
             // load generator at its limit, or sends that left late.
             let generator = report.load_busy.is_some_and(|b| b >= LOAD_BUSY_WARNING)
@@ -191,7 +194,7 @@ impl Scenario for Cost {
                 )),
                 _ if row.served < row.clients => Some(format!("served {}", served(&row))),
                 _ if busy >= SATURATED => Some(format!("server at {:.0}% of its CPU", busy * 100.0)),
-                _ if report.errors > 0 => Some(format!("{} requests failed", thousands(report.errors))),
+                _ if failed => Some(format!("{} requests failed", thousands(report.errors))),
                 _ if short => Some(format!(
                     "answered {}/s",
                     thousands(report.throughput_rps.round() as u64)
