@@ -386,6 +386,8 @@ impl Ctx {
             if self.served(self.reply_wait()).is_ok() {
                 return Some(start.elapsed());
             }
+            // A refusal comes back at once: no spinning on it.
+            std::thread::sleep(Duration::from_millis(50));
         }
         None
     }
@@ -433,14 +435,14 @@ pub struct Outcome {
 pub fn run(options: CheckOptions) -> anyhow::Result<bool> {
     crate::lab::raise_descriptor_limit();
     let report = check(&options)?;
-    let mut out = std::io::stdout().lock();
-    report::table(&report, &mut out)?;
+    // The files first: a closed stdout (`check ... | head`) must not lose them.
     if let Some(path) = &options.json {
         report::write_json(&report, path)?;
     }
     if let Some(path) = &options.junit {
         report::write_junit(&report, path)?;
     }
+    report::table(&report, &mut std::io::stdout().lock())?;
     Ok(report.failed == 0)
 }
 
