@@ -211,6 +211,9 @@ struct Learned {
     capacity: Option<Capacity>,
     /// One request's round trip, alone.
     latency: Option<Duration>,
+    /// Some client has been served: a server that never answered is not
+    /// waited for to answer again.
+    ever_served: bool,
 }
 
 /// What every case is given: where the server is, what it speaks, how
@@ -365,6 +368,7 @@ impl Ctx {
         let start = Instant::now();
         let mut peer = self.connect()?;
         self.converse(&mut peer, wait)?;
+        self.learned().ever_served = true;
         Ok(start.elapsed())
     }
 
@@ -373,12 +377,17 @@ impl Ctx {
     /// idle server, whatever this one left it doing. How long it took, or
     /// `None` if it did not within 10 s (5 quick).
     pub fn recovered(&self) -> Option<Duration> {
+        if !self.learned().ever_served {
+            return None;
+        }
         let start = Instant::now();
         let limit = Duration::from_secs(if self.quick { 5 } else { 10 });
         while start.elapsed() < limit {
             if self.served(self.reply_wait()).is_ok() {
                 return Some(start.elapsed());
             }
+            // A refusal comes back at once: no spinning on it.
+            std::thread::sleep(Duration::from_millis(50));
         }
         None
     }
@@ -426,14 +435,14 @@ pub struct Outcome {
 pub fn run(options: CheckOptions) -> anyhow::Result<bool> {
     crate::lab::raise_descriptor_limit();
     let report = check(&options)?;
-    let mut out = std::io::stdout().lock();
-    report::table(&report, &mut out)?;
+    // The files first: a closed stdout (`check ... | head`) must not lose them.
     if let Some(path) = &options.json {
         report::write_json(&report, path)?;
     }
     if let Some(path) = &options.junit {
         report::write_junit(&report, path)?;
     }
+    report::table(&report, &mut std::io::stdout().lock())?;
     Ok(report.failed == 0)
 }
 
@@ -510,6 +519,7 @@ pub fn check(options: &CheckOptions) -> anyhow::Result<Report> {
         if case.id == process::STOP {
             gone = Some("the server was stopped".into());
         }
+        tracing::debug!(case = case.id, verdict = finding.verdict.name(), line = %finding.line, "case done");
         outcomes.push(Outcome {
             id: case.id.to_string(),
             group: group_of(case.id).to_string(),
@@ -649,4 +659,35 @@ fn needs_stream(ctx: &Ctx) -> Option<Finding> {
 /// Whether a read ended as a whole reply that matched.
 fn is_reply(reply: &Reply, expect: &Expect) -> bool {
     reply.end != End::Full && expect.matches(&reply.bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_and_skip_take_ids_and_groups() {
+        let list = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(selected("framing.large", &[], &[]));
+        assert!(selected("framing.large", &list(&["framing"]), &[]));
+        assert!(!selected("peers.junk", &list(&["framing"]), &[]));
+        assert!(selected("peers.junk", &list(&["framing", "peers.junk"]), &[]));
+        assert!(!selected("peers.junk", &[], &list(&["peers"])));
+        assert!(!selected(
+            "framing.large",
+            &list(&["framing"]),
+            &list(&["framing.large"])
+        ));
+    }
+
+    #[test]
+    fn every_case_is_in_a_group_and_named_once() {
+        let ids = case_ids();
+        for id in &ids {
+            assert!(GROUPS.contains(&group_of(id)), "{id}");
+            assert_eq!(ids.iter().filter(|i| *i == id).count(), 1, "{id}");
+        }
+        assert!(is_case_or_group("udp") && is_case_or_group("process.stop"));
+        assert!(!is_case_or_group("framing.nothing"));
+    }
 }

@@ -335,7 +335,13 @@ impl OutsideServer {
             .collect()
     }
 
+    /// SIGKILL to its group. Once the leader is reaped, its pid (the
+    /// group's id) stays taken only while a member lives: with none left,
+    /// the id may be another program's by now, and nothing is sent.
     fn kill_group(&self) {
+        if self.status.is_some() && self.group().is_empty() {
+            return;
+        }
         let pgid = nix::unistd::Pid::from_raw(-self.pid());
         let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
     }
