@@ -616,6 +616,10 @@ pub struct LabArgs {
     /// Write the report as one self-contained HTML page (`none`: no page)
     #[arg(long, value_name = "FILE", default_value = "socklab-report.html")]
     pub html: std::path::PathBuf,
+    /// Measure nothing: draw the report (tables, --markdown, --html, --json)
+    /// again from the rows of an earlier run's --json
+    #[arg(long, value_name = "RUN.json")]
+    pub from: Option<std::path::PathBuf>,
     /// Run each scenario N times and report the median, min and max
     /// [default: 3 for scenarios that compare servers, 1 for the others]
     #[arg(long, value_name = "N", value_parser = parse_runs)]
@@ -771,6 +775,7 @@ impl LabArgs {
             json: self.json,
             markdown: self.markdown,
             html: (self.html.as_os_str() != "none").then_some(self.html),
+            from: self.from,
         }
     }
 }

@@ -548,3 +548,40 @@ fn bad_outside_servers_are_usage_errors() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_run_is_drawn_again_from_its_json_and_a_file_that_is_not_one_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (json, first, again) = (path("run.json"), path("first.md"), path("again.md"));
+    let out = socklab(&[
+        "lab",
+        "--models",
+        "iterative,thread",
+        "--scenarios",
+        "delay",
+        "--delay",
+        "100ms",
+        "--json",
+        &json,
+        "--markdown",
+        &first,
+        "--html",
+        "none",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = socklab(&["lab", "--from", &json, "--markdown", &again, "--html", "none"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("## delay"), "{}", stdout(&out));
+    let (first, again) = (
+        std::fs::read_to_string(&first).unwrap(),
+        std::fs::read_to_string(&again).unwrap(),
+    );
+    assert_eq!(first, again, "the same rows make the same report");
+    std::fs::write(path("junk.json"), "not json").unwrap();
+    let err = fails_with(
+        1,
+        socklab(&["lab", "--from", &path("junk.json"), "--html", "none"]),
+    );
+    assert!(err.contains("is not the JSON of a socklab lab run"), "{err}");
+}

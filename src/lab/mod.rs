@@ -21,7 +21,7 @@ mod server;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 pub use crate::client::bench::Lane;
@@ -42,6 +42,8 @@ pub struct LabOptions {
     pub json: Option<PathBuf>,
     pub markdown: Option<PathBuf>,
     pub html: Option<PathBuf>,
+    /// Draw the report from an earlier run's JSON instead of measuring.
+    pub from: Option<PathBuf>,
 }
 
 /// Where the figures came from: the machine, the build, the method and
@@ -141,6 +143,9 @@ impl LabOptions {
 }
 
 pub fn run(options: LabOptions) -> anyhow::Result<()> {
+    if let Some(from) = &options.from {
+        return redraw(from, &options);
+    }
     // Before any model runs: a report that cannot be written is known now,
     // not after three minutes.
     let mut report = Report {
@@ -286,6 +291,20 @@ fn rerun_the_odd(
         }
     }
     !odd.is_empty()
+}
+
+/// `lab --from RUN.json`: an earlier run's rows, drawn again by this build
+/// (a report made before a renderer changed, or a run from another machine).
+fn redraw(from: &Path, options: &LabOptions) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(from).with_context(|| format!("cannot read {}", from.display()))?;
+    let report = export::json::parse(&text)
+        .with_context(|| format!("{} is not the JSON of a socklab lab run", from.display()))?;
+    export::write_all(&report, options)?;
+    print!("{}", export::tables(&report.rows));
+    if let Some(html) = &options.html {
+        println!("report: {}", absolute(html).display());
+    }
+    Ok(())
 }
 
 fn absolute(path: &Path) -> PathBuf {
