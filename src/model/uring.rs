@@ -174,6 +174,19 @@ pub fn serve(
     })
 }
 
+/// Hands the connection's held input to its session while it is under its
+/// budget (a send, a timer or a wake freed part of it), in order; then the
+/// peer's close, if it came after that input.
+fn hand_over_held(conn: &mut Conn, now: Now) {
+    while !conn.session.over_budget() {
+        let Some(data) = conn.held.pop_front() else { break };
+        conn.session.handle_read(&data, now);
+    }
+    if conn.held.is_empty() && std::mem::take(&mut conn.eof_held) {
+        conn.session.handle_eof(now);
+    }
+}
+
 /// One connection and what the ring is doing for it.
 struct Conn {
     stream: Stream,
@@ -191,6 +204,16 @@ struct Conn {
     /// notification says the kernel let go of the memory).
     sending: bool,
     send_buf: Vec<u8>,
+    /// Input a multishot receive delivered after the session went over its
+    /// budget: the kernel fills provided buffers
+    /// until the cancel lands, up to the whole pool. Handed to the session
+    /// in order as it frees up, not all at once, so a peer that never reads
+    /// neither grows the session past its budget nor holds the loop while
+    /// megabytes of its requests are answered into a full socket.
+    held: std::collections::VecDeque<Vec<u8>>,
+    /// The peer's close came after the held input: the session hears of it
+    /// once that input has been handed over.
+    eof_held: bool,
     /// We are done and sent FIN; waiting for the peer's close (or LINGER).
     closing: Option<Instant>,
     /// The deadline the timer queue holds for this connection.
@@ -699,6 +722,8 @@ impl Ring {
             slot,
             receiving: false,
             cancelling: false,
+            held: std::collections::VecDeque::new(),
+            eof_held: false,
             sending: false,
             send_buf: Vec::new(),
             closing: None,
@@ -744,8 +769,14 @@ impl Ring {
                     let mut filled = std::mem::take(&mut self.filled);
                     filled.extend(self.pool.filled(bid, n as usize));
                     for &(id, len) in &filled {
-                        if conn.closing.is_none() {
-                            conn.session.handle_read(self.pool.buffer(id, len), now);
+                        let data = self.pool.buffer(id, len);
+                        if conn.closing.is_some() {
+                            continue;
+                        }
+                        if conn.held.is_empty() && !conn.session.over_budget() {
+                            conn.session.handle_read(data, now);
+                        } else {
+                            conn.held.push_back(data.to_vec());
                         }
                     }
                     for (id, _) in filled.drain(..) {
@@ -758,7 +789,11 @@ impl Ring {
                 if conn.closing.is_some() {
                     return self.release(token);
                 }
-                conn.session.handle_eof(now);
+                if conn.held.is_empty() {
+                    conn.session.handle_eof(now);
+                } else {
+                    conn.eof_held = true;
+                }
             }
             e if -e == libc::ENOBUFS => {
                 // The pool ran dry: this connection waits for buffers to
@@ -789,7 +824,10 @@ impl Ring {
         // A send-zc result with MORE: its notification is still to come.
         conn.sending = cqueue::more(cqe.flags());
         match cqe.result() {
-            n if n >= 0 => conn.session.consume_output(n as usize, now.instant),
+            n if n >= 0 => {
+                conn.session.consume_output(n as usize, now.instant);
+                hand_over_held(conn, now);
+            }
             e => {
                 tracing::debug!("send: {}", io::Error::from_raw_os_error(-e));
                 return self.release(token);
@@ -803,6 +841,7 @@ impl Ring {
         for token in self.waker.take_all() {
             if let Some(conn) = self.conns.get_mut(token) {
                 conn.session.handle_wake(now);
+                hand_over_held(conn, now);
                 self.settle(token)?;
             }
         }
@@ -847,6 +886,7 @@ impl Ring {
             }
             conn.timer = None;
             conn.session.handle_timeout(now);
+            hand_over_held(conn, now);
             self.settle(token)?;
         }
         Ok(())
@@ -890,7 +930,9 @@ impl Ring {
             conn.closing = Some(until);
             timers.push(Reverse((until, token)));
         }
-        let wants_read = conn.closing.is_some() || conn.session.wants_read();
+        // Input is held while the session is over its budget: no receive
+        // is armed until it has all been handed over.
+        let wants_read = conn.closing.is_some() || (conn.session.wants_read() && conn.held.is_empty());
         // A one-shot receive is armed once the reply is out, as a
         // request/reply peer only speaks again after it has its answer: one
         // operation in flight per connection, not two. A multishot receive

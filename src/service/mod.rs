@@ -825,6 +825,13 @@ impl Session {
     /// Whether the driver should read: the peer may still send, we have not
     /// decided to close, what we hold for the peer is within its budget, and
     /// the protocol takes input (a held-back chat speaker does not).
+    /// Whether the session holds as much for its peer as its budget allows:
+    /// a driver that already has more of the peer's input (a multishot
+    /// receive's read-ahead) keeps it until this turns false.
+    pub fn over_budget(&self) -> bool {
+        self.cost() >= CONNECTION_BUDGET
+    }
+
     pub fn wants_read(&self) -> bool {
         !self.peer_finished
             && !self.closing
