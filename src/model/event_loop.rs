@@ -567,7 +567,7 @@ impl<'a> Loop<'a> {
                 token => self.ready(token, *event, poller, now),
             }
         }
-        self.fire_timers(poller, Now::system());
+        self.fire_timers(poller);
         if self.paused_at.is_some_and(|n| self.connections.len() < n) {
             // A connection closed since we stopped: try accepting again.
             poller.register(self.source.fd(), LISTENER, Interest::READ)?;
@@ -802,8 +802,14 @@ impl<'a> Loop<'a> {
         }
     }
 
-    /// Runs every timer that is due.
-    fn fire_timers(&mut self, poller: &mut impl Poller, now: Now) {
+    /// Runs every timer that is due. The clock is read afresh (handling
+    /// the events took time), but only when a timer is pending at all: a
+    /// loop whose connections have no deadline reads it once per turn.
+    fn fire_timers(&mut self, poller: &mut impl Poller) {
+        if self.timers.is_empty() {
+            return;
+        }
+        let now = Now::system();
         while let Some(&Reverse((at, token, generation))) = self.timers.peek() {
             if at > now.instant {
                 break;

@@ -548,7 +548,7 @@ impl Ring {
             }
             self.completions = completions;
             self.pool.publish();
-            self.fire_timers(Now::system())?;
+            self.fire_timers()?;
             self.rearm_starved()?;
             if self.paused_at.is_some_and(|n| self.conns.len() < n) {
                 self.paused_at = None;
@@ -822,7 +822,13 @@ impl Ring {
         Ok(())
     }
 
-    fn fire_timers(&mut self, now: Now) -> anyhow::Result<()> {
+    /// Runs every timer that is due, reading the clock afresh only when
+    /// one is pending (as the event loop does).
+    fn fire_timers(&mut self) -> anyhow::Result<()> {
+        if self.timers.is_empty() {
+            return Ok(());
+        }
+        let now = Now::system();
         while let Some(&Reverse((at, token))) = self.timers.peek() {
             if at > now.instant {
                 break;

@@ -43,27 +43,44 @@ use room::{Inbox, Room, Wake};
 
 /// The instant a session is told about: monotonic time for deadlines, wall
 /// time for services that report it (`time`). Drivers make one per wake-up.
+///
+/// A driver's `Now` reads only the monotonic clock; the wall clock, which
+/// one service needs, is read when that service asks for it
+/// ([`wall`](Now::wall)), so a wake-up costs one clock read, not two.
+/// Tests fix both ([`Now::at`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Now {
     pub instant: Instant,
-    pub wall: SystemTime,
+    /// `None`: the system's wall clock, read when asked.
+    wall: Option<SystemTime>,
 }
 
 impl Now {
-    /// Reads both clocks. Only drivers call this; services are handed a `Now`.
+    /// Reads the monotonic clock. Only drivers call this; services are
+    /// handed a `Now`.
     pub fn system() -> Self {
         Now {
             instant: Instant::now(),
-            wall: SystemTime::now(),
+            wall: None,
         }
+    }
+
+    /// Both clocks given (for tests).
+    pub fn at(instant: Instant, wall: SystemTime) -> Self {
+        Now {
+            instant,
+            wall: Some(wall),
+        }
+    }
+
+    /// The wall clock at this instant.
+    pub fn wall(&self) -> SystemTime {
+        self.wall.unwrap_or_else(SystemTime::now)
     }
 
     /// The same wall clock, `d` later (for tests and timers).
     pub fn advanced(&self, d: Duration) -> Self {
-        Now {
-            instant: self.instant + d,
-            wall: self.wall + d,
-        }
+        Now::at(self.instant + d, self.wall() + d)
     }
 }
 

@@ -10,7 +10,7 @@ pub struct Time;
 
 impl Protocol for Time {
     fn message(&mut self, _msg: &[u8], now: Now, out: &mut Replies) {
-        out.send_fmt(format_args!("{}", format_local(now.wall)));
+        out.send_fmt(format_args!("{}", format_local(now.wall())));
         out.close();
     }
 }
