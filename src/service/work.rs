@@ -20,10 +20,17 @@ fn thread_cpu_time() -> Option<Duration> {
 /// Spends `work` of CPU time on this thread (nothing when it is zero), and
 /// returns a value derived from the computation so that it cannot be
 /// optimised away.
+#[inline]
 pub fn spend(work: Duration) -> u64 {
     if work.is_zero() {
-        return 0;
+        return 0; // The usual case, checked where it is called.
     }
+    spend_some(work)
+}
+
+#[cold]
+#[inline(never)]
+fn spend_some(work: Duration) -> u64 {
     // Without a CPU clock, wall time: never a loop that cannot end.
     let wall = Instant::now();
     let cpu = thread_cpu_time();
