@@ -9,14 +9,19 @@
 //! last task to end closes a channel the accept loop waits on (mini-redis'
 //! pattern).
 
+use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{self, Poll, Waker};
 use std::time::Duration;
 
 use anyhow::Context;
+use slab::Slab;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 use super::ServerConfig;
 use crate::net::{out_of_descriptors, DescriptorShortage, Listener};
@@ -58,7 +63,7 @@ async fn accept_loop(
     let limit = Arc::new(Semaphore::new(config.max_conns.unwrap_or(Semaphore::MAX_PERMITS)));
     // Every task holds a sender; when the last one drops, `recv` says so.
     let (done_tx, mut all_done) = mpsc::channel::<()>(1);
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = Arc::new(Stop::default());
     let shortage = DescriptorShortage::default();
     // SAFETY: the OwnedFd is moved into the AsyncFd, which is its only
     // owner from here on: it stays open, and the same, until dropped.
@@ -76,7 +81,7 @@ async fn accept_loop(
         };
         // What the task holds until its connection ends: a --max-conns
         // slot, and a sender that says it has not ended yet.
-        let (service, stop, held) = (service.clone(), stop_rx.clone(), (permit, done_tx.clone()));
+        let (service, stop, held) = (service.clone(), stop.clone(), (permit, done_tx.clone()));
         if accepted.is_ok() {
             shortage.over();
         }
@@ -96,7 +101,7 @@ async fn accept_loop(
         }
     }
 
-    let _ = stop_tx.send(true);
+    stop.trigger();
     drop(done_tx);
     if tokio::time::timeout(config.grace, all_done.recv()).await.is_err() {
         tracing::warn!("grace period over with connections still open");
@@ -111,11 +116,12 @@ async fn accept_loop(
 /// with a plain non-blocking write when the socket takes it (the write
 /// future and a fresh clock read only when it does not), and the shutdown
 /// signal is waited on by one future for the connection's life instead of
-/// one registered and dropped per request.
+/// one registered and dropped per request, whose waker is registered once
+/// ([`Stop`]).
 async fn connection<S: AsyncRead + AsyncWrite + TryWrite + Unpin>(
     mut stream: S,
     service: &Service,
-    mut stop: watch::Receiver<bool>,
+    stop: Arc<Stop>,
     _held: impl Send,
 ) {
     let mut now = Now::system();
@@ -129,7 +135,7 @@ async fn connection<S: AsyncRead + AsyncWrite + TryWrite + Unpin>(
     }
     let mut buf = [0u8; CHUNK_SIZE];
     let mut stopping = false;
-    let stopped = stop.changed();
+    let stopped = stop.wait();
     tokio::pin!(stopped);
     loop {
         let pending = session.pending_output();
@@ -207,6 +213,87 @@ async fn connection<S: AsyncRead + AsyncWrite + TryWrite + Unpin>(
         }
     }
     let _ = stream.shutdown().await;
+}
+
+/// Shutdown as the connection tasks hear it: a flag, and each waiting
+/// task's waker, registered once. A task polls its stop future whenever
+/// its read is pending, once per request; tokio's `watch` and `Notify`
+/// take a lock on every such poll, this takes one atomic load.
+#[derive(Default)]
+struct Stop {
+    stopped: AtomicBool,
+    wakers: Mutex<Slab<Waker>>,
+}
+
+impl Stop {
+    fn wakers(&self) -> std::sync::MutexGuard<'_, Slab<Waker>> {
+        self.wakers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells every task, waking those that wait.
+    fn trigger(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        for (_, waker) in self.wakers().iter() {
+            waker.wake_by_ref();
+        }
+    }
+
+    /// A future that is ready once [`trigger`](Stop::trigger) was called.
+    fn wait(self: &Arc<Self>) -> Stopped {
+        Stopped {
+            stop: self.clone(),
+            registered: None,
+        }
+    }
+}
+
+/// Waits for [`Stop::trigger`]; its waker stays registered until dropped.
+struct Stopped {
+    stop: Arc<Stop>,
+    /// Where its waker is in the list, and a copy to compare with the
+    /// next poll's: the same task's waker needs no new registration.
+    registered: Option<(usize, Waker)>,
+}
+
+impl Future for Stopped {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<()> {
+        if self.stop.stopped.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if let Some((_, waker)) = &self.registered {
+            if waker.will_wake(cx.waker()) {
+                return Poll::Pending;
+            }
+        }
+        let this = &mut *self;
+        {
+            let mut wakers = this.stop.wakers();
+            let key = match &this.registered {
+                Some((key, _)) => {
+                    wakers[*key] = cx.waker().clone();
+                    *key
+                }
+                None => wakers.insert(cx.waker().clone()),
+            };
+            this.registered = Some((key, cx.waker().clone()));
+        }
+        // A trigger that came before the registration did not wake us.
+        if this.stop.stopped.load(Ordering::SeqCst) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some((key, _)) = self.registered.take() {
+            self.stop.wakers().try_remove(key);
+        }
+    }
 }
 
 /// A write that does not wait: what the socket takes now, or WouldBlock.

@@ -361,7 +361,8 @@ struct Connection {
     session: Option<Session>,
     /// What the poller watches for now (changed only when it must be).
     interest: Interest,
-    /// The deadline the timer queue holds for this connection, if any.
+    /// The earliest entry the timer queue holds for this connection, if
+    /// any (its deadline may have gone since: it then fires into nothing).
     timer: Option<Instant>,
     /// Distinguishes this connection from a later one in the same slot, so
     /// stale timers and wake-ups are ignored.
@@ -567,7 +568,7 @@ impl<'a> Loop<'a> {
                 token => self.ready(token, *event, poller, now),
             }
         }
-        self.fire_timers(poller);
+        self.fire_timers(poller, now.instant);
         if self.paused_at.is_some_and(|n| self.connections.len() < n) {
             // A connection closed since we stopped: try accepting again.
             poller.register(self.source.fd(), LISTENER, Interest::READ)?;
@@ -803,10 +804,12 @@ impl<'a> Loop<'a> {
     }
 
     /// Runs every timer that is due. The clock is read afresh (handling
-    /// the events took time), but only when a timer is pending at all: a
-    /// loop whose connections have no deadline reads it once per turn.
-    fn fire_timers(&mut self, poller: &mut impl Poller) {
-        if self.timers.is_empty() {
+    /// the events took time), but only when a timer was due by the time
+    /// this turn began: a loop whose next deadline is later reads it once
+    /// per turn, and a timer that fell due meanwhile runs next turn, whose
+    /// wait ends at once.
+    fn fire_timers(&mut self, poller: &mut impl Poller, turn: Instant) {
+        if self.timers.peek().is_none_or(|Reverse((at, _, _))| *at > turn) {
             return;
         }
         let now = Now::system();
@@ -866,18 +869,21 @@ impl<'a> Loop<'a> {
             conn.interest = wanted;
         }
         let mut earlier_than_the_wait = false;
-        match session.poll_timeout() {
+        let deadline = session.poll_timeout();
+        match deadline {
             // Only an earlier deadline needs a new entry; a later one is
             // found when the current entry fires and finds nothing to do.
+            // An entry whose deadline went away stays until it fires, so a
+            // deadline that comes and goes with every request (a write
+            // clock) costs one entry per timeout, not one per request.
             Some(at) if conn.timer.is_none_or(|t| at < t) => {
                 conn.timer = Some(at);
                 self.timers.push(Reverse((at, token, conn.generation)));
                 earlier_than_the_wait = self.waiter.is_some_and(|w| w.is_none_or(|w| at < w));
             }
-            Some(_) => {}
-            None => conn.timer = None,
+            _ => {}
         }
-        if wanted == Interest::default() && conn.timer.is_none() && !session.may_be_woken() {
+        if wanted == Interest::default() && deadline.is_none() && !session.may_be_woken() {
             // Waiting for nothing at all: nothing will ever happen again.
             return self.close(token, poller, None);
         }

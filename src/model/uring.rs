@@ -216,7 +216,8 @@ struct Conn {
     eof_held: bool,
     /// We are done and sent FIN; waiting for the peer's close (or LINGER).
     closing: Option<Instant>,
-    /// The deadline the timer queue holds for this connection.
+    /// The earliest entry the timer queue holds for this connection (its
+    /// deadline may have gone since: it then fires into nothing).
     timer: Option<Instant>,
 }
 
@@ -571,7 +572,7 @@ impl Ring {
             }
             self.completions = completions;
             self.pool.publish();
-            self.fire_timers()?;
+            self.fire_timers(now.instant)?;
             self.rearm_starved()?;
             if self.paused_at.is_some_and(|n| self.conns.len() < n) {
                 self.paused_at = None;
@@ -862,9 +863,11 @@ impl Ring {
     }
 
     /// Runs every timer that is due, reading the clock afresh only when
-    /// one is pending (as the event loop does).
-    fn fire_timers(&mut self) -> anyhow::Result<()> {
-        if self.timers.is_empty() {
+    /// one was due by the time this turn began (as the event loop does):
+    /// one that fell due since then is run next turn, whose wait ends at
+    /// once.
+    fn fire_timers(&mut self, turn: Instant) -> anyhow::Result<()> {
+        if self.timers.peek().is_none_or(|Reverse((at, _))| *at > turn) {
             return Ok(());
         }
         let now = Now::system();
@@ -949,19 +952,25 @@ impl Ring {
             push(ring, opcode::AsyncCancel::new(user_data(Op::Recv, token)).build())?;
             conn.cancelling = true;
         }
-        if conn.closing.is_none() {
-            match conn.session.poll_timeout() {
-                Some(at) if conn.timer.is_none_or(|t| at < t) => {
-                    conn.timer = Some(at);
-                    timers.push(Reverse((at, token)));
-                }
-                Some(_) => {}
-                None => conn.timer = None,
+        let deadline = conn
+            .closing
+            .is_none()
+            .then(|| conn.session.poll_timeout())
+            .flatten();
+        if let Some(at) = deadline {
+            // Only an earlier deadline needs a new entry; a later one is
+            // found when the current entry fires and finds nothing to do.
+            // An entry whose deadline went away (a reply's write clock,
+            // stopped when its send completed) stays until it fires: one
+            // entry per connection per write timeout, not one per request.
+            if conn.timer.is_none_or(|t| at < t) {
+                conn.timer = Some(at);
+                timers.push(Reverse((at, token)));
             }
         }
         if !conn.receiving
             && !conn.sending
-            && conn.timer.is_none()
+            && deadline.is_none()
             && conn.closing.is_none()
             && !conn.session.may_be_woken()
         {
