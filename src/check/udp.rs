@@ -64,6 +64,21 @@ fn target(ctx: &Ctx) -> Result<(SocketAddr, Vec<u8>, Expect), Finding> {
     Ok((server, request, probe.reply.clone()))
 }
 
+/// The target, its request and what answers it, and a socket to send from.
+fn prepare(ctx: &Ctx) -> Result<(SocketAddr, Vec<u8>, Expect, UdpSocket), Finding> {
+    let (server, request, expect) = target(ctx)?;
+    Ok((server, request, expect, socket(server)?))
+}
+
+/// A case's verdict from what it saw and whether a request after it was
+/// served (`then_served`).
+fn served_after(seen: &str, after: Result<String, String>) -> Finding {
+    match after {
+        Ok(after) => Finding::pass(format!("{seen}; {after}")),
+        Err(after) => Finding::fail(format!("{seen}; {after}")),
+    }
+}
+
 fn socket(server: SocketAddr) -> Result<UdpSocket, Finding> {
     crate::net::udp_socket_for(server).map_err(|e| Finding::fail(format!("UDP socket: {e}")))
 }
@@ -199,12 +214,8 @@ fn large(ctx: &Ctx) -> Finding {
 /// Sends `datagram`, reads what comes back (and judges it against `want`
 /// when given), then checks that a request is still answered.
 fn probe_after(ctx: &Ctx, what: &str, datagram: &[u8], want: Option<Vec<u8>>) -> Finding {
-    let (server, request, expect) = match target(ctx) {
+    let (server, request, expect, s) = match prepare(ctx) {
         Ok(t) => t,
-        Err(f) => return f,
-    };
-    let s = match socket(server) {
-        Ok(s) => s,
         Err(f) => return f,
     };
     if let Err(e) = s.send_to(datagram, server) {
@@ -230,20 +241,13 @@ fn probe_after(ctx: &Ctx, what: &str, datagram: &[u8], want: Option<Vec<u8>>) ->
             ));
         }
     }
-    match then_served(ctx, server, &request, &expect, 1) {
-        Ok(after) => Finding::pass(format!("{seen}; {after}")),
-        Err(after) => Finding::fail(format!("{seen}; {after}")),
-    }
+    served_after(&seen, then_served(ctx, server, &request, &expect, 1))
 }
 
 /// Datagrams of random bytes and sizes, then a request.
 fn junk(ctx: &Ctx) -> Finding {
-    let (server, request, expect) = match target(ctx) {
+    let (server, request, expect, s) = match prepare(ctx) {
         Ok(t) => t,
-        Err(f) => return f,
-    };
-    let s = match socket(server) {
-        Ok(s) => s,
         Err(f) => return f,
     };
     let mut junk = Junk::new(3);
@@ -254,22 +258,18 @@ fn junk(ctx: &Ctx) -> Finding {
             sent += 1;
         }
     }
-    match then_served(ctx, server, &request, &expect, sent) {
-        Ok(after) => Finding::pass(format!("{sent} datagrams of random bytes; {after}")),
-        Err(after) => Finding::fail(format!("{sent} datagrams of random bytes; {after}")),
-    }
+    served_after(
+        &format!("{sent} datagrams of random bytes"),
+        then_served(ctx, server, &request, &expect, sent),
+    )
 }
 
 /// Many requests back to back from one socket: how many are answered.
 /// UDP may drop what the server's receive buffer cannot hold, so fewer
 /// is a note; none at all fails.
 fn burst(ctx: &Ctx) -> Finding {
-    let (server, request, expect) = match target(ctx) {
+    let (server, request, expect, s) = match prepare(ctx) {
         Ok(t) => t,
-        Err(f) => return f,
-    };
-    let s = match socket(server) {
-        Ok(s) => s,
         Err(f) => return f,
     };
     let n = if ctx.quick { 50 } else { 200 };
