@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::dialect::Expect;
+use super::dialect::{Exchange, Expect};
 use super::wire::{show, End, Peer};
 use super::{is_reply, ms, needs_stream, size, Case, Ctx, Finding};
 use crate::service::ServiceKind;
@@ -54,6 +54,18 @@ fn chunk_skip(ctx: &Ctx) -> Finding {
 }
 
 /// A connection past its greeting.
+/// For the line-framing cases: the service's probe and a greeted peer,
+/// or why the case does not apply.
+fn line_probe(ctx: &Ctx) -> Result<(&Exchange, Peer), Finding> {
+    if let Some(skip) = needs_stream(ctx) {
+        return Err(skip);
+    }
+    let Some(probe) = ctx.dialect.probe.as_ref().filter(|_| ctx.dialect.line) else {
+        return Err(chunk_skip(ctx));
+    };
+    Ok((probe, greeted(ctx)?))
+}
+
 fn greeted(ctx: &Ctx) -> Result<Peer, Finding> {
     let mut peer = ctx.connect().map_err(Finding::fail)?;
     if let Some(greeting) = &ctx.dialect.greeting {
@@ -105,13 +117,7 @@ fn byte_at_a_time(ctx: &Ctx) -> Finding {
 
 /// Two line requests in one segment get two replies.
 fn coalesced(ctx: &Ctx) -> Finding {
-    if let Some(skip) = needs_stream(ctx) {
-        return skip;
-    }
-    let Some(probe) = ctx.dialect.probe.as_ref().filter(|_| ctx.dialect.line) else {
-        return chunk_skip(ctx);
-    };
-    let mut peer = match greeted(ctx) {
+    let (probe, mut peer) = match line_probe(ctx) {
         Ok(p) => p,
         Err(f) => return f,
     };
@@ -136,13 +142,7 @@ fn coalesced(ctx: &Ctx) -> Finding {
 /// One line split across two segments gets one reply, to the whole line:
 /// a server that frames by read answers the first half.
 fn split_line(ctx: &Ctx) -> Finding {
-    if let Some(skip) = needs_stream(ctx) {
-        return skip;
-    }
-    let Some(probe) = ctx.dialect.probe.as_ref().filter(|_| ctx.dialect.line) else {
-        return chunk_skip(ctx);
-    };
-    let mut peer = match greeted(ctx) {
+    let (probe, mut peer) = match line_probe(ctx) {
         Ok(p) => p,
         Err(f) => return f,
     };

@@ -201,7 +201,7 @@ pub fn run(options: LabOptions) -> anyhow::Result<()> {
 fn runs_on(scenario: &dyn Scenario, server: &Subject) -> bool {
     match server {
         Subject::Model(m) => scenario.applies_to(*m),
-        Subject::Outside(o) => scenario.service() == Some(o.service),
+        Subject::Outside(o) => scenario.takes_outside() && scenario.service() == o.service,
     }
 }
 

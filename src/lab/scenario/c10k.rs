@@ -44,13 +44,12 @@ impl Scenario for C10k {
         1
     }
 
-    fn service(&self) -> Option<ServiceKind> {
-        Some(ServiceKind::Echo)
+    fn service(&self) -> ServiceKind {
+        ServiceKind::Echo
     }
 
     fn parameters(&self, knobs: &Knobs) -> serde_json::Value {
         serde_json::json!({
-            "service": "echo",
             "idle_connections": knobs.c10k_levels,
             "active_clients": 1,
             "active_duration_ms": ACTIVE_FOR.as_millis() as u64,
@@ -59,7 +58,7 @@ impl Scenario for C10k {
     }
 
     fn measure(&self, subject: Subject, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
-        let mut server = start(subject, "echo", &[])?;
+        let mut server = start(subject, self.service(), &[])?;
         let port = port_of(&server.process.addr)?;
         let mut held = Vec::new();
         let mut rows = Vec::new();

@@ -84,9 +84,9 @@ impl Meter {
     }
 }
 
-/// `server` serving echo in a cgroup of its own, or, where the lab cannot
+/// `server` serving `service` in a cgroup of its own, or, where the lab cannot
 /// make one, as every other scenario starts it, read through /proc.
-fn start_metered(server: Subject) -> anyhow::Result<(Measured, Meter)> {
+fn start_metered(server: Subject, service: ServiceKind) -> anyhow::Result<(Measured, Meter)> {
     let group = match CpuGroup::create() {
         Ok(group) => group,
         Err(e) => {
@@ -96,12 +96,12 @@ fn start_metered(server: Subject) -> anyhow::Result<(Measured, Meter)> {
                     "cost: cannot give the servers a cgroup of their own ({e:#}); their CPU is read from /proc of their process trees instead, and each row's cpu_source says so"
                 )
             });
-            return Ok((start(server, "echo", &[])?, Meter::Proc));
+            return Ok((start(server, service, &[])?, Meter::Proc));
         }
     };
     let process = match server {
         Subject::Model(model) => {
-            let args: Vec<String> = ["--model", model.name(), "--service", "echo"]
+            let args: Vec<String> = ["--model", model.name(), "--service", service.name()]
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
@@ -117,13 +117,12 @@ impl Scenario for Cost {
         "cost"
     }
 
-    fn service(&self) -> Option<ServiceKind> {
-        Some(ServiceKind::Echo)
+    fn service(&self) -> ServiceKind {
+        ServiceKind::Echo
     }
 
     fn parameters(&self, knobs: &Knobs) -> serde_json::Value {
         serde_json::json!({
-            "service": "echo",
             "clients": knobs.clients,
             "message_bytes": knobs.size,
             "offered_rps": knobs.cost_rates,
@@ -138,7 +137,7 @@ impl Scenario for Cost {
     /// rate the server did not keep up with (the rates above it would only
     /// say so again).
     fn measure(&self, subject: Subject, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
-        let (mut server, meter) = start_metered(subject)?;
+        let (mut server, meter) = start_metered(subject, self.service())?;
         let given = pin::cores().saturating_sub(1).max(1) as f64;
         // Every connection made and served once before the schedule starts.
         let warm_up = bench_options(

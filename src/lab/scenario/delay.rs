@@ -44,15 +44,14 @@ impl Scenario for Delay {
 
     fn parameters(&self, knobs: &Knobs) -> serde_json::Value {
         serde_json::json!({
-            "service": "hello",
             "clients": knobs.delay_clients,
             "requests_per_client": 1,
             "delay_ms": knobs.delay.as_millis() as u64,
         })
     }
 
-    fn service(&self) -> Option<ServiceKind> {
-        Some(ServiceKind::Hello)
+    fn service(&self) -> ServiceKind {
+        ServiceKind::Hello
     }
 
     /// An outside server holds its replies as its own code does: it has no
@@ -64,7 +63,7 @@ impl Scenario for Delay {
             .map(|m| m.theory_makespan(knobs.delay_clients, knobs.delay, m.default_workers()));
         let delay = format!("{}ms", knobs.delay.as_millis());
         let model = server;
-        let mut server = start(model, "hello", &["--delay", &delay])?;
+        let mut server = start(model, self.service(), &["--delay", &delay])?;
         // Generous: a model far from its theory still finishes, and shows it.
         let timeout = theory.unwrap_or(knobs.delay * knobs.delay_clients as u32) * 2 + STARVED_AFTER;
         let options = bench_options(

@@ -51,13 +51,12 @@ impl Scenario for Idle {
         1
     }
 
-    fn service(&self) -> Option<ServiceKind> {
-        Some(ServiceKind::Echo)
+    fn service(&self) -> ServiceKind {
+        ServiceKind::Echo
     }
 
     fn parameters(&self, knobs: &Knobs) -> serde_json::Value {
         serde_json::json!({
-            "service": "echo",
             "idle_connections": knobs.idle_connections,
             "active_clients": 1,
             "active_duration_ms": ACTIVE_FOR.as_millis() as u64,
@@ -66,7 +65,7 @@ impl Scenario for Idle {
 
     fn measure(&self, subject: Subject, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
         let mut row = subject.row(self.name());
-        let mut server = start(subject, "echo", &[])?;
+        let mut server = start(subject, self.service(), &[])?;
         let mut held = Vec::new();
         hold(&server.process.addr, knobs.idle_connections, &mut held)?;
         let port = port_of(&server.process.addr)?;

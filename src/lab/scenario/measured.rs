@@ -12,6 +12,7 @@ use crate::lab::probe::{self, Costs, PerfCounter, Sample, SyscallMethod};
 use crate::lab::{Row, ServerProcess};
 
 use super::{Knobs, Subject};
+use crate::service::ServiceKind;
 
 /// How long a starved client waits before it counts as an error: long
 /// enough for any model that serves at all, short enough to keep the lab
@@ -212,10 +213,10 @@ impl Measured {
 
 /// `server` serving `service` (a model with `extra` flags; an outside server
 /// as its command says), and its first sample.
-pub fn start(server: Subject, service: &str, extra: &[&str]) -> anyhow::Result<Measured> {
+pub fn start(server: Subject, service: ServiceKind, extra: &[&str]) -> anyhow::Result<Measured> {
     let process = match server {
         Subject::Model(model) => {
-            let args: Vec<String> = ["--model", model.name(), "--service", service]
+            let args: Vec<String> = ["--model", model.name(), "--service", service.name()]
                 .iter()
                 .chain(extra)
                 .map(|s| s.to_string())

@@ -98,9 +98,15 @@ pub trait Scenario: Sync {
         true
     }
 
-    /// The service an outside server (`lab --server`) must speak to have
-    /// rows here; `None` where the scenario needs socklab's own switches.
-    fn service(&self) -> Option<ServiceKind>;
+    /// The service its load speaks: an outside server (`lab --server`)
+    /// has rows here when it speaks it too.
+    fn service(&self) -> ServiceKind;
+
+    /// Whether outside servers run here at all (not where the scenario
+    /// needs socklab's own switches).
+    fn takes_outside(&self) -> bool {
+        true
+    }
 
     /// Runs when `--runs` is not given: at least three for a scenario
     /// whose section compares servers, so that every comparison has a
@@ -267,6 +273,7 @@ impl Knobs {
         let mut all = serde_json::Map::new();
         for s in scenarios {
             let mut p = s.parameters(self);
+            p["service"] = s.service().name().into();
             p["runs"] = self.runs_for(*s).into();
             all.insert(s.name().to_string(), p);
         }

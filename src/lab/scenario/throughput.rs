@@ -37,13 +37,12 @@ impl Scenario for Throughput {
         "throughput"
     }
 
-    fn service(&self) -> Option<ServiceKind> {
-        Some(ServiceKind::Echo)
+    fn service(&self) -> ServiceKind {
+        ServiceKind::Echo
     }
 
     fn parameters(&self, knobs: &Knobs) -> serde_json::Value {
         serde_json::json!({
-            "service": "echo",
             "clients": knobs.clients,
             "message_bytes": knobs.size,
             "duration_ms": knobs.duration.as_millis() as u64,
@@ -63,7 +62,7 @@ impl Scenario for Throughput {
         kernel_cost: Option<SyscallMethod>,
     ) -> anyhow::Result<Vec<Row>> {
         let mut row = subject.row(self.name());
-        let mut server = start(subject, "echo", &[])?;
+        let mut server = start(subject, self.service(), &[])?;
         server.echo_for(knobs, knobs.size, &mut row)?;
         if let Some(method) = kernel_cost {
             let window = server.echo_load(knobs, knobs.size, Load::Duration(KERNEL_COST_FOR))?;

@@ -66,13 +66,12 @@ impl Scenario for Unp {
         model.unp_row().is_some()
     }
 
-    fn service(&self) -> Option<ServiceKind> {
-        Some(ServiceKind::Bytes)
+    fn service(&self) -> ServiceKind {
+        ServiceKind::Bytes
     }
 
     fn parameters(&self, knobs: &Knobs) -> serde_json::Value {
         serde_json::json!({
-            "service": "bytes",
             "clients": knobs.unp_clients,
             "rounds_per_client": knobs.unp_rounds,
             "request": "4000\\n",
@@ -83,7 +82,7 @@ impl Scenario for Unp {
 
     fn measure(&self, subject: Subject, knobs: &Knobs, _: Option<SyscallMethod>) -> anyhow::Result<Vec<Row>> {
         let mut row = subject.row(self.name());
-        let mut server = start(subject, "bytes", &[])?;
+        let mut server = start(subject, self.service(), &[])?;
         let options = BenchOptions {
             new_connection: true,
             expect: Expect::Bytes(UNP_REPLY),

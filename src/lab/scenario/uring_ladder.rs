@@ -65,14 +65,17 @@ impl Scenario for UringLadder {
         1
     }
 
-    /// uring's own switches, step by step.
-    fn service(&self) -> Option<ServiceKind> {
-        None
+    fn service(&self) -> ServiceKind {
+        ServiceKind::Echo
+    }
+
+    /// No outside servers: it needs uring's own switches, step by step.
+    fn takes_outside(&self) -> bool {
+        false
     }
 
     fn parameters(&self, knobs: &Knobs) -> serde_json::Value {
         serde_json::json!({
-            "service": "echo",
             "clients": knobs.clients,
             "message_bytes": SIZES,
             "duration_ms": knobs.duration.as_millis() as u64,
@@ -216,7 +219,7 @@ impl UringLadder {
             None => Vec::new(),
         };
         let run = |row: &mut Row| -> anyhow::Result<()> {
-            let mut server = start(Subject::Model(model), "echo", &extra)?;
+            let mut server = start(Subject::Model(model), self.service(), &extra)?;
             server.echo_for(knobs, size, row)?;
             server.process.stop();
             Ok(())

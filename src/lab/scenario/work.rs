@@ -71,14 +71,17 @@ impl Scenario for Work {
         models().any(|m| *m == model)
     }
 
-    /// Needs `--work`, a switch of socklab's own.
-    fn service(&self) -> Option<ServiceKind> {
-        None
+    fn service(&self) -> ServiceKind {
+        ServiceKind::Echo
+    }
+
+    /// No outside servers: it needs `--work`, a switch of socklab's own.
+    fn takes_outside(&self) -> bool {
+        false
     }
 
     fn parameters(&self, knobs: &Knobs) -> serde_json::Value {
         serde_json::json!({
-            "service": "echo",
             "work_us": WORK_PER_REQUEST.as_micros() as u64,
             "clients": knobs.clients,
             "message_bytes": knobs.size,
@@ -114,7 +117,7 @@ impl Scenario for Work {
                 "--model",
                 model.name(),
                 "--service",
-                "echo",
+                self.service().name(),
                 "--work",
                 &work,
                 "--workers",
