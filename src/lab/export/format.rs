@@ -91,14 +91,6 @@ pub fn rps_with_range(row: &Row) -> String {
     s
 }
 
-/// A figure and, over several runs, its min-max: `3.1 µs (3.0-3.3)`.
-pub fn with_range(row: &Row, key: &str, value: f64, unit: &str) -> String {
-    match row.range.get(key) {
-        Some(r) if r.max > r.min => format!("{value:.1}{unit} ({:.1}-{:.1})", r.min, r.max),
-        _ => format!("{value:.1}{unit}"),
-    }
-}
-
 /// `412 398 390`.
 pub fn spread_text(counts: &[u64]) -> String {
     counts.iter().map(|c| thousands(*c)).collect::<Vec<_>>().join(" ")

@@ -96,7 +96,6 @@ fn draw(section: &Section, charts: &mut usize) -> Markup {
                 Block::Chart(chart) => (draw_chart(chart, charts)),
                 Block::Table(t) => (table(t)),
                 Block::Notes(notes) => ul.note { @for n in notes { li { (n) } } },
-                Block::Warning(w) => p.warning { (w) },
             }
         }
     }

@@ -55,7 +55,6 @@ fn draw(section: &Section, prose: bool) -> String {
                 }
                 out.push('\n');
             }
-            Block::Warning(w) => out += &format!("> warning: {w}\n\n"),
             Block::Text(_) | Block::Chart(_) => {}
         }
     }

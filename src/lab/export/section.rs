@@ -26,8 +26,6 @@ pub enum Block {
     Table(Table),
     /// Points made from the rows: verdicts, notes on the method.
     Notes(Vec<String>),
-    /// Something odd about a figure that the reader must not miss.
-    Warning(String),
 }
 
 /// A table: a header and rows of cells, already formatted.
