@@ -152,6 +152,28 @@ fn a_peer_that_never_reads_is_not_read_from_and_slows_nobody() {
 }
 
 #[test]
+fn input_and_a_close_left_waiting_in_the_socket_are_all_answered() {
+    // A peer sends until the server stops reading (its replies pile up
+    // unread), closes its side, and only then reads: the rest of its input
+    // and its close wait in the server's socket, and nothing new will
+    // happen on it. Every byte must come back, then the server's close: an
+    // edge-triggered loop that forgot what it had not read would hang here.
+    for model in MODELS {
+        let server = Server::tcp(&["--model", model, "--service", "echo"]);
+        let mut conn = server.connect();
+        // 1000-byte writes: the last read of the rest is a short one.
+        let sent = conn
+            .flood(&[b'e'; 1000], 64 << 20)
+            .unwrap_or_else(|e| panic!("{model}: {e}"));
+        conn.shutdown_write();
+        conn.set_blocking();
+        let back = conn.recv_to_end();
+        assert_eq!(back.len(), sent, "{model}: bytes back against bytes sent");
+        assert!(back.bytes().all(|b| b == b'e'), "{model}: the echo differs");
+    }
+}
+
+#[test]
 fn an_endless_line_gets_err_and_close() {
     for model in MODELS {
         let server = Server::tcp(&["--model", model, "--service", "calc", "--max-line", "1024"]);

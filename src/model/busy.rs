@@ -40,6 +40,7 @@ impl Scan for Busy {
             readable: interest.read,
             writable: interest.write,
             closed: false,
+            peer_closed: false,
         }));
         Ok(())
     }

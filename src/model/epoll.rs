@@ -31,7 +31,14 @@ pub fn serve(
             ..Hooks::default()
         };
         let source = Source::Listener(listener);
-        event_loop::run_with(Epoll::new()?, source, &service, config, shutdown, hooks)
+        event_loop::run_with(
+            Epoll::edge_triggered()?,
+            source,
+            &service,
+            config,
+            shutdown,
+            hooks,
+        )
     });
     spread.log();
     result
@@ -45,6 +52,9 @@ pub(super) struct Epoll {
     ready: Vec<libc::epoll_event>,
     /// `EPOLLONESHOT` on every descriptor (leader).
     oneshot: bool,
+    /// `EPOLLET` on every descriptor (the loops of epoll, reactors and
+    /// half-async).
+    edge: bool,
 }
 
 impl Epoll {
@@ -59,7 +69,22 @@ impl Epoll {
             epfd: Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }),
             ready: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
             oneshot: false,
+            edge: false,
         })
+    }
+
+    /// An epoll that reports a descriptor when it becomes ready
+    /// (`EPOLLET`), not on every wait while it is: what C servers use. A
+    /// level-triggered epoll puts every socket it reported back on its
+    /// ready list and asks the socket again at the next wait (a second
+    /// `tcp_poll` per event, to learn that a socket we read dry has nothing
+    /// more); edge-triggered, the kernel asks once. The price is the loop's:
+    /// input left unread is never reported again, so the loop remembers it
+    /// (see `event_loop`'s `Connection::unread`).
+    pub(super) fn edge_triggered() -> io::Result<Self> {
+        let mut epoll = Self::new()?;
+        epoll.edge = true;
+        Ok(epoll)
     }
 
     /// An epoll that reports each descriptor once, then disarms it until it
@@ -79,6 +104,7 @@ impl Epoll {
             epfd: self.epfd.clone(),
             ready: self.ready.clone(),
             oneshot: self.oneshot,
+            edge: self.edge,
         }
     }
 
@@ -92,6 +118,9 @@ impl Epoll {
         }
         if self.oneshot {
             events |= libc::EPOLLONESHOT;
+        }
+        if self.edge {
+            events |= libc::EPOLLET | libc::EPOLLRDHUP;
         }
         let mut event = libc::epoll_event {
             events: events as u32,
@@ -122,6 +151,10 @@ impl Poller for Epoll {
         self.oneshot
     }
 
+    fn edge_triggered(&self) -> bool {
+        self.edge
+    }
+
     fn wait(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         let ms = event_loop::timeout_ms(timeout);
         // SAFETY: the buffer and its length are our own `ready` array.
@@ -143,6 +176,7 @@ impl Poller for Epoll {
                 readable: flags & libc::EPOLLIN != 0,
                 writable: flags & libc::EPOLLOUT != 0,
                 closed: flags & (libc::EPOLLHUP | libc::EPOLLERR) != 0,
+                peer_closed: flags & libc::EPOLLRDHUP != 0,
             });
         }
         Ok(())

@@ -56,6 +56,10 @@ pub struct Event {
     pub writable: bool,
     /// Hang-up or error: the peer is gone (reset, or closed both ways).
     pub closed: bool,
+    /// The peer closed its side (`EPOLLRDHUP`): once its data is read, a
+    /// read will see the end. Only an edge-triggered poller, which must
+    /// not miss that end, says so.
+    pub peer_closed: bool,
 }
 
 /// How a readiness model waits. Everything else is the loop's.
@@ -77,6 +81,12 @@ pub trait Poller {
     /// registered again (`EPOLLONESHOT`, for leader's threads that share
     /// one epoll): the loop then re-arms everything it has handled.
     fn oneshot(&self) -> bool {
+        false
+    }
+    /// Whether a descriptor is reported when it becomes ready, not while it
+    /// is (`EPOLLET`): the loop then registers each connection once for
+    /// both directions and remembers input it has not read.
+    fn edge_triggered(&self) -> bool {
         false
     }
 }
@@ -373,6 +383,16 @@ struct Connection {
     /// when it comes back.
     woken: bool,
     shutdown_owed: bool,
+    /// Edge-triggered only: the socket may hold input the loop has not
+    /// read (it was reported while the session wanted none, or a read
+    /// filled the whole buffer). No new edge will say so, so the loop reads
+    /// it as soon as the session wants input ([`Loop::again`]).
+    unread: bool,
+    /// In [`Loop::again`] now.
+    queued: bool,
+    /// The poller said the peer closed its side: a read that took all the
+    /// data has the end still to read.
+    peer_closed: bool,
 }
 
 /// Other connections' wake-ups (chat), from any thread: the connection to
@@ -436,6 +456,11 @@ pub struct Loop<'a> {
     connections: Slab<Connection>,
     /// Deadlines by instant; entries whose connection moved on are skipped.
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Edge-triggered: connections with input unread that want it, to be
+    /// read at the end of this turn (by token and generation). One read
+    /// each per turn, so a peer that sends without pause cannot hold the
+    /// loop; the next wait does not sleep while this is not empty.
+    again: Vec<(usize, u64)>,
     generation: u64,
     /// One read buffer for every connection: an idle connection holds none.
     buf: Vec<u8>,
@@ -482,6 +507,7 @@ impl<'a> Loop<'a> {
             grace: config.grace,
             connections: Slab::new(),
             timers: BinaryHeap::new(),
+            again: Vec::new(),
             generation: 0,
             buf: vec![0; CHUNK_SIZE],
             paused_at: None,
@@ -512,6 +538,9 @@ impl<'a> Loop<'a> {
 
     /// The next instant the loop has something to do without an event.
     pub fn next_deadline(&self) -> Option<Instant> {
+        if !self.again.is_empty() {
+            return Some(Instant::now()); // Input to read: no sleeping.
+        }
         let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
         match (next_timer, self.grace_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -568,6 +597,7 @@ impl<'a> Loop<'a> {
                 token => self.ready(token, *event, poller, now),
             }
         }
+        self.read_again(poller, now);
         self.fire_timers(poller, now.instant);
         if self.paused_at.is_some_and(|n| self.connections.len() < n) {
             // A connection closed since we stopped: try accepting again.
@@ -602,6 +632,7 @@ impl<'a> Loop<'a> {
                 readable: true,
                 writable: false,
                 closed: false,
+                peer_closed: false,
             };
             self.ready(token, readable, poller, now);
             if let Some(conn) = self.connections.get_mut(token) {
@@ -661,7 +692,17 @@ impl<'a> Loop<'a> {
                 let (waker, generation) = (self.waker.clone(), self.generation);
                 session.set_wake(Arc::new(move || waker.push((token, generation))));
             }
-            if let Err(e) = poller.register(fd, token, Interest::READ) {
+            // Edge-triggered, a connection is registered once for both
+            // directions: an edge the session does not care about costs a
+            // look, where changing the registration costs a system call.
+            let interest = match poller.edge_triggered() {
+                true => Interest {
+                    read: true,
+                    write: true,
+                },
+                false => Interest::READ,
+            };
+            if let Err(e) = poller.register(fd, token, interest) {
                 tracing::warn!("cannot watch a new connection: {e}");
                 continue;
             }
@@ -671,12 +712,15 @@ impl<'a> Loop<'a> {
             entry.insert(Connection {
                 stream,
                 session: Some(session),
-                interest: Interest::READ,
+                interest,
                 timer: None,
                 generation: self.generation,
                 _slot: slot,
                 woken: false,
                 shutdown_owed: false,
+                unread: false,
+                queued: false,
+                peer_closed: false,
             });
             // The session may owe something already (a greeting, a timer).
             self.settle(token, poller, now.instant);
@@ -699,7 +743,13 @@ impl<'a> Loop<'a> {
         let Some(conn) = self.connections.get_mut(token) else {
             return; // Closed earlier in this same batch of events.
         };
+        let edge = poller.edge_triggered();
+        conn.unread |= edge && (event.readable || event.closed);
+        conn.peer_closed |= event.peer_closed;
         let Some(session) = conn.session.as_mut() else {
+            if edge {
+                return; // Read once the session is back (`unread`).
+            }
             // Lent, and the socket has more to say: stop watching it until
             // the session is back (level-triggered, it would be reported
             // again on every wait meanwhile). Done only now, not on every
@@ -712,10 +762,20 @@ impl<'a> Loop<'a> {
             }
             return;
         };
-        if (event.readable || event.closed) && session.wants_read() {
+        if (event.readable || event.closed || conn.unread) && session.wants_read() {
             // Lending, the input goes with the session to another thread.
             let lending = !matches!(self.hooks.lend, Lend::No);
-            match conn.stream.read(&mut self.buf) {
+            let read = conn.stream.read(&mut self.buf);
+            // A read that did not fill the buffer took everything there
+            // was (more input will be a new edge), but for the peer's close
+            // if it came with the data.
+            conn.unread = edge
+                && match read {
+                    Ok(0) => false,
+                    Ok(n) => n == self.buf.len() || conn.peer_closed,
+                    Err(ref e) => interrupted(e),
+                };
+            match read {
                 Ok(0) if lending => return self.lend(token, Input::Eof, poller),
                 Ok(0) => session.handle_eof(now),
                 Ok(n) if lending => return self.lend(token, Input::Data(self.buf[..n].to_vec()), poller),
@@ -803,6 +863,36 @@ impl<'a> Loop<'a> {
         }
     }
 
+    /// Reads, once each, the connections that have input left unread and
+    /// want it (edge-triggered only). One that still has more after this
+    /// read is queued again for the next turn, after everyone else's.
+    fn read_again(&mut self, poller: &mut impl Poller, now: Now) {
+        if self.again.is_empty() {
+            return;
+        }
+        let again = std::mem::take(&mut self.again);
+        for &(token, generation) in &again {
+            let Some(conn) = self.connections.get_mut(token) else {
+                continue;
+            };
+            if conn.generation == generation {
+                conn.queued = false;
+                let nothing_new = Event {
+                    token,
+                    readable: false,
+                    writable: false,
+                    closed: false,
+                    peer_closed: false,
+                };
+                self.ready(token, nothing_new, poller, now);
+            }
+        }
+        if self.again.is_empty() {
+            self.again = again; // Keep the allocation.
+            self.again.clear();
+        }
+    }
+
     /// Runs every timer that is due. The clock is read afresh (handling
     /// the events took time), but only when a timer was due by the time
     /// this turn began: a loop whose next deadline is later reads it once
@@ -862,7 +952,13 @@ impl<'a> Loop<'a> {
             read: session.wants_read(),
             write: !session.pending_output().is_empty(),
         };
-        if wanted != conn.interest || poller.oneshot() {
+        let edge = poller.edge_triggered();
+        if edge && conn.unread && wanted.read && !conn.queued {
+            conn.queued = true;
+            self.again.push((token, conn.generation));
+        }
+        // Edge-triggered, the registration never changes (see `accept`).
+        if !edge && (wanted != conn.interest || poller.oneshot()) {
             if let Err(e) = poller.reregister(conn.stream.as_raw_fd(), token, wanted) {
                 return self.close(token, poller, Some(e));
             }

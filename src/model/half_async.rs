@@ -32,7 +32,7 @@ pub fn serve(
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let pool = Pool::new()?;
-    let epoll = Epoll::new()?;
+    let epoll = Epoll::edge_triggered()?;
     std::thread::scope(|scope| {
         for i in 0..config.workers.max(1) {
             let pool = &pool;

@@ -42,10 +42,12 @@ pub fn serve(
             let worker = std::thread::Builder::new()
                 .name(format!("reactor-{i}"))
                 .spawn_scoped(scope, move || {
-                    let result = Epoll::new().map_err(anyhow::Error::from).and_then(|epoll| {
-                        let source = Source::Handoff(handoff);
-                        event_loop::run_with(epoll, source, service, config, shutdown, Hooks::default())
-                    });
+                    let result = Epoll::edge_triggered()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|epoll| {
+                            let source = Source::Handoff(handoff);
+                            event_loop::run_with(epoll, source, service, config, shutdown, Hooks::default())
+                        });
                     if result.is_err() {
                         shutdown.trigger(); // The acceptor stops too.
                     }

@@ -76,6 +76,7 @@ impl Scan for Select {
                     readable,
                     writable,
                     closed: false,
+                    peer_closed: false,
                 });
             }
         }

@@ -315,7 +315,15 @@ impl Conn {
         }
     }
 
-    /// A second handle on the same socket.
+    /// Back to blocking reads and writes (after [`Conn::flood`]).
+    pub fn set_blocking(&self) {
+        match self {
+            Conn::Tcp(s) => s.set_nonblocking(false).expect("blocking"),
+            Conn::Unix(s) => s.set_nonblocking(false).expect("blocking"),
+        }
+    }
+
+        /// A second handle on the same socket.
     pub fn try_clone(&self) -> Conn {
         match self {
             Conn::Tcp(s) => Conn::Tcp(s.try_clone().expect("clone tcp")),
