@@ -186,6 +186,9 @@ pub fn serve(
 /// budget (a send, a timer or a wake freed part of it), in order; then the
 /// peer's close, if it came after that input.
 fn hand_over_held(conn: &mut Conn, now: Now) {
+    if conn.held.is_empty() && !conn.eof_held {
+        return; // The usual case, after every send.
+    }
     while !conn.session.over_budget() {
         let Some(data) = conn.held.pop_front() else { break };
         conn.session.handle_read(&data, now);
