@@ -159,22 +159,42 @@ pub fn run(options: LabOptions) -> anyhow::Result<()> {
     report.meta.context_switches = method.describe_context_switches().into();
     pin::load_generator();
     let servers = options.subjects();
-    let total = servers.len() * options.scenarios.len();
-    let progress = Progress::new(total);
-    for server in &servers {
+    // Every (server, scenario) pair with rows, in the report's order.
+    let pairs: Vec<(Subject, &'static dyn Scenario)> = servers
+        .iter()
+        .flat_map(|server| options.scenarios.iter().map(move |&scenario| (*server, scenario)))
+        .filter(|(server, scenario)| runs_on(*scenario, server))
+        .collect();
+    let runs_of = |scenario: &dyn Scenario| options.knobs.runs_for(scenario);
+    let progress = Progress::new(pairs.iter().map(|(_, s)| runs_of(*s)).sum());
+    // Servers take turns: round r is every pair's r-th run, a scenario's
+    // servers one after the other. Run back to back, a server's runs would
+    // share one stretch of the machine's weather and its neighbour's
+    // another; in turns, whatever the machine does meanwhile falls on all
+    // of them alike, and a ratio of two servers compares like with like.
+    let rounds = pairs.iter().map(|(_, s)| runs_of(*s)).max().unwrap_or(0);
+    let mut runs: Vec<Vec<Vec<Row>>> = vec![Vec::new(); pairs.len()];
+    for round in 0..rounds {
         for &scenario in &options.scenarios {
-            if !runs_on(scenario, server) {
-                progress.skip();
-                continue;
-            }
-            progress.start(server.name(), scenario);
-            for row in measure_runs(*server, scenario, &options.knobs, method) {
-                progress.finish(&row);
-                report.rows.push(row);
+            for (k, (server, _)) in pairs.iter().enumerate().filter(|(_, (_, s))| s.name() == scenario.name()) {
+                if round >= runs_of(scenario) {
+                    continue;
+                }
+                progress.start(server.name(), scenario, round, runs_of(scenario));
+                // Kernel cost is counted in the first run only: it varies
+                // little, and counting it takes a window of its own.
+                runs[k].push(measure_once(*server, scenario, &options.knobs, (round == 0).then_some(method)));
+                if round + 1 == runs_of(scenario) {
+                    for row in aggregate(runs[k].clone()) {
+                        progress.note(&export::summary_line(&row));
+                    }
+                }
+                progress.step();
             }
         }
+        report.rows = runs.iter().flat_map(|each| aggregate(each.clone())).collect();
         relate(&options.scenarios, &mut report.rows);
-        // After every server: a late failure loses nothing.
+        // After every round: a late failure loses nothing.
         report.meta.engine = engines(&report.rows);
         export::write_all(&report, &options)?;
     }
@@ -205,22 +225,28 @@ fn runs_on(scenario: &dyn Scenario, server: &Subject) -> bool {
     }
 }
 
-/// Every run of `scenario` on `server`, as one set of rows (medians and
-/// ranges). Kernel cost is counted in the first run only: it varies
-/// little, and counting it takes a window of its own.
+/// Every run of `scenario` on `server`, one after the other, as one set of
+/// rows (medians and ranges): a rerun of one server's scenario.
 fn measure_runs(server: Subject, scenario: &dyn Scenario, knobs: &Knobs, method: SyscallMethod) -> Vec<Row> {
     let each: Vec<Vec<Row>> = (0..knobs.runs_for(scenario))
-        .map(|run| {
-            let kernel_cost = (run == 0).then_some(method);
-            scenario.measure(server, knobs, kernel_cost).unwrap_or_else(|e| {
-                vec![Row {
-                    error: Some(format!("{e:#}")),
-                    ..server.row(scenario.name())
-                }]
-            })
-        })
+        .map(|run| measure_once(server, scenario, knobs, (run == 0).then_some(method)))
         .collect();
     aggregate(each)
+}
+
+/// One run of `scenario` on `server`; a failure is a row that says why.
+fn measure_once(
+    server: Subject,
+    scenario: &dyn Scenario,
+    knobs: &Knobs,
+    kernel_cost: Option<SyscallMethod>,
+) -> Vec<Row> {
+    scenario.measure(server, knobs, kernel_cost).unwrap_or_else(|e| {
+        vec![Row {
+            error: Some(format!("{e:#}")),
+            ..server.row(scenario.name())
+        }]
+    })
 }
 
 /// Figures relative to other rows (unp's over iterative), once they are in.
@@ -471,28 +497,21 @@ impl Progress {
         Progress { bar }
     }
 
-    fn start(&self, server: &str, scenario: &dyn Scenario) {
+    fn start(&self, server: &str, scenario: &dyn Scenario, run: usize, runs: usize) {
         if let Some(bar) = &self.bar {
-            bar.set_message(format!("{server}: {}", scenario.name()));
+            let of = if runs > 1 {
+                format!(" (run {} of {runs})", run + 1)
+            } else {
+                String::new()
+            };
+            bar.set_message(format!("{server}: {}{of}", scenario.name()));
         }
     }
 
-    fn skip(&self) {
+    /// One run done.
+    fn step(&self) {
         if let Some(bar) = &self.bar {
             bar.inc(1);
-        }
-    }
-
-    fn finish(&self, row: &Row) {
-        let line = export::summary_line(row);
-        match &self.bar {
-            Some(bar) => {
-                bar.println(line);
-                bar.inc(1);
-            }
-            None => {
-                let _ = writeln!(std::io::stderr(), "{line}");
-            }
         }
     }
 
