@@ -176,14 +176,23 @@ pub fn run(options: LabOptions) -> anyhow::Result<()> {
     let mut runs: Vec<Vec<Vec<Row>>> = vec![Vec::new(); pairs.len()];
     for round in 0..rounds {
         for &scenario in &options.scenarios {
-            for (k, (server, _)) in pairs.iter().enumerate().filter(|(_, (_, s))| s.name() == scenario.name()) {
+            for (k, (server, _)) in pairs
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, s))| s.name() == scenario.name())
+            {
                 if round >= runs_of(scenario) {
                     continue;
                 }
                 progress.start(server.name(), scenario, round, runs_of(scenario));
                 // Kernel cost is counted in the first run only: it varies
                 // little, and counting it takes a window of its own.
-                runs[k].push(measure_once(*server, scenario, &options.knobs, (round == 0).then_some(method)));
+                runs[k].push(measure_once(
+                    *server,
+                    scenario,
+                    &options.knobs,
+                    (round == 0).then_some(method),
+                ));
                 if round + 1 == runs_of(scenario) {
                     for row in aggregate(runs[k].clone()) {
                         progress.note(&export::summary_line(&row));

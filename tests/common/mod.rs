@@ -323,7 +323,7 @@ impl Conn {
         }
     }
 
-        /// A second handle on the same socket.
+    /// A second handle on the same socket.
     pub fn try_clone(&self) -> Conn {
         match self {
             Conn::Tcp(s) => Conn::Tcp(s.try_clone().expect("clone tcp")),
