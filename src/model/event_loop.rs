@@ -12,7 +12,9 @@
 //! The shape is mio's `tcp_server` example: a listener token, a table of
 //! connections by token, accept until `WouldBlock`, a handler that reports
 //! when a connection is done. Each connection is a sans-IO [`Session`]; what
-//! the loop waits for is derived from it (`wants_read`, pending output), and
+//! the loop waits for is derived from it (`wants_read`, pending output; an
+//! edge-triggered poller, epoll's, is told once and the loop keeps track of
+//! the input it has left unread instead), and
 //! its deadlines (`--delay`, `--idle-timeout`) go into one timer queue, so a
 //! delayed reply never stops the loop serving everyone else.
 
