@@ -159,47 +159,44 @@ pub fn run(options: LabOptions) -> anyhow::Result<()> {
     report.meta.context_switches = method.describe_context_switches().into();
     pin::load_generator();
     let servers = options.subjects();
-    // Every (server, scenario) pair with rows, in the report's order.
-    let pairs: Vec<(Subject, &'static dyn Scenario)> = servers
+    // Every (server, scenario) pair with rows, in the report's order, with
+    // its scenario's place in the list.
+    let pairs: Vec<(Subject, usize, &'static dyn Scenario)> = servers
         .iter()
-        .flat_map(|server| options.scenarios.iter().map(move |&scenario| (*server, scenario)))
-        .filter(|(server, scenario)| runs_on(*scenario, server))
+        .flat_map(|server| {
+            let scenarios = options.scenarios.iter().enumerate();
+            scenarios.map(move |(place, &scenario)| (*server, place, scenario))
+        })
+        .filter(|(server, _, scenario)| runs_on(*scenario, server))
         .collect();
     let runs_of = |scenario: &dyn Scenario| options.knobs.runs_for(scenario);
-    let progress = Progress::new(pairs.iter().map(|(_, s)| runs_of(*s)).sum());
+    let progress = Progress::new(pairs.iter().map(|(_, _, s)| runs_of(*s)).sum());
     // Servers take turns: round r is every pair's r-th run, a scenario's
     // servers one after the other. Run back to back, a server's runs would
     // share one stretch of the machine's weather and its neighbour's
     // another; in turns, whatever the machine does meanwhile falls on all
     // of them alike, and a ratio of two servers compares like with like.
-    let rounds = pairs.iter().map(|(_, s)| runs_of(*s)).max().unwrap_or(0);
+    let mut turns: Vec<usize> = (0..pairs.len()).collect();
+    turns.sort_by_key(|&k| pairs[k].1); // Stable: servers keep their order.
+    let rounds = pairs.iter().map(|(_, _, s)| runs_of(*s)).max().unwrap_or(0);
     let mut runs: Vec<Vec<Vec<Row>>> = vec![Vec::new(); pairs.len()];
     for round in 0..rounds {
-        for &scenario in &options.scenarios {
-            for (k, (server, _)) in pairs
-                .iter()
-                .enumerate()
-                .filter(|(_, (_, s))| s.name() == scenario.name())
-            {
-                if round >= runs_of(scenario) {
-                    continue;
-                }
-                progress.start(server.name(), scenario, round, runs_of(scenario));
-                // Kernel cost is counted in the first run only: it varies
-                // little, and counting it takes a window of its own.
-                runs[k].push(measure_once(
-                    *server,
-                    scenario,
-                    &options.knobs,
-                    (round == 0).then_some(method),
-                ));
-                if round + 1 == runs_of(scenario) {
-                    for row in aggregate(runs[k].clone()) {
-                        progress.note(&export::summary_line(&row));
-                    }
-                }
-                progress.step();
+        for &k in &turns {
+            let (server, _, scenario) = pairs[k];
+            if round >= runs_of(scenario) {
+                continue;
             }
+            progress.start(server.name(), scenario, round, runs_of(scenario));
+            // Kernel cost is counted in the first run only: it varies
+            // little, and counting it takes a window of its own.
+            let kernel_cost = (round == 0).then_some(method);
+            runs[k].push(measure_once(server, scenario, &options.knobs, kernel_cost));
+            if round + 1 == runs_of(scenario) {
+                for row in aggregate(runs[k].clone()) {
+                    progress.note(&export::summary_line(&row));
+                }
+            }
+            progress.step();
         }
         report.rows = runs.iter().flat_map(|each| aggregate(each.clone())).collect();
         relate(&options.scenarios, &mut report.rows);

@@ -39,8 +39,7 @@ impl Scan for Busy {
             token,
             readable: interest.read,
             writable: interest.write,
-            closed: false,
-            peer_closed: false,
+            ..Event::default()
         }));
         Ok(())
     }

@@ -50,11 +50,20 @@ pub(super) struct Epoll {
     epfd: Arc<OwnedFd>,
     /// Where `epoll_wait` writes what is ready; sized for a busy batch.
     ready: Vec<libc::epoll_event>,
-    /// `EPOLLONESHOT` on every descriptor (leader).
-    oneshot: bool,
-    /// `EPOLLET` on every descriptor (the loops of epoll, reactors and
+    /// How every descriptor is reported.
+    trigger: Trigger,
+}
+
+/// When epoll reports a descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// On every wait while it is ready (the UDP driver).
+    Level,
+    /// When it becomes ready, `EPOLLET` (the loops of epoll, reactors and
     /// half-async).
-    edge: bool,
+    Edge,
+    /// Once, then disarmed until registered again, `EPOLLONESHOT` (leader).
+    OneShot,
 }
 
 impl Epoll {
@@ -68,8 +77,7 @@ impl Epoll {
             // SAFETY: `fd` is a fresh descriptor that nothing else owns.
             epfd: Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }),
             ready: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
-            oneshot: false,
-            edge: false,
+            trigger: Trigger::Level,
         })
     }
 
@@ -83,7 +91,7 @@ impl Epoll {
     /// (see `event_loop`'s `Connection::unread`).
     pub(super) fn edge_triggered() -> io::Result<Self> {
         let mut epoll = Self::new()?;
-        epoll.edge = true;
+        epoll.trigger = Trigger::Edge;
         Ok(epoll)
     }
 
@@ -92,7 +100,7 @@ impl Epoll {
     /// several threads share it without two serving one socket (leader).
     pub(super) fn new_oneshot(batch: usize) -> io::Result<Self> {
         let mut epoll = Self::new()?;
-        epoll.oneshot = true;
+        epoll.trigger = Trigger::OneShot;
         epoll.ready.truncate(batch.max(1));
         Ok(epoll)
     }
@@ -103,8 +111,7 @@ impl Epoll {
         Epoll {
             epfd: self.epfd.clone(),
             ready: self.ready.clone(),
-            oneshot: self.oneshot,
-            edge: self.edge,
+            trigger: self.trigger,
         }
     }
 
@@ -116,12 +123,11 @@ impl Epoll {
         if interest.write {
             events |= libc::EPOLLOUT;
         }
-        if self.oneshot {
-            events |= libc::EPOLLONESHOT;
-        }
-        if self.edge {
-            events |= libc::EPOLLET | libc::EPOLLRDHUP;
-        }
+        events |= match self.trigger {
+            Trigger::Level => 0,
+            Trigger::Edge => libc::EPOLLET | libc::EPOLLRDHUP,
+            Trigger::OneShot => libc::EPOLLONESHOT,
+        };
         let mut event = libc::epoll_event {
             events: events as u32,
             u64: token as u64,
@@ -148,11 +154,11 @@ impl Poller for Epoll {
     }
 
     fn oneshot(&self) -> bool {
-        self.oneshot
+        self.trigger == Trigger::OneShot
     }
 
     fn edge_triggered(&self) -> bool {
-        self.edge
+        self.trigger == Trigger::Edge
     }
 
     fn wait(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {

@@ -51,7 +51,7 @@ impl Interest {
 }
 
 /// One ready descriptor, as the poller reports it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Event {
     pub token: usize,
     pub readable: bool,
@@ -632,9 +632,7 @@ impl<'a> Loop<'a> {
             let readable = Event {
                 token,
                 readable: true,
-                writable: false,
-                closed: false,
-                peer_closed: false,
+                ..Event::default()
             };
             self.ready(token, readable, poller, now);
             if let Some(conn) = self.connections.get_mut(token) {
@@ -881,10 +879,7 @@ impl<'a> Loop<'a> {
                 conn.queued = false;
                 let nothing_new = Event {
                     token,
-                    readable: false,
-                    writable: false,
-                    closed: false,
-                    peer_closed: false,
+                    ..Event::default()
                 };
                 self.ready(token, nothing_new, poller, now);
             }

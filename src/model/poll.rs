@@ -87,7 +87,7 @@ impl Poller for Poll {
                     readable: r & libc::POLLIN != 0,
                     writable: r & libc::POLLOUT != 0,
                     closed: r & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,
-                    peer_closed: false,
+                    ..Event::default()
                 });
             }
         }

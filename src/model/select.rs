@@ -75,8 +75,7 @@ impl Scan for Select {
                     token,
                     readable,
                     writable,
-                    closed: false,
-                    peer_closed: false,
+                    ..Event::default()
                 });
             }
         }

@@ -35,6 +35,12 @@ impl Figure {
         self.runs >= 2 && other.runs >= 2 && (self.max < other.min || other.max < self.min)
     }
 
+    /// How this figure stands against `other` where their runs tell them
+    /// apart ([`Figure::apart`]); `None` where this run cannot tell.
+    pub fn against(&self, other: &Figure) -> Option<std::cmp::Ordering> {
+        self.apart(other).then(|| self.value.total_cmp(&other.value))
+    }
+
     /// Max minus min over the median: how far the runs disagreed.
     pub fn relative_spread(&self) -> f64 {
         if self.value == 0.0 {
@@ -86,6 +92,9 @@ mod tests {
         assert!(a.apart(&b));
         assert!(!a.apart(&c), "overlapping ranges");
         assert!(!a.apart(&once), "one run has no spread to judge by");
+        assert_eq!(a.against(&b), Some(std::cmp::Ordering::Less));
+        assert_eq!(b.against(&a), Some(std::cmp::Ordering::Greater));
+        assert_eq!(a.against(&c), None, "this run cannot tell");
         assert_eq!(a.show(" µs"), "3.0 µs (2.9-3.1)");
     }
 }

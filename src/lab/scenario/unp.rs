@@ -4,6 +4,8 @@
 //! over the iterative server's, as the book gives it), connections per
 //! second, and how the workers shared the accepts.
 
+use std::cmp::Ordering;
+
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
@@ -410,12 +412,10 @@ fn verdicts(rows: &[&Row]) -> Vec<String> {
         ));
     }
     if let (Some((_, fork)), Some((_, thread))) = (at(1), at(6)) {
-        let verdict = if !fork.apart(&thread) {
-            cannot_tell
-        } else if thread.value < fork.value {
-            "threads are cheaper to create than processes, as the book found"
-        } else {
-            "a thread cost more than a process: today's Linux disagrees with the book"
+        let verdict = match thread.against(&fork) {
+            None => cannot_tell,
+            Some(Ordering::Less) => "threads are cheaper to create than processes, as the book found",
+            Some(_) => "a thread cost more than a process: today's Linux disagrees with the book",
         };
         said.push(format!(
             "A thread per client {} against a process per client {}: {verdict}.",
@@ -424,13 +424,13 @@ fn verdicts(rows: &[&Row]) -> Vec<String> {
         ));
     }
     if let (Some((_, prefork)), Some((_, pool))) = (at(2), at(7)) {
-        let verdict = if !prefork.apart(&pool) {
-            "the same within the spread of their runs: made in advance, a process costs what a thread \
-             does, where the book found threads cheaper"
-        } else if pool.value < prefork.value {
-            "threads cheaper, as the book found"
-        } else {
-            "processes cheaper: today's Linux disagrees with the book"
+        let verdict = match pool.against(&prefork) {
+            None => {
+                "the same within the spread of their runs: made in advance, a process costs what a \
+                 thread does, where the book found threads cheaper"
+            }
+            Some(Ordering::Less) => "threads cheaper, as the book found",
+            Some(_) => "processes cheaper: today's Linux disagrees with the book",
         };
         said.push(format!(
             "Pre-made workers: processes (prefork) {}, threads (pool) {}: {verdict}.",
@@ -439,10 +439,9 @@ fn verdicts(rows: &[&Row]) -> Vec<String> {
         ));
     }
     if let (Some((_, prefork)), Some((_, pass))) = (at(2), at(5)) {
-        let verdict = if pass.apart(&prefork) && pass.value > prefork.value {
-            "dearer, as the book found"
-        } else {
-            "not dearer beyond the spread of the runs: today's Linux disagrees with the book"
+        let verdict = match pass.against(&prefork) {
+            Some(Ordering::Greater) => "dearer, as the book found",
+            _ => "not dearer beyond the spread of the runs: today's Linux disagrees with the book",
         };
         said.push(format!(
             "Passing each descriptor to a child {} against children accepting {}: {verdict}.",
