@@ -45,9 +45,10 @@ use room::{Inbox, Room, Wake};
 /// time for services that report it (`time`). Drivers make one per wake-up.
 ///
 /// A driver's `Now` reads only the monotonic clock; the wall clock, which
-/// one service needs, is read when that service asks for it
-/// ([`wall`](Now::wall)), so a wake-up costs one clock read, not two.
-/// Tests fix both ([`Now::at`]).
+/// one service needs, is read for the calls of a protocol that says it
+/// reads it ([`Protocol::reads_wall_clock`]), once per call, before the
+/// call: a wake-up costs one clock read, not two, and a service never reads
+/// a clock itself. Tests fix both ([`Now::at`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Now {
     pub instant: Instant,
@@ -73,7 +74,20 @@ impl Now {
         }
     }
 
-    /// The wall clock at this instant.
+    /// This `Now` with its wall clock read, when `needed` and not yet done:
+    /// what the session hands a protocol that reads the wall clock.
+    pub fn with_wall_if(self, needed: bool) -> Self {
+        match (needed, self.wall) {
+            (true, None) => Now {
+                wall: Some(SystemTime::now()),
+                ..self
+            },
+            _ => self,
+        }
+    }
+
+    /// The wall clock at this instant (read now if nobody read it for this
+    /// call: a protocol that did not say it reads it).
     pub fn wall(&self) -> SystemTime {
         self.wall.unwrap_or_else(SystemTime::now)
     }
@@ -280,6 +294,7 @@ impl Service {
         let mut protocol = self.protocol();
         let mut replies = Replies::new(self.config.framing);
         work::spend(self.config.work);
+        let now = now.with_wall_if(protocol.reads_wall_clock());
         protocol.message(msg, now, &mut replies);
         if protocol.has_more() {
             // A reply made in pieces (bytes) is larger than any datagram.
@@ -351,6 +366,13 @@ pub trait Protocol: Send {
     /// [`more`](Protocol::more). A close asked meanwhile (EOF, shutdown)
     /// waits for it.
     fn has_more(&self) -> bool {
+        false
+    }
+
+    /// Whether the protocol reads the wall clock (`time`): its calls then
+    /// get a [`Now`] whose wall clock was read for them. Asked once per
+    /// connection, so the other protocols' requests cost no clock read.
+    fn reads_wall_clock(&self) -> bool {
         false
     }
 }
@@ -474,6 +496,8 @@ pub struct Session {
     /// request's path checks it, and a virtual call each time is a cost
     /// the other services would pay for nothing.
     has_inbox: bool,
+    /// Whether the protocol reads the wall clock, asked once likewise.
+    wall_clock: bool,
     decoder: Decoder,
     framing: Framing,
     delay: Duration,
@@ -518,12 +542,14 @@ impl fmt::Debug for Session {
 
 impl Session {
     pub fn new(config: &ServiceConfig, mut protocol: Box<dyn Protocol>, now: Now) -> Self {
+        let wall_clock = protocol.reads_wall_clock();
         let mut greeting = Replies::new(config.framing);
-        protocol.open(now, &mut greeting);
+        protocol.open(now.with_wall_if(wall_clock), &mut greeting);
         let has_inbox = protocol.inbox().is_some();
         let mut session = Session {
             protocol,
             has_inbox,
+            wall_clock,
             decoder: Decoder::new(config.framing, config.max_line),
             framing: config.framing,
             delay: config.delay,
@@ -551,6 +577,7 @@ impl Session {
         if self.closing || self.peer_finished {
             return; // Late input after we decided to close is discarded.
         }
+        let now = now.with_wall_if(self.wall_clock);
         let mut replies = self.replies();
         let protocol = &mut self.protocol;
         let mut too_long = false;
@@ -587,6 +614,7 @@ impl Session {
         }
         self.peer_finished = true;
         self.idle_deadline = None;
+        let now = now.with_wall_if(self.wall_clock);
         let mut replies = self.replies();
         if let Some(last_line) = self.decoder.finish() {
             if !self.closing {
@@ -992,6 +1020,17 @@ pub(crate) mod tests {
             self.drain();
             String::from_utf8_lossy(&std::mem::take(&mut self.written)).into_owned()
         }
+    }
+
+    #[test]
+    fn the_wall_clock_is_read_for_the_protocols_that_say_they_read_it() {
+        let now = Now::system();
+        assert!(now.with_wall_if(false).wall.is_none(), "no clock read for echo");
+        let read = now.with_wall_if(true);
+        assert!(read.wall.is_some());
+        assert_eq!(read.with_wall_if(true).wall, read.wall, "read once per call");
+        assert!(time::Time.reads_wall_clock());
+        assert!(!echo::Echo.reads_wall_clock());
     }
 
     #[test]

@@ -13,6 +13,10 @@ impl Protocol for Time {
         out.send_fmt(format_args!("{}", format_local(now.wall())));
         out.close();
     }
+
+    fn reads_wall_clock(&self) -> bool {
+        true
+    }
 }
 
 /// Python's `str(datetime.now())`: local time, microseconds always shown.
