@@ -80,6 +80,10 @@ pub fn send_lag(intended: Instant, free: Instant, sent: Instant) -> (u64, bool) 
 /// tokio task: a timerfd in the runtime's epoll set.
 pub struct HiResTimer {
     fd: AsyncFd<Descriptor>,
+    /// One instant as both an `Instant` and CLOCK_MONOTONIC's value, read
+    /// once: `Instant` reads that clock but does not say its value, and
+    /// with this pair every deadline converts without another clock read.
+    origin: (Instant, TimeSpec),
 }
 
 /// nix's `TimerFd` is `AsFd`; tokio's `AsyncFd` wants `AsRawFd`.
@@ -102,20 +106,23 @@ impl HiResTimer {
         // here on, so its descriptor stays open and the same until dropped.
         let fd = unsafe { AsyncFd::register_with_interest(Descriptor(timer), Interest::READABLE) }
             .map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(HiResTimer { fd })
+        let origin = (
+            Instant::now(),
+            nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?,
+        );
+        Ok(HiResTimer { fd, origin })
     }
 
     /// Sleeps until `at` (at once if it has passed).
     pub async fn sleep_until(&mut self, at: Instant) -> io::Result<()> {
-        // `Instant` reads CLOCK_MONOTONIC but does not say its value: read
-        // both clocks now and arm at the same distance ahead, absolutely,
-        // so the syscall's own time does not push the deadline back.
-        let now = Instant::now();
-        if at <= now {
+        if at <= Instant::now() {
             return Ok(());
         }
-        let monotonic = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
-        let deadline = monotonic + TimeSpec::from_duration(at - now);
+        // Armed absolutely, so the syscall's own time does not push the
+        // deadline back. (`at` is after the origin: timers are made before
+        // the schedule starts.)
+        let (origin, monotonic) = self.origin;
+        let deadline = monotonic + TimeSpec::from_duration(at.saturating_duration_since(origin));
         self.fd.get_ref().0.set(
             Expiration::OneShot(deadline),
             TimerSetTimeFlags::TFD_TIMER_ABSTIME,
