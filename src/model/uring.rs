@@ -320,13 +320,13 @@ impl Pool {
         Some(entry)
     }
 
-    /// The receive to arm: multishot (and bundled) from the buffer ring,
-    /// or one receive from the legacy pool.
-    fn recv_entry(&self, fd: types::Fd, features: UringFeatures) -> squeue::Entry {
-        match (&self.ring, features.bundle) {
-            (Some(_), true) => opcode::RecvMultiBundle::new(fd, BUFFER_GROUP).build(),
-            (Some(_), false) => opcode::RecvMulti::new(fd, BUFFER_GROUP).build(),
-            (None, _) => opcode::Recv::new(fd, std::ptr::null_mut(), CHUNK_SIZE as u32)
+    /// The receive to arm: one that stays armed (and bundled), or a single
+    /// receive; either takes its buffer from the pool's group, ring or not.
+    fn recv_entry(fd: types::Fd, receive: Receive) -> squeue::Entry {
+        match receive {
+            Receive::Multishot { bundle: true } => opcode::RecvMultiBundle::new(fd, BUFFER_GROUP).build(),
+            Receive::Multishot { bundle: false } => opcode::RecvMulti::new(fd, BUFFER_GROUP).build(),
+            Receive::OneShot => opcode::Recv::new(fd, std::ptr::null_mut(), CHUNK_SIZE as u32)
                 .buf_group(BUFFER_GROUP)
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT),
@@ -471,9 +471,37 @@ fn send_entry(fd: types::Fd, buf: &[u8], zero_copy: bool) -> squeue::Entry {
     }
 }
 
+/// How a connection's receives are armed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Receive {
+    /// One receive at a time, armed once the reply is out.
+    OneShot,
+    /// recv-multishot: one receive that stays armed, a completion per
+    /// buffer filled (bundled: per run of buffers).
+    Multishot { bundle: bool },
+}
+
+impl Receive {
+    /// recv-multishot on TCP only. On a Unix socket the kernel can leave a
+    /// multishot receive armed and silent after the peer's close (seen on
+    /// Linux 6.18: a 1 MiB echo whose receive had been cancelled and re-armed
+    /// got all its data and never the 0 that says the peer is done, so the
+    /// connection stayed open; liburing issue 1549 reports the same race).
+    /// A single receive sees the close every time, so Unix sockets get that.
+    fn for_listener(features: UringFeatures, listener: &Listener) -> Receive {
+        match listener {
+            Listener::Tcp(_) if features.recv_multishot => Receive::Multishot {
+                bundle: features.bundle,
+            },
+            _ => Receive::OneShot,
+        }
+    }
+}
+
 struct Ring {
     ring: IoUring,
     features: UringFeatures,
+    receive: Receive,
     listener: Listener,
     shutdown: Shutdown,
     grace: Duration,
@@ -516,9 +544,11 @@ impl Ring {
         let pool = Pool::new(&ring, features, BUFFERS)?;
         let files = FileTable::new(&ring, features, table_slots())?;
         let zero_copy = features.send_zc && matches!(listener, Listener::Tcp(_));
+        let receive = Receive::for_listener(features, &listener);
         Ok(Ring {
             ring,
             features,
+            receive,
             listener,
             shutdown: shutdown.clone(),
             grace: config.grace,
@@ -910,8 +940,8 @@ impl Ring {
     /// receive if it wants input, and keep its deadline in the timer queue.
     fn settle(&mut self, token: usize) -> anyhow::Result<()> {
         // Disjoint fields: the connection is borrowed while the ring is fed.
-        let (ring, timers, pool, features) = (&mut self.ring, &mut self.timers, &self.pool, self.features);
-        let zero_copy = self.zero_copy;
+        let (ring, timers) = (&mut self.ring, &mut self.timers);
+        let (zero_copy, receive) = (self.zero_copy, self.receive);
         let Some(conn) = self.conns.get_mut(token) else {
             return Ok(());
         };
@@ -951,10 +981,9 @@ impl Ring {
         // request/reply peer only speaks again after it has its answer: one
         // operation in flight per connection, not two. A multishot receive
         // stays armed across sends, until the session wants no more input.
-        let multishot = features.recv_multishot;
+        let multishot = matches!(receive, Receive::Multishot { .. });
         if wants_read && !conn.receiving && (multishot || !conn.sending) {
-            let recv = pool
-                .recv_entry(fd, features)
+            let recv = Pool::recv_entry(fd, receive)
                 .flags(fd_flags)
                 .user_data(user_data(Op::Recv, token));
             push(ring, recv)?;

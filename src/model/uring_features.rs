@@ -15,7 +15,7 @@ use std::str::FromStr;
 pub const FEATURES: [(&str, &str); 6] = [
     (
         "recv-multishot",
-        "one receive stays armed per connection (IORING_RECV_MULTISHOT), fed from a buffer ring (IORING_REGISTER_PBUF_RING) instead of buffers provided one SQE at a time",
+        "one receive stays armed per TCP connection (IORING_RECV_MULTISHOT), fed from a buffer ring (IORING_REGISTER_PBUF_RING) instead of buffers provided one SQE at a time; Unix sockets take single receives from the ring",
     ),
     (
         "bundle",

@@ -341,7 +341,9 @@ impl Conn {
             writer.shutdown_write();
         });
         let mut back = Vec::new();
-        self.read_to_end(&mut back).expect("read back");
+        if let Err(e) = self.read_to_end(&mut back) {
+            panic!("read back: {e} after {} bytes", back.len());
+        }
         sender.join().expect("sender");
         back
     }
@@ -697,6 +699,39 @@ fn deny_syscall(nr: u32, errno: i32) -> std::io::Result<()> {
 /// Opens `n` connections to a TCP server at once, has every one speak
 /// before any answer is read (so a server with fewer receive buffers than
 /// senders must wait for some), then checks every echo.
+/// Echoes 1 MiB on each of `connections` connections to `server` at once,
+/// each sending while it reads back, then half-closing: more than the
+/// socket buffers hold, so every session goes over its budget mid-stream
+/// and stops and resumes reading. Panics, naming `what`, unless every echo
+/// comes back whole and every connection is closed by the server after
+/// its peer's close.
+pub fn echo_a_mebibyte_on_each(server: &Server, connections: usize, what: &str) {
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let backs: Vec<Vec<u8>> = std::thread::scope(|scope| {
+        let echoes: Vec<_> = (0..connections)
+            .map(|_| {
+                let conn = server.connect();
+                let data = data.clone();
+                scope.spawn(move || conn.round_trip(data))
+            })
+            .collect();
+        echoes
+            .into_iter()
+            .map(|echo| {
+                echo.join()
+                    .unwrap_or_else(|_| panic!("{what}: a connection failed (above)"))
+            })
+            .collect()
+    });
+    for (i, back) in backs.iter().enumerate() {
+        assert!(
+            *back == data,
+            "{what}: connection {i} of {connections}: echo differs ({} bytes back)",
+            back.len()
+        );
+    }
+}
+
 pub fn hold_and_echo(addr: &str, n: usize) {
     let hp = addr.trim_start_matches("tcp:");
     let mut conns: Vec<std::net::TcpStream> = (0..n)
