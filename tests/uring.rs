@@ -1,6 +1,6 @@
 //! The uring model under every `--uring` switch: each technique on its own
 //! and all of them together pass the shared model tests (services, 1 MiB
-//! echo, 1,000 connections, a peer that never reads, SIGTERM mid-delay); a
+//! echoed on 16 connections at once, 1,000 connections, a peer that never reads, SIGTERM mid-delay); a
 //! set the kernel or the grammar refuses says so.
 
 mod common;

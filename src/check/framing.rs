@@ -53,7 +53,6 @@ fn chunk_skip(ctx: &Ctx) -> Finding {
     ))
 }
 
-/// A connection past its greeting.
 /// For the line-framing cases: the service's probe and a greeted peer,
 /// or why the case does not apply.
 fn line_probe(ctx: &Ctx) -> Result<(&Exchange, Peer), Finding> {
@@ -66,6 +65,7 @@ fn line_probe(ctx: &Ctx) -> Result<(&Exchange, Peer), Finding> {
     Ok((probe, greeted(ctx)?))
 }
 
+/// A connection past its greeting.
 fn greeted(ctx: &Ctx) -> Result<Peer, Finding> {
     let mut peer = ctx.connect().map_err(Finding::fail)?;
     if let Some(greeting) = &ctx.dialect.greeting {

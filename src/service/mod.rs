@@ -52,7 +52,7 @@ use room::{Inbox, Room, Wake};
 #[derive(Debug, Clone, Copy)]
 pub struct Now {
     pub instant: Instant,
-    /// `None`: the system's wall clock, read when asked.
+    /// `None`: not read (nobody it is handed to reads the wall clock).
     wall: Option<SystemTime>,
 }
 
@@ -86,15 +86,24 @@ impl Now {
         }
     }
 
-    /// The wall clock at this instant (read now if nobody read it for this
-    /// call: a protocol that did not say it reads it).
+    /// The wall clock at this instant. A protocol that reads it says so
+    /// ([`Protocol::reads_wall_clock`]) and its calls get it read; one that
+    /// did not say so is a bug the debug build stops at, and the release
+    /// build covers by reading the clock here.
     pub fn wall(&self) -> SystemTime {
+        debug_assert!(
+            self.wall.is_some(),
+            "a protocol read the wall clock without saying so (Protocol::reads_wall_clock)"
+        );
         self.wall.unwrap_or_else(SystemTime::now)
     }
 
-    /// The same wall clock, `d` later (for tests and timers).
+    /// The same instant, `d` later (for tests).
     pub fn advanced(&self, d: Duration) -> Self {
-        Now::at(self.instant + d, self.wall() + d)
+        Now {
+            instant: self.instant + d,
+            wall: self.wall.map(|wall| wall + d),
+        }
     }
 }
 
@@ -850,9 +859,6 @@ impl Session {
         self.take_inbox(now);
     }
 
-    /// Whether the driver should read: the peer may still send, we have not
-    /// decided to close, what we hold for the peer is within its budget, and
-    /// the protocol takes input (a held-back chat speaker does not).
     /// Whether the session holds as much for its peer as its budget allows:
     /// a driver that already has more of the peer's input (a multishot
     /// receive's read-ahead) keeps it until this turns false.
@@ -860,11 +866,11 @@ impl Session {
         self.cost() >= CONNECTION_BUDGET
     }
 
+    /// Whether the driver should read: the peer may still send, we have not
+    /// decided to close, what we hold for the peer is within its budget, and
+    /// the protocol takes input (a held-back chat speaker does not).
     pub fn wants_read(&self) -> bool {
-        !self.peer_finished
-            && !self.closing
-            && self.cost() < CONNECTION_BUDGET
-            && self.protocol.accepts_input()
+        !self.peer_finished && !self.closing && !self.over_budget() && self.protocol.accepts_input()
     }
 
     /// Whether something other than the peer can still give this session

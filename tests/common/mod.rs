@@ -696,9 +696,6 @@ fn deny_syscall(nr: u32, errno: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Opens `n` connections to a TCP server at once, has every one speak
-/// before any answer is read (so a server with fewer receive buffers than
-/// senders must wait for some), then checks every echo.
 /// Echoes 1 MiB on each of `connections` connections to `server` at once,
 /// each sending while it reads back, then half-closing: more than the
 /// socket buffers hold, so every session goes over its budget mid-stream
@@ -732,6 +729,9 @@ pub fn echo_a_mebibyte_on_each(server: &Server, connections: usize, what: &str) 
     }
 }
 
+/// Opens `n` connections to a TCP server at once, has every one speak
+/// before any answer is read (so a server with fewer receive buffers than
+/// senders must wait for some), then checks every echo.
 pub fn hold_and_echo(addr: &str, n: usize) {
     let hp = addr.trim_start_matches("tcp:");
     let mut conns: Vec<std::net::TcpStream> = (0..n)
