@@ -182,22 +182,6 @@ pub fn serve(
     })
 }
 
-/// Hands the connection's held input to its session while it is under its
-/// budget (a send, a timer or a wake freed part of it), in order; then the
-/// peer's close, if it came after that input.
-fn hand_over_held(conn: &mut Conn, now: Now) {
-    if conn.held.is_empty() && !conn.eof_held {
-        return; // The usual case, after every send.
-    }
-    while !conn.session.over_budget() {
-        let Some(data) = conn.held.pop_front() else { break };
-        conn.session.handle_read(&data, now);
-    }
-    if conn.held.is_empty() && std::mem::take(&mut conn.eof_held) {
-        conn.session.handle_eof(now);
-    }
-}
-
 /// One connection and what the ring is doing for it.
 struct Conn {
     stream: Stream,
@@ -230,6 +214,24 @@ struct Conn {
     /// The earliest entry the timer queue holds for this connection (its
     /// deadline may have gone since: it then fires into nothing).
     timer: Option<Instant>,
+}
+
+impl Conn {
+    /// Hands the held input to the session while it is under its budget (a
+    /// send, a timer or a wake freed part of it), in order; then the peer's
+    /// close, if it came after that input.
+    fn hand_over_held(&mut self, now: Now) {
+        if self.held.is_empty() && !self.eof_held {
+            return; // The usual case, after every send.
+        }
+        while !self.session.over_budget() {
+            let Some(data) = self.held.pop_front() else { break };
+            self.session.handle_read(&data, now);
+        }
+        if self.held.is_empty() && std::mem::take(&mut self.eof_held) {
+            self.session.handle_eof(now);
+        }
+    }
 }
 
 /// Other connections' wake-ups (chat), from any thread: the tokens to visit.
@@ -318,19 +320,6 @@ impl Pool {
         .build()
         .user_data(user_data(Op::Provide, 0));
         Some(entry)
-    }
-
-    /// The receive to arm: one that stays armed (and bundled), or a single
-    /// receive; either takes its buffer from the pool's group, ring or not.
-    fn recv_entry(fd: types::Fd, receive: Receive) -> squeue::Entry {
-        match receive {
-            Receive::Multishot { bundle: true } => opcode::RecvMultiBundle::new(fd, BUFFER_GROUP).build(),
-            Receive::Multishot { bundle: false } => opcode::RecvMulti::new(fd, BUFFER_GROUP).build(),
-            Receive::OneShot => opcode::Recv::new(fd, std::ptr::null_mut(), CHUNK_SIZE as u32)
-                .buf_group(BUFFER_GROUP)
-                .build()
-                .flags(squeue::Flags::BUFFER_SELECT),
-        }
     }
 
     /// The buffers a completion of `n` bytes filled, starting at `bid`: one,
@@ -488,12 +477,25 @@ impl Receive {
     /// got all its data and never the 0 that says the peer is done, so the
     /// connection stayed open; liburing issue 1549 reports the same race).
     /// A single receive sees the close every time, so Unix sockets get that.
-    fn for_listener(features: UringFeatures, listener: &Listener) -> Receive {
-        match listener {
-            Listener::Tcp(_) if features.recv_multishot => Receive::Multishot {
+    fn new(features: UringFeatures, tcp: bool) -> Receive {
+        match features.recv_multishot && tcp {
+            true => Receive::Multishot {
                 bundle: features.bundle,
             },
-            _ => Receive::OneShot,
+            false => Receive::OneShot,
+        }
+    }
+
+    /// The receive to arm; either kind takes its buffer from the pool's
+    /// group (the buffer ring, or buffers provided one at a time).
+    fn entry(self, fd: types::Fd) -> squeue::Entry {
+        match self {
+            Receive::Multishot { bundle: true } => opcode::RecvMultiBundle::new(fd, BUFFER_GROUP).build(),
+            Receive::Multishot { bundle: false } => opcode::RecvMulti::new(fd, BUFFER_GROUP).build(),
+            Receive::OneShot => opcode::Recv::new(fd, std::ptr::null_mut(), CHUNK_SIZE as u32)
+                .buf_group(BUFFER_GROUP)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT),
         }
     }
 }
@@ -501,6 +503,7 @@ impl Receive {
 struct Ring {
     ring: IoUring,
     features: UringFeatures,
+    /// Multishot on TCP, single receives on a Unix socket (`Receive::new`).
     receive: Receive,
     listener: Listener,
     shutdown: Shutdown,
@@ -543,8 +546,10 @@ impl Ring {
         let ring = build_ring(RING_ENTRIES, features)?;
         let pool = Pool::new(&ring, features, BUFFERS)?;
         let files = FileTable::new(&ring, features, table_slots())?;
-        let zero_copy = features.send_zc && matches!(listener, Listener::Tcp(_));
-        let receive = Receive::for_listener(features, &listener);
+        // Two techniques the kernel has for TCP only (see each).
+        let tcp = matches!(listener, Listener::Tcp(_));
+        let zero_copy = features.send_zc && tcp;
+        let receive = Receive::new(features, tcp);
         Ok(Ring {
             ring,
             features,
@@ -811,10 +816,10 @@ impl Ring {
                     let mut filled = std::mem::take(&mut self.filled);
                     filled.extend(self.pool.filled(bid, n as usize));
                     for &(id, len) in &filled {
-                        let data = self.pool.buffer(id, len);
                         if conn.closing.is_some() {
-                            continue;
+                            continue; // Read only to see the peer's close.
                         }
+                        let data = self.pool.buffer(id, len);
                         if conn.held.is_empty() && !conn.session.over_budget() {
                             conn.session.handle_read(data, now);
                         } else {
@@ -868,7 +873,7 @@ impl Ring {
         match cqe.result() {
             n if n >= 0 => {
                 conn.session.consume_output(n as usize, now.instant);
-                hand_over_held(conn, now);
+                conn.hand_over_held(now);
             }
             e => {
                 tracing::debug!("send: {}", io::Error::from_raw_os_error(-e));
@@ -883,7 +888,7 @@ impl Ring {
         for token in self.waker.take_all() {
             if let Some(conn) = self.conns.get_mut(token) {
                 conn.session.handle_wake(now);
-                hand_over_held(conn, now);
+                conn.hand_over_held(now);
                 self.settle(token)?;
             }
         }
@@ -930,7 +935,7 @@ impl Ring {
             }
             conn.timer = None;
             conn.session.handle_timeout(now);
-            hand_over_held(conn, now);
+            conn.hand_over_held(now);
             self.settle(token)?;
         }
         Ok(())
@@ -983,7 +988,8 @@ impl Ring {
         // stays armed across sends, until the session wants no more input.
         let multishot = matches!(receive, Receive::Multishot { .. });
         if wants_read && !conn.receiving && (multishot || !conn.sending) {
-            let recv = Pool::recv_entry(fd, receive)
+            let recv = receive
+                .entry(fd)
                 .flags(fd_flags)
                 .user_data(user_data(Op::Recv, token));
             push(ring, recv)?;
@@ -992,11 +998,10 @@ impl Ring {
             push(ring, opcode::AsyncCancel::new(user_data(Op::Recv, token)).build())?;
             conn.cancelling = true;
         }
-        let deadline = conn
-            .closing
-            .is_none()
-            .then(|| conn.session.poll_timeout())
-            .flatten();
+        let deadline = match conn.closing {
+            None => conn.session.poll_timeout(),
+            Some(_) => None, // Only LINGER's entry counts now.
+        };
         if let Some(at) = deadline {
             // Only an earlier deadline needs a new entry; a later one is
             // found when the current entry fires and finds nothing to do.
