@@ -179,7 +179,9 @@ pub fn run(options: LabOptions) -> anyhow::Result<()> {
     let mut turns: Vec<usize> = (0..pairs.len()).collect();
     turns.sort_by_key(|&k| pairs[k].1); // Stable: servers keep their order.
     let rounds = pairs.iter().map(|(_, _, s)| runs_of(*s)).max().unwrap_or(0);
+    // Each pair's runs so far, and the rows they make (medians and ranges).
     let mut runs: Vec<Vec<Vec<Row>>> = vec![Vec::new(); pairs.len()];
+    let mut rows: Vec<Vec<Row>> = vec![Vec::new(); pairs.len()];
     for round in 0..rounds {
         for &k in &turns {
             let (server, _, scenario) = pairs[k];
@@ -191,14 +193,15 @@ pub fn run(options: LabOptions) -> anyhow::Result<()> {
             // little, and counting it takes a window of its own.
             let kernel_cost = (round == 0).then_some(method);
             runs[k].push(measure_once(server, scenario, &options.knobs, kernel_cost));
+            rows[k] = aggregate(runs[k].clone());
             if round + 1 == runs_of(scenario) {
-                for row in aggregate(runs[k].clone()) {
-                    progress.note(&export::summary_line(&row));
+                for row in &rows[k] {
+                    progress.note(&export::summary_line(row));
                 }
             }
             progress.step();
         }
-        report.rows = runs.iter().flat_map(|each| aggregate(each.clone())).collect();
+        report.rows = rows.concat();
         relate(&options.scenarios, &mut report.rows);
         // After every round: a late failure loses nothing.
         report.meta.engine = engines(&report.rows);

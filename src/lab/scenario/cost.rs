@@ -12,7 +12,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::compare::Figure;
-use super::measured::{bench_options, start, Measured, STARVED_AFTER};
+use super::measured::{bench_options, model_args, start, Measured, STARVED_AFTER};
 use super::{Knobs, Scenario, Subject};
 use crate::client::bench::{self, BenchOptions, Load, Payload, LOAD_BUSY_WARNING};
 use crate::lab::cgroup::CpuGroup;
@@ -100,13 +100,7 @@ fn start_metered(server: Subject, service: ServiceKind) -> anyhow::Result<(Measu
         }
     };
     let process = match server {
-        Subject::Model(model) => {
-            let args: Vec<String> = ["--model", model.name(), "--service", service.name()]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            ServerProcess::start_grouped(&args, group)?
-        }
+        Subject::Model(model) => ServerProcess::start_grouped(&model_args(model, service, &[]), group)?,
         Subject::Outside(o) => ServerProcess::start_outside(&o.command, Some(group))?,
     };
     Ok((Measured::new(process)?, Meter::Group))

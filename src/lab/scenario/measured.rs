@@ -12,6 +12,7 @@ use crate::lab::probe::{self, Costs, PerfCounter, Sample, SyscallMethod};
 use crate::lab::{Row, ServerProcess};
 
 use super::{Knobs, Subject};
+use crate::model::ModelKind;
 use crate::service::ServiceKind;
 
 /// How long a starved client waits before it counts as an error: long
@@ -211,18 +212,20 @@ impl Measured {
     }
 }
 
+/// `socklab serve`'s arguments for `model` serving `service`, then `extra`.
+pub fn model_args(model: ModelKind, service: ServiceKind, extra: &[&str]) -> Vec<String> {
+    ["--model", model.name(), "--service", service.name()]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+}
+
 /// `server` serving `service` (a model with `extra` flags; an outside server
 /// as its command says), and its first sample.
 pub fn start(server: Subject, service: ServiceKind, extra: &[&str]) -> anyhow::Result<Measured> {
     let process = match server {
-        Subject::Model(model) => {
-            let args: Vec<String> = ["--model", model.name(), "--service", service.name()]
-                .iter()
-                .chain(extra)
-                .map(|s| s.to_string())
-                .collect();
-            ServerProcess::start(&args)?
-        }
+        Subject::Model(model) => ServerProcess::start(&model_args(model, service, extra))?,
         Subject::Outside(o) => ServerProcess::start_outside(&o.command, None)?,
     };
     Measured::new(process)

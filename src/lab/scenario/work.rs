@@ -9,7 +9,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::compare::Figure;
-use super::measured::{bench_options, Measured, STARVED_AFTER};
+use super::measured::{bench_options, model_args, Measured, STARVED_AFTER};
 use super::{c10k, Knobs, Scenario, Subject};
 use crate::client::bench::{self, Load, Payload};
 use crate::lab::export::format::{micros, or_dash, rps_with_range, served, thousands, tick_count};
@@ -113,19 +113,11 @@ impl Scenario for Work {
                 ..Row::new(model.name(), self.name())
             };
             let work = format!("{}us", WORK_PER_REQUEST.as_micros());
-            let args: Vec<String> = [
-                "--model",
-                model.name(),
-                "--service",
-                self.service().name(),
-                "--work",
-                &work,
-                "--workers",
-                &n.to_string(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+            let args = model_args(
+                model,
+                self.service(),
+                &["--work", &work, "--workers", &n.to_string()],
+            );
             let mut server = Measured::new(ServerProcess::start_pinned(&args, false)?)?;
             // One request answered first: a model's loops are all listening by
             // then (epoll's SO_REUSEPORT siblings are made after the address is
